@@ -1,0 +1,105 @@
+//! The library's single error type.
+
+use std::{io, path::PathBuf};
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way the library can fail. Kernel-feature errors name the missing piece and, where it
+/// applies, the first kernel version that has it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The process lacks the privileges to load eBPF programs (root or CAP_BPF + CAP_PERFMON).
+    #[error("insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")]
+    NotPermitted(String),
+
+    /// A kernel feature the tracer needs is missing.
+    #[error("kernel feature missing: {feature} (needs Linux {min_kernel} or newer; running {running})")]
+    NotSupported {
+        /// What is missing, e.g. "BPF ring buffer".
+        feature: &'static str,
+        /// The first kernel version that has it, e.g. "5.8".
+        min_kernel: &'static str,
+        /// The running kernel release.
+        running: String,
+    },
+
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
+    TracefsUnavailable(#[source] io::Error),
+
+    /// A tracepoint's format file could not be read or lacks a field the programs need.
+    #[error("tracepoint {tracepoint}: {reason}")]
+    TracepointFormat {
+        /// `category/name` of the tracepoint.
+        tracepoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Kernel BTF is missing or lacks a type or member the programs need.
+    #[error("BTF ({path}): {reason}")]
+    Btf {
+        /// The BTF file that was read.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The caller's configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// Loading the eBPF object or creating its maps failed.
+    #[error("loading eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+
+    /// A program failed to load (verifier) or attach.
+    #[error("program {program}: {source}")]
+    Program {
+        /// The program's name in the object.
+        program: &'static str,
+        /// The aya error; for verifier failures it carries the verifier log.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name in the object.
+        map: &'static str,
+        /// The aya error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+
+    /// The embedded eBPF object lacks a program or map the library expects (build mismatch).
+    #[error("the embedded eBPF object has no {kind} named {name} (was it built with AYA_BUILD_SKIP?)")]
+    MissingObject {
+        /// "program" or "map".
+        kind: &'static str,
+        /// The missing name.
+        name: &'static str,
+    },
+
+    /// Any other I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the library was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

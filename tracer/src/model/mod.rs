@@ -1,0 +1,1 @@
+//! The userspace data model (filled in by the state-pipeline work).
