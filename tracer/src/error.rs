@@ -11,11 +11,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The process lacks the privileges to load eBPF programs (root or CAP_BPF + CAP_PERFMON).
-    #[error("insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")]
+    #[error(
+        "insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+    )]
     NotPermitted(String),
 
     /// A kernel feature the tracer needs is missing.
-    #[error("kernel feature missing: {feature} (needs Linux {min_kernel} or newer; running {running})")]
+    #[error(
+        "kernel feature missing: {feature} (needs Linux {min_kernel} or newer; running {running})"
+    )]
     NotSupported {
         /// What is missing, e.g. "BPF ring buffer".
         feature: &'static str,
@@ -76,13 +80,22 @@ pub enum Error {
     },
 
     /// The embedded eBPF object lacks a program or map the library expects (build mismatch).
-    #[error("the embedded eBPF object has no {kind} named {name} (was it built with AYA_BUILD_SKIP?)")]
+    #[error(
+        "the embedded eBPF object has no {kind} named {name} (was it built with AYA_BUILD_SKIP?)"
+    )]
     MissingObject {
         /// "program" or "map".
         kind: &'static str,
         /// The missing name.
         name: &'static str,
     },
+
+    /// This build of the library carries no eBPF object (built without nightly/bpf-linker or with
+    /// `AYA_BUILD_SKIP`); run `cargo xtask setup` and rebuild.
+    #[error(
+        "this build has no eBPF object (built without nightly + bpf-linker, or with AYA_BUILD_SKIP)"
+    )]
+    EbpfObjectMissing,
 
     /// Any other I/O error, with what was being done.
     #[error("{context}: {source}")]

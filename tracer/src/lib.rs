@@ -14,3 +14,4 @@ pub mod model;
 pub mod state;
 
 pub use error::{Error, Result};
+pub use kernel::KernelVersion;

@@ -1,1 +1,12 @@
-//! Everything that touches the kernel.
+//! Everything that touches the kernel: the embedded eBPF object, kernel and tracefs probes, the
+//! loaders of each program group, and map readers. Pure parsing lives in small functions beside
+//! the code that does I/O, so it is unit-tested without root.
+
+pub mod counters;
+pub(crate) mod object;
+pub(crate) mod privileges;
+pub mod tcp_state;
+pub mod tracefs;
+pub mod version;
+
+pub use version::KernelVersion;

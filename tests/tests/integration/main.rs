@@ -1,0 +1,6 @@
+//! Privileged integration tests. Run only through `cargo xtask test`, as root, with
+//! `--test-threads=1` (they load programs into the shared kernel), each in its own network
+//! namespace.
+
+mod lifecycle;
+mod tcp_state;

@@ -1,0 +1,20 @@
+//! Userspace-only impls: these types are plain old data, so aya may copy them to and from maps.
+
+use crate::{
+    tcp_state::{TcpStateRecord, TcpTransition},
+    tracepoint::InetSockSetStateFormat,
+};
+
+// SAFETY: `#[repr(C)]`, only integer fields and arrays of them, no implicit padding
+// (checked by the size assertions below), so every bit pattern is valid.
+unsafe impl aya::Pod for TcpStateRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TcpTransition {}
+// SAFETY: as above.
+unsafe impl aya::Pod for InetSockSetStateFormat {}
+
+const _: () = assert!(core::mem::size_of::<TcpTransition>() == 2);
+const _: () = assert!(
+    core::mem::size_of::<TcpStateRecord>() == 8 + 32 + 2 * crate::tcp_state::MAX_TRANSITIONS
+);
+const _: () = assert!(core::mem::size_of::<InetSockSetStateFormat>() == 24);

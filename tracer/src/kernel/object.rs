@@ -1,0 +1,15 @@
+//! The eBPF object built by `tracer/build.rs`, embedded in the library.
+
+use crate::{Error, Result};
+
+/// The object's bytes, aligned for the ELF parser. Empty when the crate was built without the eBPF
+/// toolchain (see `build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// The embedded object, or a typed error when this build carries only the stub.
+pub(crate) fn bytes() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        return Err(Error::EbpfObjectMissing);
+    }
+    Ok(OBJECT)
+}

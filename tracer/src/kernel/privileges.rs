@@ -1,0 +1,86 @@
+//! Can this process load eBPF programs? Checked up front so the error names what is missing
+//! instead of surfacing as an EPERM from deep inside the loader.
+
+use crate::{Error, Result};
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Fails with [`Error::NotPermitted`] unless the effective capability set allows loading and
+/// attaching tracing programs (root, CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
+pub fn require_bpf_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("reading /proc/self/status", e))?;
+    let effective = parse_cap_eff(&status).ok_or_else(|| {
+        Error::NotPermitted("cannot read CapEff from /proc/self/status".to_owned())
+    })?;
+    check_caps(effective)
+}
+
+fn has(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+fn check_caps(effective: u64) -> Result<()> {
+    if has(effective, CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !has(effective, *cap))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotPermitted(format!(
+            "missing {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// The `CapEff:` hex mask of a `/proc/<pid>/status` file.
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_capability_mask_is_enough() {
+        let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        let caps = parse_cap_eff(status).unwrap();
+        assert!(check_caps(caps).is_ok());
+    }
+
+    #[test]
+    fn bpf_perfmon_net_admin_without_sys_admin_is_enough() {
+        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        assert!(check_caps(caps).is_ok());
+    }
+
+    #[test]
+    fn unprivileged_error_names_missing_capabilities() {
+        let err = check_caps(1 << CAP_BPF).unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_PERFMON") && err.contains("CAP_NET_ADMIN"),
+            "{err}"
+        );
+        assert!(!err.contains("CAP_BPF,"), "{err}");
+    }
+
+    #[test]
+    fn missing_capeff_line_is_none() {
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+    }
+}
