@@ -1,1 +1,84 @@
-fn main() {}
+//! `cargo xtask <cmd>`: the project's dev tooling. It prepares a machine (`setup`), runs every check CI
+//! runs, including the privileged integration tests on the host and inside qemu on other kernels
+//! (`test`), and wraps the benchmarks (`bench`) and the demo binary (`demo`).
+//!
+//! Debugging aids (environment variables, read by `cargo xtask test` only):
+//! - `XTASK_TEST_BINARY=/path`: run this executable instead of building the `tracer-integration` test
+//!   binary (used to exercise the initramfs/qemu/summary machinery with a stand-in that prints a libtest
+//!   result line).
+//! - `XTASK_SKIP_CHECKS=1`: skip fmt, both clippy passes and the unit tests.
+//! - `XTASK_KERNELS=5.10,6.12`: only boot these VM kernels (labels from src/kernels.rs).
+//! - `XTASK_VM_TIMEOUT_SECS=N`: per-boot timeout (default 900).
+
+mod bench;
+mod cmd;
+mod console;
+mod cpio;
+mod demo;
+mod init_script;
+mod initramfs;
+mod kernels;
+mod ldd;
+mod libtest;
+mod modules;
+mod paths;
+mod qemu;
+mod setup;
+mod summary;
+mod test;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Dev tooling of the tracer workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (toolchain parts, Debian packages, bpf-linker, VM kernels) and
+    /// mount tracefs. Idempotent; needs root.
+    Setup,
+    /// Run setup, fmt, clippy (host + eBPF), unit tests, then the integration tests as root on the host
+    /// and inside qemu on each VM kernel; print and write target/xtask/test-summary.json.
+    Test {
+        /// Skip the qemu runs on the VM kernels.
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// Run `cargo bench -p tracer-benches` and print target/xtask/bench-summary.json.
+    Bench {
+        /// Extra arguments for `cargo bench` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, then the `nettrace` demo binary in release mode with ARGS.
+    Demo {
+        /// Arguments for `nettrace` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Setup => setup::run().map(|()| true),
+        Command::Test { host_only } => test::run(host_only),
+        Command::Bench { args } => bench::run(&args),
+        Command::Demo { args } => demo::run(&args),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `cargo xtask demo -- ARGS`: the `nettrace` binary in release mode, on a prepared machine.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{cmd, paths, setup, tracefs};
+
+pub fn run(args: &[String]) -> Result<bool> {
+    setup::run()?;
+    // setup already mounts it; kept so the demo's precondition is stated where it is needed.
+    tracefs::ensure_mounted()?;
+    let status = cmd::status(
+        Command::new("cargo")
+            .current_dir(paths::workspace_root())
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "tracer",
+                "--bin",
+                "nettrace",
+                "--",
+            ])
+            .args(args),
+    )?;
+    Ok(status.success())
+}

@@ -1,0 +1,157 @@
+//! Reading libtest's verdict from a test binary's output, and turning a run into counts that never
+//! hide a crash.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+/// Sums every `test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; ...`
+/// line (one binary prints one, but a log may hold several); None when there is none. The marker is
+/// looked for anywhere in the line: on a serial console other output can precede it.
+pub fn parse(output: &str) -> Option<Counts> {
+    let mut total: Option<Counts> = None;
+    for line in output.lines() {
+        let Some((_, rest)) = line.split_once("test result: ") else {
+            continue;
+        };
+        let mut counts = Counts::default();
+        let mut seen = false;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(number)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = number.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => counts.passed = n,
+                "failed" => counts.failed = n,
+                "ignored" => counts.ignored = n,
+                _ => continue,
+            }
+            seen = true;
+        }
+        if seen {
+            let t = total.get_or_insert_with(Counts::default);
+            t.passed += counts.passed;
+            t.failed += counts.failed;
+            t.ignored += counts.ignored;
+        }
+    }
+    total
+}
+
+/// Why a run failed, beyond its failed tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// Some tests failed (libtest exits non-zero then, as expected).
+    TestsFailed,
+    NoResultLine,
+    /// A result line, but the process still exited badly (e.g. crashed while tearing down).
+    BadExit(String),
+    NothingPassed,
+}
+
+/// Counts for a finished run: a run without a result line, or one that printed a clean result but
+/// exited non-zero, counts at least one failure, so a crash can never look green.
+pub fn judge(output: &str, exit_ok: bool, exit_desc: &str) -> (Counts, Verdict) {
+    match parse(output) {
+        None => (
+            Counts {
+                failed: 1,
+                ..Counts::default()
+            },
+            Verdict::NoResultLine,
+        ),
+        Some(c) if c.failed > 0 => (c, Verdict::TestsFailed),
+        Some(c) if !exit_ok => (
+            Counts { failed: 1, ..c },
+            Verdict::BadExit(exit_desc.to_owned()),
+        ),
+        Some(c) if c.passed == 0 => (c, Verdict::NothingPassed),
+        Some(c) => (c, Verdict::Ok),
+    }
+}
+
+impl Verdict {
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Ok => "ok".to_owned(),
+            Verdict::TestsFailed => "FAILED (tests failed)".to_owned(),
+            Verdict::NoResultLine => "FAILED (no libtest result line)".to_owned(),
+            Verdict::BadExit(how) => format!("FAILED (exit: {how})"),
+            Verdict::NothingPassed => "FAILED (no test passed)".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_sums_result_lines() {
+        let out = "running 5 tests\n\
+                   test a ... ok\n\
+                   test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+                   \n\
+                   [  12.3] noise test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\n";
+        assert_eq!(
+            parse(out),
+            Some(Counts {
+                passed: 4,
+                failed: 2,
+                ignored: 2
+            })
+        );
+    }
+
+    #[test]
+    fn no_result_line() {
+        assert_eq!(parse("running 1 test\nthread panicked\n"), None);
+    }
+
+    #[test]
+    fn judge_never_hides_crashes() {
+        let ok = "test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(
+            judge(ok, true, "0"),
+            (
+                Counts {
+                    passed: 2,
+                    failed: 0,
+                    ignored: 1
+                },
+                Verdict::Ok
+            )
+        );
+        assert_eq!(
+            judge(ok, false, "signal 11").0,
+            Counts {
+                passed: 2,
+                failed: 1,
+                ignored: 1
+            }
+        );
+        assert_eq!(
+            judge("", true, "0"),
+            (
+                Counts {
+                    passed: 0,
+                    failed: 1,
+                    ignored: 0
+                },
+                Verdict::NoResultLine
+            )
+        );
+        let none = "test result: ok. 0 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(judge(none, true, "0").1, Verdict::NothingPassed);
+    }
+}
