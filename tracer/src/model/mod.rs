@@ -1,1 +1,36 @@
-//! The userspace data model (filled in by the state-pipeline work).
+//! The userspace data model handed to callers.
+//!
+//! - [`tuple`]: [`ConnectionTuple`], [`Protocol`], [`Family`], [`Direction`].
+//! - [`counters`]: [`StatCounters`] and the delta/underflow rules.
+//! - [`cookie`]: the 64-bit cookie re-hash.
+//! - [`ephemeral`]: the ephemeral port range and classification.
+//! - [`connection`]: [`ConnectionStats`] and its small parts.
+//! - [`kernel_record`]: decoding what the kernel reports into a [`ConnectionStats`].
+//! - [`nat`], [`protocol`], [`dns`], [`usm`]: enrichment types.
+//! - [`telemetry`], [`delta`]: what a client gets back.
+
+pub mod connection;
+pub mod cookie;
+pub mod counters;
+pub mod delta;
+pub mod dns;
+pub mod ephemeral;
+pub mod kernel_record;
+pub mod nat;
+pub mod protocol;
+pub mod telemetry;
+pub mod tuple;
+pub mod usm;
+
+pub use connection::{ConnectionStats, ContainerIds, TcpFailures};
+pub use cookie::{connection_cookie, hash_cookie_bytes};
+pub use counters::{CounterDelta, PACKET_WRAP_MAX_DELTA, StatCounters};
+pub use delta::{Connections, Delta};
+pub use dns::{DnsKey, DnsQueryType, DnsStats, DnsStatsBatch, DomainStats};
+pub use ephemeral::{EphemeralPort, EphemeralPortRange, IP_LOCAL_PORT_RANGE};
+pub use kernel_record::{KernelRecord, KernelTcpStats};
+pub use nat::IpTranslation;
+pub use protocol::ProtocolStack;
+pub use telemetry::{KernelCounters, StateTelemetry};
+pub use tuple::{ConnectionTuple, Direction, Family, Protocol, TUPLE_BYTES_MAX};
+pub use usm::{AppProtocol, UsmCounters, UsmKey, UsmStats};
