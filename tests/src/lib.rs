@@ -5,3 +5,4 @@
 pub mod leaks;
 pub mod netns;
 pub mod policy;
+pub mod tracer;

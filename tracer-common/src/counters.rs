@@ -1,34 +1,58 @@
 //! Kernel-side counters: one slot per reason an event was not recorded, so nothing is lost silently.
 
-/// Index into the per-CPU counter array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// The TCP state map was full: a socket's transitions were not recorded.
-    TcpStateMapFull = 0,
-    /// Reading the tracepoint record failed (a bad offset from the format file).
-    TracepointReadFailed = 1,
-    /// A socket recorded more transitions than its record holds; the extra ones were counted only.
-    TcpStateOverflow = 2,
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident = $index:literal => $name:literal,)*) => {
+        /// Index into the per-CPU counter array `NT_COUNTERS`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant = $index,)*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// A stable name for reports.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// The TCP state map (issue-2 probe) was full: a socket's transitions were not recorded.
+    TcpStateMapFull = 0 => "tcp_state_map_full",
+    /// Reading a tracepoint record failed (a bad offset from the format file).
+    TracepointReadFailed = 1 => "tracepoint_read_failed",
+    /// A socket recorded more transitions than its record holds.
+    TcpStateOverflow = 2 => "tcp_state_overflow",
+    /// A connection did not fit in the connection map (counted once per connection).
+    ConnMapFull = 3 => "conn_map_full",
+    /// A closed-connection event could not be reserved in the ring buffer: the event was lost
+    /// (the connection's entry is still removed).
+    RingBufFull = 4 => "ringbuf_full",
+    /// Closed-connection events submitted to the ring buffer.
+    ClosedEmitted = 5 => "closed_emitted",
+    /// A kernel struct read failed (bad offset or unmapped memory): the event was skipped.
+    KernelReadFailed = 6 => "kernel_read_failed",
+    /// A connection closed before any process-context event told its pid.
+    MissingPid = 7 => "missing_pid",
+    /// An event's socket had no usable tuple (unknown family, or zero addresses).
+    MissingTuple = 8 => "missing_tuple",
+    /// A failed TCP connection's errno was not one of the five reported codes.
+    UnknownFailure = 9 => "unknown_failure",
+    /// An unconnected UDP socket talked to more peers than its peer list holds; flows beyond it
+    /// are closed by userspace expiry instead of the close event.
+    UdpPeersOverflow = 10 => "udp_peers_overflow",
+    /// An unconnected UDP send or receive whose peer could not be determined.
+    UdpMissingPeer = 11 => "udp_missing_peer",
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_COUNT: u32 = 12;
 
-impl Counter {
-    /// Every counter, in index order.
-    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
-        Counter::TcpStateMapFull,
-        Counter::TracepointReadFailed,
-        Counter::TcpStateOverflow,
-    ];
-
-    /// A stable name for reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::TcpStateMapFull => "tcp_state_map_full",
-            Counter::TracepointReadFailed => "tracepoint_read_failed",
-            Counter::TcpStateOverflow => "tcp_state_overflow",
-        }
-    }
-}
+const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -4,8 +4,10 @@
 //! so that map keys hash the same on both sides and `aya::Pod` is sound.
 #![no_std]
 
+pub mod conn;
 pub mod counters;
 pub mod names;
+pub mod offsets;
 pub mod tcp_state;
 pub mod tracepoint;
 

@@ -8,3 +8,19 @@ pub const MAP_TCP_STATES: &str = "NT_TCP_STATES";
 pub const MAP_COUNTERS: &str = "NT_COUNTERS";
 /// Global: field offsets of the `sock:inet_sock_set_state` tracepoint record.
 pub const GLOBAL_INET_SOCK_SET_STATE: &str = "NT_INET_SOCK_SET_STATE";
+/// Map: [`crate::conn::ConnKey`] -> [`crate::conn::ConnStats`], the open connections.
+pub const MAP_CONNS: &str = "NT_CONNS";
+/// Ring buffer of [`crate::conn::ClosedConn`] events.
+pub const MAP_CLOSED: &str = "NT_CLOSED";
+/// LRU set of connection keys that did not fit in `NT_CONNS` (so each is counted once).
+pub const MAP_UNTRACKED: &str = "NT_UNTRACKED";
+/// Global: [`crate::offsets::KernelLayout`].
+pub const GLOBAL_LAYOUT: &str = "NT_LAYOUT";
+/// Tracepoint backend: `sock:sock_send_length`.
+pub const PROG_TP_SEND: &str = "nt_tp_send";
+/// Tracepoint backend: `sock:sock_recv_length`.
+pub const PROG_TP_RECV: &str = "nt_tp_recv";
+/// Tracepoint backend: `sock:inet_sock_set_state`.
+pub const PROG_TP_STATE: &str = "nt_tp_state";
+/// Tracepoint backend: `tcp:tcp_retransmit_skb`.
+pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";

@@ -18,3 +18,18 @@ const _: () = assert!(
     core::mem::size_of::<TcpStateRecord>() == 8 + 32 + 2 * crate::tcp_state::MAX_TRANSITIONS
 );
 const _: () = assert!(core::mem::size_of::<InetSockSetStateFormat>() == 24);
+
+// SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
+unsafe impl aya::Pod for crate::conn::ConnKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::conn::ConnStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::conn::ClosedConn {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::offsets::KernelLayout {}
+
+const _: () = assert!(core::mem::size_of::<crate::conn::ConnKey>() == 32);
+const _: () = assert!(core::mem::size_of::<crate::conn::ConnTuple>() == 48);
+const _: () = assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4);
+const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 120);
+const _: () = assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 32 + 24 + 8 + 4);

@@ -6,7 +6,11 @@
 //! path), no logging on per-packet or per-send paths, and every drop is counted in `NT_COUNTERS`.
 #![no_std]
 #![no_main]
+// BPF inline assembly (atomic adds): the crate is always built with nightly.
+#![feature(asm_experimental_arch)]
 
+mod backend;
+mod conn;
 mod counters;
 mod tcp_state;
 

@@ -29,6 +29,15 @@ pub enum Error {
         running: String,
     },
 
+    /// No attach backend can run on this kernel (or the forced one cannot).
+    #[error("no usable attach backend on Linux {running}: {reasons}")]
+    NoBackend {
+        /// The running kernel release.
+        running: String,
+        /// Why each candidate backend was rejected.
+        reasons: String,
+    },
+
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
     TracefsUnavailable(#[source] io::Error),

@@ -3,4 +3,5 @@
 //! namespace.
 
 mod lifecycle;
+mod tcp_bytes;
 mod tcp_state;

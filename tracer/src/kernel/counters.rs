@@ -15,7 +15,7 @@ impl KernelCounters {
     /// Reads and sums the per-CPU counter map.
     pub(crate) fn read(map: &PerCpuArray<&MapData, u64>) -> Result<Self> {
         let mut values = Vec::with_capacity(Counter::ALL.len());
-        for counter in Counter::ALL {
+        for &counter in Counter::ALL {
             let per_cpu = map.get(&(counter as u32), 0).map_err(|e| Error::Map {
                 map: tracer_common::names::MAP_COUNTERS,
                 source: Box::new(e),

@@ -2,8 +2,13 @@
 //! loaders of each program group, and map readers. Pure parsing lives in small functions beside
 //! the code that does I/O, so it is unit-tested without root.
 
+pub mod btf;
+pub mod capabilities;
+pub mod conn_tracer;
 pub mod counters;
+pub mod layout;
 pub(crate) mod object;
+pub mod plan;
 pub(crate) mod privileges;
 pub mod tcp_state;
 pub mod tracefs;

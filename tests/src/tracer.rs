@@ -1,0 +1,91 @@
+//! Loading the connection tracer for the backend under test, and collecting what it saw for one
+//! network namespace.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use tracer::kernel::{
+    conn_tracer::{ConnTracer, KernelConfig},
+    plan::{Backend, BackendChoice},
+};
+use tracer_common::conn::{AF_INET6, ClosedConn, ConnStats, ConnTuple};
+
+use crate::policy::{backend, loaded_or_skip};
+
+/// The backend named by `TRACER_TEST_BACKEND`.
+pub fn backend_under_test() -> Backend {
+    let name = backend();
+    Backend::from_name(&name).unwrap_or_else(|| panic!("unknown TRACER_TEST_BACKEND {name}"))
+}
+
+/// Loads the tracer forced to the backend under test, with `config`'s sizes. `None` (after a
+/// SKIP line) only where the policy allows skipping.
+pub fn load(config: KernelConfig) -> Option<ConnTracer> {
+    let config = KernelConfig {
+        backend: BackendChoice::Force(backend_under_test()),
+        ..config
+    };
+    let tracer = loaded_or_skip(ConnTracer::load(&config))?;
+    assert_eq!(tracer.plan().backend, backend_under_test());
+    Some(tracer)
+}
+
+/// Local and remote socket addresses of a tuple.
+pub fn endpoints(tuple: &ConnTuple) -> (SocketAddr, SocketAddr) {
+    let ip = |bytes: [u8; 16]| -> IpAddr {
+        if tuple.family == AF_INET6 {
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        } else {
+            let [a, b, c, d, ..] = bytes;
+            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+        }
+    };
+    (
+        SocketAddr::new(ip(tuple.saddr), tuple.sport),
+        SocketAddr::new(ip(tuple.daddr), tuple.dport),
+    )
+}
+
+/// Drains closed events until `done` holds for those collected so far (bounded wait: closes that
+/// complete in softirq may land a moment after the test's close() returns), returning them all.
+pub fn collect_closed(
+    tracer: &mut ConnTracer,
+    netns: u32,
+    done: impl Fn(&[ClosedConn]) -> bool,
+) -> Vec<ClosedConn> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut all = Vec::new();
+    loop {
+        tracer.drain_closed(&mut all);
+        let ours: Vec<ClosedConn> = all
+            .iter()
+            .filter(|c| c.stats.tuple.netns == netns)
+            .copied()
+            .collect();
+        if done(&ours) || Instant::now() > deadline {
+            return ours;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The one record whose local and remote endpoints are these, or a panic listing what there is.
+pub fn the_one<'a>(
+    records: &'a [ClosedConn],
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> &'a ConnStats {
+    let matching: Vec<&ClosedConn> = records
+        .iter()
+        .filter(|c| endpoints(&c.stats.tuple) == (local, remote))
+        .collect();
+    match matching.as_slice() {
+        [one] => &one.stats,
+        _ => panic!(
+            "expected exactly one closed connection {local} -> {remote}, found {}: {records:#?}",
+            matching.len()
+        ),
+    }
+}

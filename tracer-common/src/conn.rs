@@ -1,0 +1,109 @@
+//! The connection records kept by the eBPF programs and emitted when a connection closes.
+//!
+//! A connection is keyed by the kernel address of its socket plus, for unconnected UDP sockets
+//! only, the peer: the socket's lifetime bounds the key (the entry is removed when the socket
+//! closes), so a close by another process or by the kernel finds the entry, and the pid recorded
+//! at connect/accept time survives events that fire in softirq context.
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Direction is not known (the connection existed before the tracer started, or a UDP socket).
+pub const DIRECTION_UNKNOWN: u8 = 0;
+/// This host accepted the connection (TCP) or received first (UDP).
+pub const DIRECTION_INCOMING: u8 = 1;
+/// This host connected (TCP) or sent first (UDP).
+pub const DIRECTION_OUTGOING: u8 = 2;
+
+/// `flags`: the connection reached ESTABLISHED while traced.
+pub const FLAG_ESTABLISHED: u8 = 1;
+/// `flags`: the connection closed while traced.
+pub const FLAG_CLOSED: u8 = 2;
+
+/// Map key: the socket, plus the peer for unconnected UDP sockets (all zero otherwise).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Kernel address of the `struct sock`.
+    pub sk: u64,
+    /// Peer address of an unconnected UDP flow (IPv4 in the first 4 bytes).
+    pub peer_addr: [u8; 16],
+    /// Peer port of an unconnected UDP flow, host byte order.
+    pub peer_port: u16,
+    /// Family of `peer_addr`, or 0.
+    pub peer_family: u16,
+    pub _pad: u32,
+}
+
+/// Who talks to whom.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnTuple {
+    /// Local address (IPv4 in the first 4 bytes; IPv4-mapped IPv6 folded to IPv4).
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    /// Thread-group id of the process that connected, accepted, or first used the socket.
+    pub pid: u32,
+}
+
+/// Counters and metadata of one connection. Byte and UDP packet counters are added atomically
+/// (several CPUs may send on one socket); TCP packet, retransmit and RTT fields are copies of the
+/// kernel's own `tcp_sock` counters taken at the latest event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub tuple: ConnTuple,
+    /// Random per-connection cookie drawn when the entry is created.
+    pub cookie: u64,
+    /// `bpf_ktime_get_ns` when the entry was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the latest update.
+    pub updated_ns: u64,
+    /// Payload bytes sent.
+    pub sent_bytes: u64,
+    /// Payload bytes received (MSG_PEEK excluded).
+    pub recv_bytes: u64,
+    /// TCP: `segs_out`; UDP: datagrams sent.
+    pub sent_packets: u64,
+    /// TCP: `segs_in`; UDP: datagrams received.
+    pub recv_packets: u64,
+    /// TCP: `total_retrans`.
+    pub retransmits: u32,
+    /// TCP: smoothed RTT in microseconds (`srtt_us >> 3`).
+    pub rtt_us: u32,
+    /// TCP: RTT variance in microseconds (`mdev_us >> 2`).
+    pub rtt_var_us: u32,
+    /// One of the `DIRECTION_*` values.
+    pub direction: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// errno of a failed connection (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH,
+    /// ENETUNREACH), else 0.
+    pub failure: u16,
+}
+
+/// What the ring buffer carries for each closed connection: its key and final counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedConn {
+    pub key: ConnKey,
+    pub stats: ConnStats,
+}

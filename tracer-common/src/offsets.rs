@@ -1,0 +1,64 @@
+//! Kernel struct and tracepoint layouts resolved in userspace from the running kernel (BTF and
+//! tracefs) and handed to the programs as one read-only global.
+
+use crate::tracepoint::InetSockSetStateFormat;
+
+/// Byte offsets of the kernel struct fields the programs read with `bpf_probe_read_kernel`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.__sk_common.skc_daddr`
+    pub skc_daddr: u16,
+    /// `sock.__sk_common.skc_rcv_saddr`
+    pub skc_rcv_saddr: u16,
+    /// `sock.__sk_common.skc_dport` (network order)
+    pub skc_dport: u16,
+    /// `sock.__sk_common.skc_num` (host order)
+    pub skc_num: u16,
+    /// `sock.__sk_common.skc_family`
+    pub skc_family: u16,
+    /// `sock.__sk_common.skc_net` (a `struct net *`)
+    pub skc_net: u16,
+    /// `sock.__sk_common.skc_v6_daddr`
+    pub skc_v6_daddr: u16,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`
+    pub skc_v6_rcv_saddr: u16,
+    /// `sock.sk_err`
+    pub sk_err: u16,
+    /// `sock.sk_protocol` (u16 since 5.6)
+    pub sk_protocol: u16,
+    /// `net.ns.inum`
+    pub net_ns_inum: u16,
+    /// `tcp_sock.srtt_us`
+    pub tcp_srtt_us: u16,
+    /// `tcp_sock.mdev_us`
+    pub tcp_mdev_us: u16,
+    /// `tcp_sock.segs_in`
+    pub tcp_segs_in: u16,
+    /// `tcp_sock.segs_out`
+    pub tcp_segs_out: u16,
+    /// `tcp_sock.total_retrans`
+    pub tcp_total_retrans: u16,
+}
+
+/// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLengthFormat {
+    pub sk: u16,
+    pub protocol: u16,
+    pub ret: u16,
+    pub flags: u16,
+}
+
+/// Everything the connection programs need to know about the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub sock: SockOffsets,
+    pub inet_sock_set_state: InetSockSetStateFormat,
+    pub sock_length: SockLengthFormat,
+    /// `tcp:tcp_retransmit_skb` field `skaddr`.
+    pub tcp_retransmit_skaddr: u16,
+    pub _pad: u16,
+}

@@ -1,0 +1,4 @@
+//! Attach backends: thin entry points that turn one kind of hook into calls of the shared
+//! connection table (`crate::conn`). Userspace attaches the programs of one backend only.
+
+pub mod tracepoint;

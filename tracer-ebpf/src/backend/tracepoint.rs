@@ -1,0 +1,106 @@
+//! The tracepoint backend: the only way to trace on kernels without kprobes and fentry (like the
+//! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+),
+//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+).
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    conn::{ConnKey, IPPROTO_TCP, IPPROTO_UDP},
+    counters::Counter,
+};
+
+use crate::{
+    conn::{self, layout::layout},
+    counters::bump,
+};
+
+const MSG_PEEK: i32 = 2;
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel of the tracepoint record; a bad offset fails, never faults.
+    unsafe { ctx.read_at::<T>(usize::from(offset)) }
+}
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn nt_tp_send(ctx: TracePointContext) -> u32 {
+    if try_length(&ctx, true).is_err() {
+        bump(Counter::TracepointReadFailed);
+    }
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn nt_tp_recv(ctx: TracePointContext) -> u32 {
+    if try_length(&ctx, false).is_err() {
+        bump(Counter::TracepointReadFailed);
+    }
+    0
+}
+
+fn try_length(ctx: &TracePointContext, sending: bool) -> Result<(), i32> {
+    let layout = layout();
+    let format = layout.sock_length;
+    let protocol: u16 = field(ctx, format.protocol)?;
+    let protocol = match protocol {
+        6 => IPPROTO_TCP,
+        17 => IPPROTO_UDP,
+        _ => return Ok(()),
+    };
+    let sk: u64 = field(ctx, format.sk)?;
+    let ret: i32 = field(ctx, format.ret)?;
+    let flags: i32 = field(ctx, format.flags)?;
+    if !sending && flags & MSG_PEEK != 0 {
+        // Peeked bytes are read again by a later receive: counting them would count them twice.
+        return Ok(());
+    }
+    let bytes = if ret > 0 { ret as u64 } else { 0 };
+    if protocol == IPPROTO_UDP && bytes == 0 {
+        return Ok(());
+    }
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    if sending {
+        conn::on_send(&key, protocol, bytes, &layout.sock);
+    } else {
+        conn::on_recv(&key, protocol, bytes, &layout.sock);
+    }
+    Ok(())
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn nt_tp_state(ctx: TracePointContext) -> u32 {
+    if try_state(&ctx).is_err() {
+        bump(Counter::TracepointReadFailed);
+    }
+    0
+}
+
+fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let layout = layout();
+    let format = layout.inet_sock_set_state;
+    let protocol: u16 = if format.protocol_size == 1 {
+        u16::from(field::<u8>(ctx, format.protocol)?)
+    } else {
+        field::<u16>(ctx, format.protocol)?
+    };
+    if protocol != u16::from(IPPROTO_TCP) {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, format.skaddr)?;
+    let old: i32 = field(ctx, format.oldstate)?;
+    let new: i32 = field(ctx, format.newstate)?;
+    conn::on_tcp_state(sk, old, new, &layout.sock);
+    Ok(())
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn nt_tp_retrans(ctx: TracePointContext) -> u32 {
+    let layout = layout();
+    match field::<u64>(&ctx, layout.tcp_retransmit_skaddr) {
+        Ok(sk) => conn::on_tcp_event(sk, &layout.sock),
+        Err(_) => bump(Counter::TracepointReadFailed),
+    }
+    0
+}

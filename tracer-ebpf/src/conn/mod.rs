@@ -1,0 +1,335 @@
+//! The connection table shared by every backend: backends only turn their hook's arguments into
+//! calls of [`on_send`], [`on_recv`], [`on_tcp_state`], [`on_tcp_event`] and [`close`], so every
+//! backend has the same semantics.
+//!
+//! Owner of the maps `NT_CONNS` (open connections), `NT_CLOSED` (ring buffer of closed ones,
+//! Linux 5.8+) and `NT_UNTRACKED` (LRU set of keys that did not fit, so each is counted once).
+
+pub mod layout;
+pub mod sock;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    conn::{
+        ClosedConn, ConnKey, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, DIRECTION_UNKNOWN,
+        FLAG_CLOSED, FLAG_ESTABLISHED, IPPROTO_TCP,
+    },
+    counters::Counter,
+    offsets::SockOffsets,
+};
+
+use crate::counters::bump;
+
+/// Open connections. Sized from `Config::max_tracked_connections` at load time.
+#[map(name = "NT_CONNS")]
+static NT_CONNS: HashMap<ConnKey, ConnStats> = HashMap::with_max_entries(1, 0);
+
+/// Closed connections with their final counters. Sized from `Config` at load time.
+#[map(name = "NT_CLOSED")]
+static NT_CLOSED: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Keys that found `NT_CONNS` full, so the map-full counter counts connections, not events.
+#[map(name = "NT_UNTRACKED")]
+static NT_UNTRACKED: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Scratch space to build a new entry in: a `ConnStats` does not fit on the 512-byte stack
+/// together with everything else a hook holds.
+#[map(name = "NT_SCRATCH")]
+static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
+// Linux TCP states (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LISTEN: i32 = 10;
+
+/// How an entry is created when it does not exist yet.
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub direction: u8,
+    /// The pid to record (0 when the hook runs outside the owning process, e.g. in softirq).
+    pub pid: u32,
+}
+
+/// The entry for `key`, created from the socket's current tuple when missing. `None` when the
+/// table is full (counted once per key) or the socket has no usable tuple (counted).
+#[inline(always)]
+pub fn entry(
+    key: &ConnKey,
+    protocol: u8,
+    origin: Origin,
+    offsets: &SockOffsets,
+) -> Option<&'static mut ConnStats> {
+    if let Some(stats) = NT_CONNS.get_ptr_mut(key) {
+        // SAFETY: map values stay valid for the program's run; fields are plain integers.
+        return Some(unsafe { &mut *stats });
+    }
+    let scratch = NT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU during the program.
+    let stats = unsafe { &mut *scratch };
+    let Ok(tuple) = sock::sock_tuple(key.sk, offsets, protocol) else {
+        bump(Counter::MissingTuple);
+        return None;
+    };
+    let now = now_ns();
+    *stats = ConnStats::default();
+    stats.tuple = tuple;
+    stats.tuple.pid = origin.pid;
+    if key.peer_family != 0 {
+        // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
+        stats.tuple.family = key.peer_family;
+        stats.tuple.daddr = key.peer_addr;
+        stats.tuple.dport = key.peer_port;
+    }
+    stats.cookie = random_cookie();
+    stats.created_ns = now;
+    stats.updated_ns = now;
+    stats.direction = origin.direction;
+    // BPF_NOEXIST: when another CPU created the entry first, ours is dropped and theirs is used.
+    let _ = NT_CONNS.insert(key, &*stats, u64::from(BPF_NOEXIST));
+    match NT_CONNS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(stats) => Some(unsafe { &mut *stats }),
+        None => {
+            if NT_UNTRACKED
+                .insert(key, 1u8, u64::from(BPF_NOEXIST))
+                .is_ok()
+            {
+                bump(Counter::ConnMapFull);
+            }
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn random_cookie() -> u64 {
+    // SAFETY: no preconditions.
+    let (high, low) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Adds `n` to a counter another CPU may be adding to at the same time: a BPF atomic add
+/// (`lock xadd`, every kernel the tracer supports), because `core`'s atomics have no
+/// `fetch_add` on the BPF target and the old value is not needed.
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    let ptr: *mut u64 = counter;
+    // SAFETY: `ptr` is a valid, 8-byte aligned u64 inside a map value.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({ptr} + 0) += {n}",
+            ptr = in(reg) ptr,
+            n = in(reg) n,
+            options(nostack),
+        );
+    }
+}
+
+/// Bytes sent by the current process on a socket (`bytes` may be 0 for a refresh only).
+#[inline(always)]
+pub fn on_send(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
+    on_io(key, protocol, bytes, true, offsets);
+}
+
+/// Bytes received by the current process on a socket (MSG_PEEK already excluded by the caller).
+#[inline(always)]
+pub fn on_recv(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
+    on_io(key, protocol, bytes, false, offsets);
+}
+
+#[inline(always)]
+fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockOffsets) {
+    let tgid = sock::current_tgid();
+    let direction = match (protocol, sending) {
+        // A TCP socket first seen on a send/receive existed before the tracer started.
+        (IPPROTO_TCP, _) => DIRECTION_UNKNOWN,
+        (_, true) => DIRECTION_OUTGOING,
+        (_, false) => DIRECTION_INCOMING,
+    };
+    let origin = Origin {
+        direction,
+        pid: tgid,
+    };
+    let Some(stats) = entry(key, protocol, origin, offsets) else {
+        return;
+    };
+    // Syscall context: this process uses the socket. The first one to do so owns it, unless
+    // connect/accept already said who does.
+    if stats.tuple.pid == 0 {
+        stats.tuple.pid = tgid;
+    }
+    if bytes > 0 {
+        if sending {
+            add(&mut stats.sent_bytes, bytes);
+        } else {
+            add(&mut stats.recv_bytes, bytes);
+        }
+        if protocol != IPPROTO_TCP {
+            // One datagram per successful send or receive call.
+            if sending {
+                add(&mut stats.sent_packets, 1);
+            } else {
+                add(&mut stats.recv_packets, 1);
+            }
+        }
+    }
+    if protocol == IPPROTO_TCP && sock::refresh_tcp(key.sk, offsets, stats).is_err() {
+        bump(Counter::KernelReadFailed);
+    }
+    stats.updated_ns = now_ns();
+}
+
+/// A TCP state change of socket `sk` (from `sock:inet_sock_set_state` or an equivalent hook).
+#[inline(always)]
+pub fn on_tcp_state(sk: u64, old: i32, new: i32, offsets: &SockOffsets) {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    match new {
+        TCP_SYN_SENT => {
+            // connect(): runs in the connecting process.
+            let origin = Origin {
+                direction: DIRECTION_OUTGOING,
+                pid: sock::current_tgid(),
+            };
+            if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
+                stats.updated_ns = now_ns();
+            }
+        }
+        TCP_SYN_RECV if old == TCP_LISTEN => {
+            // A child socket of a listener, created in softirq: the pid comes from accept() or
+            // the first process-context event.
+            let origin = Origin {
+                direction: DIRECTION_INCOMING,
+                pid: 0,
+            };
+            if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
+                stats.updated_ns = now_ns();
+            }
+        }
+        TCP_ESTABLISHED => {
+            let origin = Origin {
+                direction: DIRECTION_UNKNOWN,
+                pid: 0,
+            };
+            if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
+                stats.flags |= FLAG_ESTABLISHED;
+                // The source port of an outgoing connection is only assigned after SYN_SENT.
+                if let Ok(tuple) = sock::sock_tuple(sk, offsets, IPPROTO_TCP) {
+                    let pid = stats.tuple.pid;
+                    stats.tuple = tuple;
+                    stats.tuple.pid = pid;
+                }
+                let _ = sock::refresh_tcp(sk, offsets, stats);
+                stats.updated_ns = now_ns();
+            }
+        }
+        TCP_CLOSE => close(&key, IPPROTO_TCP, offsets),
+        TCP_LISTEN => {}
+        _ => on_tcp_event(sk, offsets),
+    }
+}
+
+/// Any other TCP event on `sk` (a retransmit, a state change that needs no action): refresh the
+/// counters of a tracked connection. Never creates an entry.
+#[inline(always)]
+pub fn on_tcp_event(sk: u64, offsets: &SockOffsets) {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    if let Some(stats) = NT_CONNS.get_ptr_mut(&key) {
+        // SAFETY: see `entry`.
+        let stats = unsafe { &mut *stats };
+        if sock::refresh_tcp(sk, offsets, stats).is_err() {
+            bump(Counter::KernelReadFailed);
+        }
+        stats.updated_ns = now_ns();
+    }
+}
+
+/// The socket `sk` is being destroyed (or released by its last user): close its connection, and
+/// for an unconnected UDP socket every peer flow it has.
+///
+/// TODO(udp peers): only the `{sk, no peer}` entry is closed for now; the per-socket peer list
+/// that closes unconnected UDP flows is added in `conn::udp_peers`.
+#[inline(always)]
+pub fn close_socket(sk: u64, protocol: u8, offsets: &SockOffsets) {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    close(&key, protocol, offsets);
+}
+
+/// The errno values reported as connection failures.
+#[inline(always)]
+fn reported_failure(errno: i32) -> Option<u16> {
+    const ECONNRESET: i32 = 104;
+    const ETIMEDOUT: i32 = 110;
+    const ECONNREFUSED: i32 = 111;
+    const EHOSTUNREACH: i32 = 113;
+    const ENETUNREACH: i32 = 101;
+    match errno {
+        ECONNRESET | ETIMEDOUT | ECONNREFUSED | EHOSTUNREACH | ENETUNREACH => Some(errno as u16),
+        _ => None,
+    }
+}
+
+/// The connection `key` is over: emit its final counters on the ring buffer and remove it.
+/// Called once per socket by construction: the entry is removed here, so a second close of the
+/// same key finds nothing.
+#[inline(always)]
+pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
+    let _ = NT_UNTRACKED.remove(key);
+    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: see `entry`.
+    let stats = unsafe { &mut *stats };
+    if protocol == IPPROTO_TCP {
+        let _ = sock::refresh_tcp(key.sk, offsets, stats);
+        if let Ok(errno) = sock::sock_error(key.sk, offsets) {
+            if errno != 0 {
+                match reported_failure(errno) {
+                    Some(code) => stats.failure = code,
+                    None => bump(Counter::UnknownFailure),
+                }
+            }
+        }
+    }
+    stats.flags |= FLAG_CLOSED;
+    stats.updated_ns = now_ns();
+    if stats.tuple.pid == 0 {
+        bump(Counter::MissingPid);
+    }
+    match NT_CLOSED.reserve::<ClosedConn>(0) {
+        Some(mut event) => {
+            let slot = event.as_mut_ptr();
+            // SAFETY: the reservation is sized for a ClosedConn and owned until submit; the
+            // fields are written in place, not built on the stack.
+            unsafe {
+                (*slot).key = *key;
+                (*slot).stats = *stats;
+            }
+            event.submit(0);
+            bump(Counter::ClosedEmitted);
+        }
+        None => bump(Counter::RingBufFull),
+    }
+    let _ = NT_CONNS.remove(key);
+}

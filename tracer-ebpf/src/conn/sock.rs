@@ -1,0 +1,104 @@
+//! Reading a connection's tuple and TCP counters out of a `struct sock` / `struct tcp_sock`.
+
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use tracer_common::{
+    conn::{AF_INET, AF_INET6, ConnStats, ConnTuple},
+    offsets::SockOffsets,
+};
+
+use super::layout::read_kernel;
+
+/// The tuple of socket `sk` as it is now. Fails on unknown families (the caller counts it).
+#[inline(always)]
+pub fn sock_tuple(sk: u64, offsets: &SockOffsets, protocol: u8) -> Result<ConnTuple, i32> {
+    let family: u16 = read_kernel(sk, offsets.skc_family)?;
+    let mut tuple = ConnTuple {
+        sport: read_kernel(sk, offsets.skc_num)?,
+        dport: u16::from_be(read_kernel(sk, offsets.skc_dport)?),
+        family,
+        protocol,
+        netns: netns_inode(sk, offsets).unwrap_or(0),
+        ..ConnTuple::default()
+    };
+    if family == AF_INET {
+        let saddr: [u8; 4] = read_kernel(sk, offsets.skc_rcv_saddr)?;
+        let daddr: [u8; 4] = read_kernel(sk, offsets.skc_daddr)?;
+        put_v4(&mut tuple.saddr, saddr);
+        put_v4(&mut tuple.daddr, daddr);
+    } else if family == AF_INET6 {
+        tuple.saddr = read_kernel(sk, offsets.skc_v6_rcv_saddr)?;
+        tuple.daddr = read_kernel(sk, offsets.skc_v6_daddr)?;
+        fold_v4_mapped(&mut tuple);
+    } else {
+        return Err(-1);
+    }
+    Ok(tuple)
+}
+
+/// An IPv6 socket talking to an IPv4-mapped address is an IPv4 connection (as Datadog reports).
+#[inline(always)]
+fn fold_v4_mapped(tuple: &mut ConnTuple) {
+    if is_v4_mapped(&tuple.daddr) && (is_v4_mapped(&tuple.saddr) || tuple.saddr == [0; 16]) {
+        tuple.family = AF_INET;
+        tuple.saddr = unmap(tuple.saddr);
+        tuple.daddr = unmap(tuple.daddr);
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(address: &[u8; 16]) -> bool {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ..] = *address;
+    (a0 | a1 | a2 | a3 | a4 | a5 | a6 | a7 | a8 | a9) == 0 && a10 == 0xff && a11 == 0xff
+}
+
+#[inline(always)]
+fn unmap(address: [u8; 16]) -> [u8; 16] {
+    let [.., a, b, c, d] = address;
+    let mut out = [0u8; 16];
+    put_v4(&mut out, [a, b, c, d]);
+    out
+}
+
+/// Writes an IPv4 address into the first four bytes of a 16-byte address slot.
+#[inline(always)]
+pub fn put_v4(dst: &mut [u8; 16], src: [u8; 4]) {
+    let [d0, d1, d2, d3, ..] = dst;
+    let [s0, s1, s2, s3] = src;
+    (*d0, *d1, *d2, *d3) = (s0, s1, s2, s3);
+}
+
+/// Inode of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
+#[inline(always)]
+fn netns_inode(sk: u64, offsets: &SockOffsets) -> Result<u32, i32> {
+    let net: u64 = read_kernel(sk, offsets.skc_net)?;
+    read_kernel(net, offsets.net_ns_inum)
+}
+
+/// The socket's pending error (`sk_err`), e.g. ECONNREFUSED after a refused connect.
+#[inline(always)]
+pub fn sock_error(sk: u64, offsets: &SockOffsets) -> Result<i32, i32> {
+    read_kernel(sk, offsets.sk_err)
+}
+
+/// Copies the kernel's own TCP counters into `stats`: these are exact at the moment of the read,
+/// so there is nothing to add up and nothing to lose.
+#[inline(always)]
+pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Result<(), i32> {
+    let segs_out: u32 = read_kernel(sk, offsets.tcp_segs_out)?;
+    let segs_in: u32 = read_kernel(sk, offsets.tcp_segs_in)?;
+    let retrans: u32 = read_kernel(sk, offsets.tcp_total_retrans)?;
+    let srtt: u32 = read_kernel(sk, offsets.tcp_srtt_us)?;
+    let mdev: u32 = read_kernel(sk, offsets.tcp_mdev_us)?;
+    stats.sent_packets = u64::from(segs_out);
+    stats.recv_packets = u64::from(segs_in);
+    stats.retransmits = retrans;
+    stats.rtt_us = srtt >> 3;
+    stats.rtt_var_us = mdev >> 2;
+    Ok(())
+}
+
+/// Thread-group id of the current task (the process, not the thread).
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}

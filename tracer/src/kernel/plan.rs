@@ -1,0 +1,320 @@
+//! The probe table as data, and the one pure function that picks a backend and its probes from
+//! the kernel's capabilities and the caller's choice (kunai's compat table, made testable).
+
+use std::fmt;
+
+use super::{capabilities::Capabilities, version::KernelVersion};
+use crate::{Error, Result};
+
+/// How the tracer attaches to the kernel. All three give the same counters and events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// fentry/fexit on kernel functions through BTF trampolines (cheapest per call; 5.5+ with
+    /// BTF, and allowed by the kernel's lockdown/LSM policy).
+    Fentry,
+    /// kprobe/kretprobe (5.8+ here; needs CONFIG_KPROBES).
+    Kprobe,
+    /// Stable tracepoints only (6.3+ for `sock:sock_send_length`): the way to trace on kernels
+    /// where kprobes are compiled out and fentry is refused.
+    Tracepoint,
+}
+
+impl Backend {
+    /// Preference order for [`BackendChoice::Auto`]: cheapest hooks first.
+    pub const PREFERENCE: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
+
+    /// Lower-case name, as used in reports and `TRACER_TEST_BACKEND`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// Parses a [`Backend::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::PREFERENCE.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which backend the caller wants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The best one the kernel supports ([`Backend::PREFERENCE`]).
+    #[default]
+    Auto,
+    /// Exactly this one, or an error saying why it cannot load.
+    Force(Backend),
+}
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A classic tracepoint `category:name`.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// fentry on a kernel function.
+    Fentry { function: &'static str },
+    /// fexit on a kernel function.
+    Fexit { function: &'static str },
+    /// kprobe on a kernel function.
+    Kprobe { function: &'static str },
+    /// kretprobe on a kernel function.
+    Kretprobe { function: &'static str },
+}
+
+/// One program of the object: where it attaches, for which backends, from which kernel on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// The program's name in the eBPF object.
+    pub program: &'static str,
+    pub hook: Hook,
+    /// The backends that attach this program.
+    pub backends: &'static [Backend],
+    /// The first kernel with the hook (or its current signature).
+    pub min_kernel: KernelVersion,
+    /// The last kernel with the hook, when a later one removed or changed it.
+    pub max_kernel: Option<KernelVersion>,
+}
+
+const ALL: &[Backend] = &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
+const TRACEPOINT: &[Backend] = &[Backend::Tracepoint];
+
+/// Every connection-tracking program. Programs shared by all backends use hooks that exist on
+/// every supported kernel and fire in the same places (state changes and retransmits), so only
+/// the send/receive hooks differ between backends.
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        program: tracer_common::names::PROG_TP_STATE,
+        hook: Hook::Tracepoint {
+            category: "sock",
+            name: "inet_sock_set_state",
+        },
+        backends: ALL,
+        min_kernel: KernelVersion::new(4, 16, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: tracer_common::names::PROG_TP_RETRANSMIT,
+        hook: Hook::Tracepoint {
+            category: "tcp",
+            name: "tcp_retransmit_skb",
+        },
+        backends: ALL,
+        min_kernel: KernelVersion::new(4, 16, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: tracer_common::names::PROG_TP_SEND,
+        hook: Hook::Tracepoint {
+            category: "sock",
+            name: "sock_send_length",
+        },
+        backends: TRACEPOINT,
+        min_kernel: KernelVersion::new(6, 3, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: tracer_common::names::PROG_TP_RECV,
+        hook: Hook::Tracepoint {
+            category: "sock",
+            name: "sock_recv_length",
+        },
+        backends: TRACEPOINT,
+        min_kernel: KernelVersion::new(6, 3, 0),
+        max_kernel: None,
+    },
+];
+
+/// The tracer's floor: the ring buffer of closed connections.
+pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+/// What [`plan`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub backend: Backend,
+    pub probes: Vec<ProbeSpec>,
+    /// Why this backend: what was available, what was skipped and why.
+    pub reason: String,
+}
+
+/// Why `backend` cannot run with `caps`, or `None` when it can.
+pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<String> {
+    match backend {
+        Backend::Fentry if !caps.btf => Some("no kernel BTF".to_owned()),
+        Backend::Fentry if !caps.fentry => {
+            Some("the kernel refuses BPF tracing (fentry) programs".to_owned())
+        }
+        Backend::Kprobe if !caps.kprobes => {
+            Some("kprobes are not available (CONFIG_KPROBES off)".to_owned())
+        }
+        _ => {
+            let missing: Vec<String> = probes_for(backend, caps.kernel)
+                .filter_map(|p| match p.hook {
+                    Hook::Tracepoint { category, name } if !caps.has_tracepoint(category, name) => {
+                        Some(format!("tracepoint {category}:{name}"))
+                    }
+                    Hook::Fentry { function }
+                    | Hook::Fexit { function }
+                    | Hook::Kprobe { function }
+                    | Hook::Kretprobe { function }
+                        if !caps.has_function(function) =>
+                    {
+                        Some(format!("kernel function {function}"))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
+        }
+    }
+}
+
+fn probes_for(backend: Backend, kernel: KernelVersion) -> impl Iterator<Item = &'static ProbeSpec> {
+    PROBES.iter().filter(move |p| {
+        p.backends.contains(&backend)
+            && p.min_kernel <= kernel
+            && p.max_kernel.is_none_or(|max| kernel <= max)
+    })
+}
+
+/// Picks the backend and its probes. Pure: everything it needs is in `caps`.
+pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
+    if caps.kernel < MIN_KERNEL {
+        return Err(Error::NotSupported {
+            feature: "BPF ring buffer",
+            min_kernel: "5.8",
+            running: caps.release.clone(),
+        });
+    }
+    let candidates: &[Backend] = match &choice {
+        BackendChoice::Auto => &Backend::PREFERENCE,
+        BackendChoice::Force(backend) => std::slice::from_ref(backend),
+    };
+    let mut skipped = Vec::new();
+    for &backend in candidates {
+        match unavailable_because(backend, caps) {
+            None => {
+                let probes: Vec<ProbeSpec> = probes_for(backend, caps.kernel).copied().collect();
+                let reason = if skipped.is_empty() {
+                    format!("{backend}: {}", describe(choice))
+                } else {
+                    format!(
+                        "{backend}: {}; skipped {}",
+                        describe(choice),
+                        skipped.join("; ")
+                    )
+                };
+                return Ok(Plan {
+                    backend,
+                    probes,
+                    reason,
+                });
+            }
+            Some(why) => skipped.push(format!("{backend} ({why})")),
+        }
+    }
+    Err(Error::NoBackend {
+        running: caps.release.clone(),
+        reasons: skipped.join("; "),
+    })
+}
+
+fn describe(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Auto => "the best backend this kernel supports",
+        BackendChoice::Force(_) => "forced by the configuration",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_like() -> Capabilities {
+        // The project's host: 6.18, BTF, no kprobes, fentry refused, all tracepoints.
+        Capabilities::for_tests(KernelVersion::new(6, 18, 44), true, false, false, true)
+    }
+
+    fn debian_6_1() -> Capabilities {
+        // 6.1: BTF, kprobes, fentry, but no sock_send_length tracepoint.
+        Capabilities::for_tests(KernelVersion::new(6, 1, 0), true, true, true, false)
+    }
+
+    #[test]
+    fn auto_on_a_host_without_kprobes_or_fentry_picks_tracepoints_and_says_why() {
+        let plan = plan(BackendChoice::Auto, &host_like()).unwrap();
+        assert_eq!(plan.backend, Backend::Tracepoint);
+        assert!(
+            plan.reason.contains("fentry (the kernel refuses"),
+            "{}",
+            plan.reason
+        );
+        assert!(
+            plan.reason.contains("kprobe (kprobes are not available"),
+            "{}",
+            plan.reason
+        );
+        let programs: Vec<_> = plan.probes.iter().map(|p| p.program).collect();
+        assert!(programs.contains(&tracer_common::names::PROG_TP_SEND));
+        assert!(programs.contains(&tracer_common::names::PROG_TP_STATE));
+    }
+
+    #[test]
+    fn auto_prefers_fentry_when_everything_is_available() {
+        let caps = Capabilities::for_tests(KernelVersion::new(6, 12, 95), true, true, true, true);
+        assert_eq!(
+            plan(BackendChoice::Auto, &caps).unwrap().backend,
+            Backend::Fentry
+        );
+    }
+
+    #[test]
+    fn forcing_tracepoints_below_6_3_names_the_missing_tracepoint() {
+        let err = plan(BackendChoice::Force(Backend::Tracepoint), &debian_6_1()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("sock:sock_send_length"), "{text}");
+    }
+
+    #[test]
+    fn forcing_kprobe_on_the_host_fails_with_the_reason() {
+        let err = plan(BackendChoice::Force(Backend::Kprobe), &host_like()).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_KPROBES"), "{err}");
+    }
+
+    #[test]
+    fn kernels_below_the_ring_buffer_floor_are_refused_with_the_minimum() {
+        let caps = Capabilities::for_tests(KernelVersion::new(5, 4, 0), true, true, true, false);
+        match plan(BackendChoice::Auto, &caps) {
+            Err(Error::NotSupported { min_kernel, .. }) => assert_eq!(min_kernel, "5.8"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn probes_outside_their_kernel_range_are_not_planned() {
+        let caps = debian_6_1();
+        let planned: Vec<_> = probes_for(Backend::Tracepoint, caps.kernel)
+            .map(|p| p.program)
+            .collect();
+        assert!(!planned.contains(&tracer_common::names::PROG_TP_SEND));
+        assert!(planned.contains(&tracer_common::names::PROG_TP_STATE));
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for backend in Backend::PREFERENCE {
+            assert_eq!(Backend::from_name(backend.name()), Some(backend));
+        }
+        assert_eq!(Backend::from_name("ebpf"), None);
+    }
+}
