@@ -60,5 +60,6 @@ pub struct KernelLayout {
     pub sock_length: SockLengthFormat,
     /// `tcp:tcp_retransmit_skb` field `skaddr`.
     pub tcp_retransmit_skaddr: u16,
-    pub _pad: u16,
+    /// `msghdr.msg_name` (kernel `struct msghdr`, for fentry/kprobe UDP hooks).
+    pub msghdr_msg_name: u16,
 }

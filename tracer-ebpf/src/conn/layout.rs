@@ -45,7 +45,7 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
         flags: 0,
     },
     tcp_retransmit_skaddr: 0,
-    _pad: 0,
+    msghdr_msg_name: 0,
 });
 
 /// The layout for this kernel (a volatile read of the patched global).

@@ -6,6 +6,7 @@
 //! Linux 5.8+) and `NT_UNTRACKED` (LRU set of keys that did not fit, so each is counted once).
 
 pub mod layout;
+pub mod peer;
 pub mod sock;
 
 use aya_ebpf::{

@@ -91,6 +91,13 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
         inet_sock_set_state: inet_sock_set_state(tracefs)?,
         sock_length: sock_length(tracefs)?,
         tcp_retransmit_skaddr: retransmit.field("tcp/tcp_retransmit_skb", "skaddr")?.offset,
-        _pad: 0,
+        msghdr_msg_name: btf
+            .member_offset("msghdr", "msg_name")
+            .ok()
+            .and_then(|o| u16::try_from(o).ok())
+            .ok_or_else(|| Error::Btf {
+                path: btf_path.to_owned(),
+                reason: "msghdr.msg_name not found".to_owned(),
+            })?,
     })
 }
