@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use tracer::kernel::tcp_state::{TcpStateConfig, TcpStateProbe};
-use tracer_integration::{leaks::Snapshot, policy::loaded_or_skip};
+use tracer::kernel::{
+    conn_tracer::KernelConfig,
+    tcp_state::{TcpStateConfig, TcpStateProbe},
+};
+use tracer_integration::{leaks::Snapshot, policy::loaded_or_skip, tracer::load};
 
 /// The kernel frees programs and maps asynchronously (RCU, a workqueue) after the last descriptor
 /// closes: poll, bounded, until `done` holds for a snapshot, and return the last one.
@@ -50,4 +53,40 @@ fn dropping_the_tcp_state_probe_frees_fds_programs_and_maps() {
     );
     let after = settle(|s| *s == before);
     assert_eq!(after, before, "programs or maps outlived the probe");
+}
+
+#[test]
+fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
+    let Some(first) = load(KernelConfig::default()) else {
+        return;
+    };
+    let planned = first.plan().probes.len();
+    drop(first);
+    let before = settle(|s| s.programs.is_empty() && s.maps.is_empty());
+    assert!(
+        before.programs.is_empty() && before.maps.is_empty(),
+        "{before:?}"
+    );
+
+    let tracer = load(KernelConfig::default()).expect("load again");
+    let during = Snapshot::take();
+    assert_eq!(
+        during.programs.len(),
+        planned,
+        "every planned program is attached"
+    );
+    assert!(during.fds.len() > before.fds.len());
+
+    drop(tracer);
+    assert_eq!(
+        Snapshot::take().fds,
+        before.fds,
+        "descriptors outlived the tracer"
+    );
+    let after = settle(|s| *s == before);
+    assert_eq!(after, before, "programs or maps outlived the tracer");
+
+    // And a new tracer starts again after the old one is gone.
+    let again = load(KernelConfig::default()).expect("load after drop");
+    assert_eq!(again.plan().probes.len(), planned);
 }
