@@ -37,10 +37,9 @@ fn dropping_the_tcp_state_probe_frees_fds_programs_and_maps() {
     let probe = TcpStateProbe::load(TcpStateConfig::default()).expect("load again");
     let during = Snapshot::take();
     assert_eq!(during.programs.len(), 1, "one nt_ program while loaded");
-    assert_eq!(
-        during.maps.len(),
-        2,
-        "NT_TCP_STATES and NT_COUNTERS while loaded"
+    assert!(
+        during.maps.len() >= 2,
+        "at least NT_TCP_STATES and NT_COUNTERS while loaded"
     );
     assert!(during.fds.len() > before.fds.len());
 
