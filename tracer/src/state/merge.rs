@@ -1,0 +1,199 @@
+//! The per-client merge: turns one call's active list and the closed connections the client
+//! has not read yet into the connections to report, each with its `last` delta.
+//!
+//! Rules (Datadog's `mergeConnections`, sections 3.5-3.6 of the reference):
+//! - Active connections are deduplicated by cookie. Same cookie and same tuple: one connection,
+//!   counters = max. Same cookie and a different tuple: a collision (counted); the newer record
+//!   (by `last_update_ns`) wins and the client's snapshot for the cookie is dropped, so the
+//!   winner reports its full monotonic counters.
+//! - `last` = monotonic minus the client's snapshot, with the underflow rules of
+//!   [`crate::model::counters`] (underflows counted). A cookie the client has no snapshot for
+//!   reports `last = monotonic`: this is how a new client's first call reports cumulative
+//!   counters (Datadog behaviour).
+//! - A new cookie when the client already tracks `max_tracked` cookies in this call is not
+//!   reported and not tracked (`conn_dropped`); it is tried again on the next call, where its
+//!   full monotonic counters are reported, so nothing is lost unless it stays refused.
+//! - A closed connection whose cookie is also active in this call wins over the active copy:
+//!   counters = max, the active copy is not reported. With a different tuple it is a collision:
+//!   the newer wins, the snapshot is dropped.
+//! - Closed connections leave the client's snapshot; connections absent from the call are
+//!   swept from it.
+//! - Connections whose `last` is zero are not reported (closed ones are, if they carry a TCP
+//!   failure).
+//!
+//! Precondition (as in Datadog, where closed events are flushed before the map is read): the
+//! active list of a call was read after the client's previous call returned, so it cannot hold
+//! a connection whose close the client already received.
+
+use std::sync::Arc;
+
+use crate::{
+    model::{ConnectionStats, StatCounters, StateTelemetry},
+    state::{
+        readings::absorb_reading,
+        snapshot::{Snapshot, Visit},
+    },
+};
+
+/// A reusable bit set marking which list positions are reported.
+#[derive(Debug, Default)]
+pub(crate) struct KeepSet(Vec<u64>);
+
+impl KeepSet {
+    pub(crate) fn reset(&mut self, len: usize) {
+        self.0.clear();
+        self.0.resize(len.div_ceil(64), 0);
+    }
+
+    pub(crate) fn set(&mut self, index: usize, keep: bool) {
+        if let Some(word) = self.0.get_mut(index / 64) {
+            let bit = 1u64 << (index % 64);
+            if keep {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.0.capacity() * 8
+    }
+}
+
+/// Applies `d = monotonic.delta_since(prev)` to `conn`, counting an underflow.
+fn apply_delta(conn: &mut ConnectionStats, prev: &StatCounters, telemetry: &mut StateTelemetry) {
+    let d = conn.monotonic.delta_since(prev);
+    if d.underflow {
+        telemetry.stats_underflows += 1;
+    }
+    conn.monotonic = d.monotonic;
+    conn.last = d.last;
+}
+
+fn reportable(conn: &ConnectionStats) -> bool {
+    !conn.last.is_zero() || (conn.is_closed && !conn.tcp_failures.is_empty())
+}
+
+/// Merges in place: on return `conns` holds the connections to report, active first then
+/// closed, each with `last` filled. `keep` is scratch space.
+pub(crate) fn merge(
+    snapshot: &mut Snapshot,
+    conns: &mut Vec<ConnectionStats>,
+    closed: &[Arc<ConnectionStats>],
+    max_tracked: usize,
+    keep: &mut KeepSet,
+    telemetry: &mut StateTelemetry,
+) {
+    keep.reset(conns.len() + closed.len());
+    merge_active(snapshot, conns, max_tracked, keep, telemetry);
+    conns.reserve(closed.len());
+    for closed_conn in closed {
+        merge_closed(snapshot, conns, closed_conn, keep, telemetry);
+    }
+    let mut index = 0;
+    conns.retain(|_| {
+        let kept = keep.get(index);
+        index += 1;
+        kept
+    });
+    snapshot.sweep();
+}
+
+fn merge_active(
+    snapshot: &mut Snapshot,
+    conns: &mut [ConnectionStats],
+    max_tracked: usize,
+    keep: &mut KeepSet,
+    telemetry: &mut StateTelemetry,
+) {
+    for position in 0..conns.len() {
+        let (before, rest) = conns.split_at_mut(position);
+        let Some(conn) = rest.first_mut() else {
+            break;
+        };
+        match snapshot.visit(conn.cookie, &conn.monotonic, position, max_tracked) {
+            Visit::Refused => telemetry.conn_dropped += 1,
+            Visit::New => {
+                conn.last = conn.monotonic;
+                keep.set(position, reportable(conn));
+            }
+            Visit::Known(entry) => {
+                apply_delta(conn, &entry.counters(), telemetry);
+                entry.set_counters(&conn.monotonic);
+                keep.set(position, reportable(conn));
+            }
+            Visit::Duplicate(entry, first) => {
+                let Some(kept) = before.get_mut(first) else {
+                    continue;
+                };
+                if kept.tuple == conn.tuple {
+                    let prev = StatCounters::previous_from(&kept.monotonic, &kept.last);
+                    absorb_reading(kept, conn);
+                    apply_delta(kept, &prev, telemetry);
+                } else {
+                    telemetry.stats_cookie_collisions += 1;
+                    if conn.last_update_ns > kept.last_update_ns {
+                        std::mem::swap(kept, conn);
+                    }
+                    kept.last = kept.monotonic;
+                }
+                entry.set_counters(&kept.monotonic);
+                keep.set(first, reportable(kept));
+            }
+        }
+    }
+}
+
+fn merge_closed(
+    snapshot: &mut Snapshot,
+    conns: &mut Vec<ConnectionStats>,
+    closed_conn: &ConnectionStats,
+    keep: &mut KeepSet,
+    telemetry: &mut StateTelemetry,
+) {
+    let mut conn = closed_conn.clone();
+    conn.is_closed = true;
+    match snapshot.take(conn.cookie) {
+        None => conn.last = conn.monotonic,
+        Some(entry) => match entry.seen_position() {
+            None => apply_delta(&mut conn, &entry.counters(), telemetry),
+            Some(first) => {
+                let Some(active) = conns.get_mut(first) else {
+                    conn.last = conn.monotonic;
+                    return push_closed(conns, conn, keep);
+                };
+                if active.tuple == conn.tuple {
+                    let prev = StatCounters::previous_from(&active.monotonic, &active.last);
+                    absorb_reading(&mut conn, active);
+                    apply_delta(&mut conn, &prev, telemetry);
+                    keep.set(first, false);
+                } else {
+                    telemetry.stats_cookie_collisions += 1;
+                    if active.last_update_ns > conn.last_update_ns {
+                        active.last = active.monotonic;
+                        keep.set(first, reportable(active));
+                        let mut entry = entry;
+                        entry.set_counters(&active.monotonic);
+                        snapshot.put_back(conn.cookie, entry);
+                        return;
+                    }
+                    conn.last = conn.monotonic;
+                    keep.set(first, false);
+                }
+            }
+        },
+    }
+    push_closed(conns, conn, keep);
+}
+
+fn push_closed(conns: &mut Vec<ConnectionStats>, conn: ConnectionStats, keep: &mut KeepSet) {
+    keep.set(conns.len(), reportable(&conn));
+    conns.push(conn);
+}

@@ -1,0 +1,583 @@
+//! Rule-by-rule tests of the pipeline through its public API.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    model::{AppProtocol, DnsQueryType, DnsStats, DomainStats, Protocol, UsmCounters, UsmKey},
+    state::test_support::{conn, conn_between, ip},
+};
+
+fn state() -> NetworkState {
+    NetworkState::new(StateConfig::default()).unwrap()
+}
+
+fn id(name: &str) -> ClientId {
+    ClientId::new(name).unwrap()
+}
+
+fn tcp(cookie: u64, sent: u64, recv: u64) -> ConnectionStats {
+    let mut c = conn(cookie, 40000 + cookie as u16);
+    c.monotonic.sent_bytes = sent;
+    c.monotonic.recv_bytes = recv;
+    c
+}
+
+fn call(s: &NetworkState, client: &ClientId, active: Vec<ConnectionStats>) -> Delta {
+    s.get_delta(
+        client,
+        1,
+        active,
+        DnsStatsBatch::default(),
+        UsmStats::default(),
+    )
+    .unwrap()
+}
+
+fn sent_by_cookie(delta: &Delta) -> Vec<(u64, u64, bool)> {
+    delta
+        .conns
+        .iter()
+        .map(|c| (c.cookie, c.last.sent_bytes, c.is_closed))
+        .collect()
+}
+
+#[test]
+fn new_client_first_call_reports_last_equal_to_monotonic() {
+    let s = state();
+    let d = call(&s, &id("a"), vec![tcp(1, 100, 50)]);
+    assert_eq!(d.conns.len(), 1);
+    assert_eq!(d.conns[0].last, d.conns[0].monotonic);
+}
+
+#[test]
+fn later_call_reports_only_what_changed_since_previous_call() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 50)]);
+    let d = call(&s, &a, vec![tcp(1, 130, 50)]);
+    assert_eq!(d.conns[0].last.sent_bytes, 30);
+    assert_eq!(d.conns[0].last.recv_bytes, 0);
+    assert_eq!(d.conns[0].monotonic.sent_bytes, 130);
+}
+
+#[test]
+fn connection_with_zero_delta_is_not_reported() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 50), tcp(2, 1, 1)]);
+    let d = call(&s, &a, vec![tcp(1, 100, 50), tcp(2, 2, 1)]);
+    assert_eq!(sent_by_cookie(&d), vec![(2, 1, false)]);
+    assert_eq!(
+        s.client_tracked(&a),
+        Some(2),
+        "idle connections stay tracked"
+    );
+}
+
+#[test]
+fn connection_never_moving_is_never_reported() {
+    let s = state();
+    assert!(call(&s, &id("a"), vec![tcp(1, 0, 0)]).conns.is_empty());
+}
+
+#[test]
+fn duplicate_cookie_with_same_tuple_in_one_call_is_one_connection_with_max_counters() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 10)]);
+    let d = call(&s, &a, vec![tcp(1, 150, 10), tcp(1, 120, 40)]);
+    assert_eq!(d.conns.len(), 1);
+    assert_eq!(
+        (d.conns[0].last.sent_bytes, d.conns[0].last.recv_bytes),
+        (50, 30)
+    );
+    let d = call(&s, &a, vec![tcp(1, 150, 40)]);
+    assert!(d.conns.is_empty(), "the merged maximum was remembered");
+}
+
+#[test]
+fn duplicate_cookie_with_different_tuple_is_a_collision_where_newest_wins_with_full_counters() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    let mut other = conn(1, 5555);
+    other.monotonic.sent_bytes = 30;
+    other.last_update_ns = 10;
+    let d = call(&s, &a, vec![tcp(1, 110, 0), other]);
+    assert_eq!(d.conns.len(), 1);
+    assert_eq!(d.conns[0].tuple.sport, 5555);
+    assert_eq!(
+        d.conns[0].last.sent_bytes, 30,
+        "snapshot dropped: full monotonic"
+    );
+    assert_eq!(d.telemetry.stats_cookie_collisions, 1);
+}
+
+#[test]
+fn closed_copy_wins_over_active_copy_of_the_same_connection() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    let mut closed = tcp(1, 180, 0);
+    closed.monotonic.tcp_closed = 1;
+    s.store_closed(closed);
+    let d = call(&s, &a, vec![tcp(1, 150, 0)]);
+    assert_eq!(sent_by_cookie(&d), vec![(1, 80, true)]);
+    assert_eq!(d.conns[0].last.tcp_closed, 1);
+    assert_eq!(
+        s.client_tracked(&a),
+        Some(0),
+        "closed connections leave the snapshot"
+    );
+}
+
+#[test]
+fn closed_copy_with_lower_counters_than_active_copy_takes_the_max() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    s.store_closed(tcp(1, 120, 0));
+    let d = call(&s, &a, vec![tcp(1, 150, 0)]);
+    assert_eq!(sent_by_cookie(&d), vec![(1, 50, true)]);
+}
+
+#[test]
+fn closed_and_active_with_same_cookie_but_different_tuple_collide_and_newest_wins() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    let mut closed = conn(1, 6000);
+    closed.monotonic.sent_bytes = 7;
+    closed.last_update_ns = 1;
+    s.store_closed(closed);
+    let mut active = tcp(1, 150, 0);
+    active.last_update_ns = 2;
+    let d = call(&s, &a, vec![active]);
+    assert_eq!(sent_by_cookie(&d), vec![(1, 150, false)]);
+    assert_eq!(d.telemetry.stats_cookie_collisions, 1);
+    let d = call(&s, &a, vec![tcp(1, 160, 0)]);
+    assert_eq!(
+        sent_by_cookie(&d),
+        vec![(1, 10, false)],
+        "the winner stays tracked"
+    );
+}
+
+#[test]
+fn counter_going_down_is_an_underflow_counted_and_never_reported_negative() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 100)]);
+    let d = call(&s, &a, vec![tcp(1, 90, 120)]);
+    assert_eq!(
+        (d.conns[0].last.sent_bytes, d.conns[0].last.recv_bytes),
+        (0, 20)
+    );
+    assert_eq!(d.conns[0].monotonic.sent_bytes, 100);
+    assert_eq!(d.telemetry.stats_underflows, 1);
+    let d = call(&s, &a, vec![tcp(1, 105, 120)]);
+    assert_eq!(
+        d.conns[0].last.sent_bytes, 5,
+        "measured from the larger value"
+    );
+}
+
+#[test]
+fn closed_connection_reaches_only_clients_registered_before_it_was_stored() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.store_closed(tcp(1, 10, 0));
+    s.register_client(&b, 0).unwrap();
+    s.store_closed(tcp(2, 10, 0));
+    assert_eq!(
+        sent_by_cookie(&call(&s, &a, vec![])),
+        vec![(1, 10, true), (2, 10, true)]
+    );
+    assert_eq!(sent_by_cookie(&call(&s, &b, vec![])), vec![(2, 10, true)]);
+}
+
+#[test]
+fn closed_connection_reaches_each_client_exactly_once() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    s.store_closed(tcp(1, 10, 0));
+    assert_eq!(call(&s, &a, vec![]).conns.len(), 1);
+    assert_eq!(call(&s, &a, vec![]).conns.len(), 0);
+    assert_eq!(call(&s, &b, vec![]).conns.len(), 1);
+    assert_eq!(call(&s, &b, vec![]).conns.len(), 0);
+    assert_eq!(
+        s.closed_len(),
+        0,
+        "stored once, dropped once every client read it"
+    );
+}
+
+#[test]
+fn closed_connections_without_any_client_are_discarded() {
+    let s = state();
+    s.store_closed(tcp(1, 10, 0));
+    assert_eq!(s.closed_discarded_without_clients(), 1);
+    assert!(call(&s, &id("late"), vec![]).conns.is_empty());
+}
+
+#[test]
+fn closed_connection_reports_only_what_it_did_after_its_last_active_report() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    s.store_closed(tcp(1, 130, 0));
+    assert_eq!(sent_by_cookie(&call(&s, &a, vec![])), vec![(1, 30, true)]);
+}
+
+#[test]
+fn active_connections_come_before_closed_ones() {
+    let s = state();
+    let a = id("a");
+    s.register_client(&a, 0).unwrap();
+    s.store_closed(tcp(1, 1, 0));
+    let d = call(&s, &a, vec![tcp(2, 1, 0), tcp(3, 1, 0)]);
+    assert_eq!(
+        d.conns.iter().map(|c| c.is_closed).collect::<Vec<_>>(),
+        [false, false, true]
+    );
+}
+
+#[test]
+fn clients_have_independent_snapshots() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    call(&s, &a, vec![tcp(1, 150, 0)]);
+    let d = call(&s, &b, vec![tcp(1, 150, 0)]);
+    assert_eq!(d.conns[0].last.sent_bytes, 150);
+    let d = call(&s, &a, vec![tcp(1, 170, 0)]);
+    assert_eq!(d.conns[0].last.sent_bytes, 20);
+}
+
+#[test]
+fn vanished_connection_is_swept_from_the_snapshot() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 1, 0), tcp(2, 1, 0)]);
+    call(&s, &a, vec![tcp(2, 1, 0)]);
+    assert_eq!(s.client_tracked(&a), Some(1));
+}
+
+#[test]
+fn clients_beyond_the_cap_are_refused_and_counted() {
+    let s = NetworkState::new(StateConfig {
+        max_clients: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    s.register_client(&id("a"), 0).unwrap();
+    call(&s, &id("b"), vec![]);
+    let refused = s.get_delta(
+        &id("c"),
+        0,
+        vec![],
+        DnsStatsBatch::default(),
+        UsmStats::default(),
+    );
+    assert_eq!(refused.unwrap_err(), ClientError::TooManyClients { max: 2 });
+    assert_eq!(
+        s.register_client(&id("d"), 0),
+        Err(ClientError::TooManyClients { max: 2 })
+    );
+    assert_eq!(s.telemetry().clients_refused, 2);
+    assert_eq!(call(&s, &id("a"), vec![]).telemetry.clients_refused, 2);
+    assert_eq!(call(&s, &id("a"), vec![]).telemetry.clients_refused, 0);
+}
+
+#[test]
+fn hostile_client_ids_do_not_break_anything() {
+    let s = state();
+    assert!(ClientId::new(&"x".repeat(10_000)).is_err());
+    let empty = id("");
+    let odd = id("\0\u{feff}💥/../");
+    assert_eq!(call(&s, &empty, vec![tcp(1, 1, 0)]).conns.len(), 1);
+    assert_eq!(call(&s, &odd, vec![tcp(1, 1, 0)]).conns.len(), 1);
+    assert_eq!(s.client_count(), 2);
+}
+
+#[test]
+fn idle_client_expires_and_returns_as_a_new_client() {
+    let s = state();
+    let a = id("a");
+    let expiry = s.config().client_expiry_ns;
+    s.get_delta(
+        &a,
+        1_000,
+        vec![tcp(1, 100, 0)],
+        DnsStatsBatch::default(),
+        UsmStats::default(),
+    )
+    .unwrap();
+    assert_eq!(s.remove_expired_clients(1_000 + expiry - 1), 0);
+    assert_eq!(s.remove_expired_clients(1_000 + expiry), 1);
+    assert_eq!(s.client_count(), 0);
+    s.store_closed(tcp(9, 1, 0));
+    let d = call(&s, &a, vec![tcp(1, 120, 0)]);
+    assert_eq!(
+        sent_by_cookie(&d),
+        vec![(1, 120, false)],
+        "new again: cumulative counters"
+    );
+}
+
+#[test]
+fn new_connections_beyond_per_client_cap_are_not_reported_but_counted_and_retried() {
+    let s = NetworkState::new(StateConfig {
+        max_tracked_per_client: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let a = id("a");
+    let d = call(&s, &a, vec![tcp(1, 1, 0), tcp(2, 1, 0), tcp(3, 5, 0)]);
+    assert_eq!(d.conns.len(), 2);
+    assert_eq!(d.telemetry.conn_dropped, 1);
+    let d = call(&s, &a, vec![tcp(2, 1, 0), tcp(3, 7, 0)]);
+    assert_eq!(
+        sent_by_cookie(&d),
+        vec![(3, 7, false)],
+        "retried with its full counters"
+    );
+    assert_eq!(d.telemetry.conn_dropped, 0);
+    assert_eq!(s.telemetry().conn_dropped, 1);
+}
+
+#[test]
+fn closed_store_overflow_is_charged_to_the_client_that_missed_connections() {
+    let s = NetworkState::new(StateConfig {
+        max_closed_connections: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    s.store_closed(tcp(1, 1, 0));
+    s.store_closed(tcp(2, 1, 0));
+    assert_eq!(call(&s, &a, vec![]).conns.len(), 2);
+    s.store_closed(tcp(3, 1, 0));
+    let da = call(&s, &a, vec![]);
+    let db = call(&s, &b, vec![]);
+    assert_eq!((da.conns.len(), da.telemetry.closed_conn_dropped), (1, 0));
+    assert_eq!((db.conns.len(), db.telemetry.closed_conn_dropped), (2, 1));
+}
+
+#[test]
+fn removed_connections_report_full_counters_if_they_come_back() {
+    let s = state();
+    let a = id("a");
+    call(&s, &a, vec![tcp(1, 100, 0)]);
+    s.remove_connections(&[1]);
+    assert_eq!(s.client_tracked(&a), Some(0));
+    assert_eq!(
+        sent_by_cookie(&call(&s, &a, vec![tcp(1, 100, 0)])),
+        vec![(1, 100, false)]
+    );
+}
+
+fn dns_conn() -> ConnectionStats {
+    let mut c = conn_between(ip(10, 0, 0, 1), 5000, ip(10, 0, 0, 53), 53, Protocol::Udp);
+    c.monotonic.sent_bytes = 1;
+    c
+}
+
+fn dns_batch(timeouts: u32) -> DnsStatsBatch {
+    let mut stats = DomainStats::default();
+    stats.0.entry(Arc::from("example.com")).or_default().insert(
+        DnsQueryType(1),
+        DnsStats {
+            timeouts,
+            ..Default::default()
+        },
+    );
+    let mut batch = DnsStatsBatch::default();
+    batch.0.insert(dns_conn().dns_key().unwrap(), stats);
+    batch
+}
+
+fn dns_timeouts(d: &Delta) -> Option<u32> {
+    let stats = d.conns.iter().find_map(|c| c.dns.as_ref())?;
+    Some(stats.0[&Arc::<str>::from("example.com")][&DnsQueryType(1)].timeouts)
+}
+
+#[test]
+fn dns_stats_reach_every_client_once_attached_to_their_connection() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    let d = s
+        .get_delta(&a, 1, vec![dns_conn()], dns_batch(2), UsmStats::default())
+        .unwrap();
+    assert_eq!(dns_timeouts(&d), Some(2));
+    let mut moved = dns_conn();
+    moved.monotonic.sent_bytes = 2;
+    let d = s
+        .get_delta(
+            &b,
+            1,
+            vec![moved.clone()],
+            dns_batch(3),
+            UsmStats::default(),
+        )
+        .unwrap();
+    assert_eq!(dns_timeouts(&d), Some(5), "b gets a's batch and its own");
+    moved.monotonic.sent_bytes = 3;
+    let d = call(&s, &a, vec![moved]);
+    assert_eq!(
+        dns_timeouts(&d),
+        Some(3),
+        "a gets only what it had not received"
+    );
+}
+
+#[test]
+fn usm_stats_pass_through_to_every_client_once() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    let key = UsmKey {
+        protocol: AppProtocol::Http,
+        client: "10.0.0.1:5000".parse().unwrap(),
+        server: "10.0.0.2:80".parse().unwrap(),
+        resource: Arc::from("/"),
+    };
+    let mut usm = UsmStats::default();
+    usm.0.insert(
+        key.clone(),
+        UsmCounters {
+            requests: 4,
+            errors: 1,
+            latency_sum_ns: 10,
+        },
+    );
+    let d = s
+        .get_delta(&a, 1, vec![], DnsStatsBatch::default(), usm.clone())
+        .unwrap();
+    assert_eq!(d.usm.0[&key].requests, 4);
+    let d = s
+        .get_delta(&b, 1, vec![], DnsStatsBatch::default(), usm)
+        .unwrap();
+    assert_eq!(d.usm.0[&key].requests, 8);
+    assert!(call(&s, &a, vec![]).usm.0.get(&key).map(|c| c.requests) == Some(4));
+    assert!(call(&s, &a, vec![]).usm.is_empty());
+}
+
+#[test]
+fn telemetry_in_a_delta_is_what_happened_for_that_client_since_its_previous_call() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    let mut x = tcp(1, 1, 0);
+    x.last_update_ns = 1;
+    let mut y = conn(1, 7777);
+    y.monotonic.sent_bytes = 1;
+    y.last_update_ns = 2;
+    s.store_closed(x);
+    s.store_closed(y);
+    assert_eq!(call(&s, &a, vec![]).telemetry.stats_cookie_collisions, 1);
+    assert_eq!(call(&s, &a, vec![]).telemetry.stats_cookie_collisions, 0);
+    assert_eq!(call(&s, &b, vec![]).telemetry.stats_cookie_collisions, 1);
+    assert_eq!(s.telemetry().stats_cookie_collisions, 1);
+}
+
+#[test]
+fn kernel_counters_become_per_client_deltas() {
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    let counters = |v| KernelCounters(vec![("tcp_sent_miscounts", v)]);
+    assert_eq!(
+        s.kernel_telemetry_delta(&a, 0, &counters(5)).unwrap(),
+        counters(5)
+    );
+    assert_eq!(
+        s.kernel_telemetry_delta(&a, 0, &counters(8)).unwrap(),
+        counters(3)
+    );
+    assert_eq!(
+        s.kernel_telemetry_delta(&b, 0, &counters(8)).unwrap(),
+        counters(8)
+    );
+    assert_eq!(
+        s.kernel_telemetry_delta(&a, 0, &counters(2)).unwrap(),
+        counters(2),
+        "reset"
+    );
+}
+
+#[test]
+fn intra_host_and_direction_fixes_run_on_the_delta() {
+    let s = state();
+    let mut c = conn_between(
+        ip(127, 0, 0, 1),
+        8080,
+        ip(127, 0, 0, 1),
+        40000,
+        Protocol::Tcp,
+    );
+    c.monotonic.sent_bytes = 1;
+    let d = call(&s, &id("a"), vec![c]);
+    assert!(d.conns[0].intra_host);
+    assert_eq!(d.conns[0].direction, crate::model::Direction::Incoming);
+    assert_eq!(d.telemetry.outgoing_direction_fixes, 1);
+}
+
+#[test]
+fn store_closed_does_not_wait_for_a_running_merge() {
+    let s = Arc::new(state());
+    let a = id("a");
+    s.register_client(&a, 0).unwrap();
+    let handle = s.clients.read().unwrap().get(&a).unwrap();
+    let merge_in_progress = handle.state.lock().unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let store = Arc::clone(&s);
+    thread::spawn(move || {
+        store.store_closed(tcp(1, 1, 0));
+        done_tx.send(()).unwrap();
+    });
+    assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok());
+    drop(merge_in_progress);
+    assert_eq!(call(&s, &a, vec![]).conns.len(), 1);
+}
+
+#[test]
+fn closed_connections_stored_concurrently_with_calls_each_arrive_exactly_once() {
+    let s = Arc::new(state());
+    let a = id("a");
+    s.register_client(&a, 0).unwrap();
+    let producer = {
+        let s = Arc::clone(&s);
+        thread::spawn(move || {
+            for cookie in 0..5_000u64 {
+                s.store_closed(tcp(cookie, cookie + 1, 0));
+            }
+        })
+    };
+    let mut seen = vec![0u32; 5_000];
+    let mut count = |d: Delta| {
+        for c in d.conns {
+            seen[c.cookie as usize] += 1;
+            assert_eq!(c.last.sent_bytes, c.cookie + 1);
+        }
+    };
+    while !producer.is_finished() {
+        count(call(&s, &a, vec![]));
+    }
+    producer.join().unwrap();
+    count(call(&s, &a, vec![]));
+    assert!(seen.iter().all(|&n| n == 1));
+}
