@@ -89,3 +89,20 @@ pub fn the_one<'a>(
         ),
     }
 }
+
+/// The one open connection whose endpoints are these, read from the kernel map now.
+pub fn the_active(tracer: &ConnTracer, local: SocketAddr, remote: SocketAddr) -> ConnStats {
+    let open = tracer.connections().expect("read connections");
+    let matching: Vec<ConnStats> = open
+        .iter()
+        .filter(|(_, s)| endpoints(&s.tuple) == (local, remote))
+        .map(|(_, s)| *s)
+        .collect();
+    match matching.as_slice() {
+        [one] => *one,
+        _ => panic!(
+            "expected exactly one open connection {local} -> {remote}, found {}",
+            matching.len()
+        ),
+    }
+}

@@ -4,4 +4,5 @@
 
 mod lifecycle;
 mod tcp_bytes;
+mod tcp_counters;
 mod tcp_state;
