@@ -24,3 +24,7 @@ pub const PROG_TP_RECV: &str = "nt_tp_recv";
 pub const PROG_TP_STATE: &str = "nt_tp_state";
 /// Tracepoint backend: `tcp:tcp_retransmit_skb`.
 pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";
+/// All backends: `syscalls:sys_exit_accept4` (owner of accepted connections).
+pub const PROG_ACCEPT4: &str = "nt_tp_accept4";
+/// All backends: `syscalls:sys_exit_accept`.
+pub const PROG_ACCEPT: &str = "nt_tp_accept";

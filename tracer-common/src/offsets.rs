@@ -62,4 +62,29 @@ pub struct KernelLayout {
     pub tcp_retransmit_skaddr: u16,
     /// `msghdr.msg_name` (kernel `struct msghdr`, for fentry/kprobe UDP hooks).
     pub msghdr_msg_name: u16,
+    /// Walking from the current task to the socket behind a file descriptor.
+    pub fd: FdOffsets,
+    /// Offset of `ret` in the `syscalls:sys_exit_*` records.
+    pub sys_exit_ret: u16,
+    pub _pad: u16,
+}
+
+/// Offsets to resolve a file descriptor of the current task to its `struct sock`
+/// (`task->files->fdt->fd[fd]->private_data->sk`), used where a hook only sees the descriptor
+/// (the `accept` syscall's return value on the tracepoint backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdOffsets {
+    /// `task_struct.files`
+    pub task_files: u16,
+    /// `files_struct.fdt`
+    pub files_fdt: u16,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u16,
+    /// `fdtable.fd`
+    pub fdtable_fd: u16,
+    /// `file.private_data`
+    pub file_private_data: u16,
+    /// `socket.sk`
+    pub socket_sk: u16,
 }

@@ -5,4 +5,5 @@
 mod lifecycle;
 mod tcp_bytes;
 mod tcp_counters;
+mod tcp_failures;
 mod tcp_state;

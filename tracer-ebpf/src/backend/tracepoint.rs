@@ -104,3 +104,33 @@ pub fn nt_tp_retrans(ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+/// `accept4` returned a descriptor: the accepting process owns the new connection. The accepted
+/// socket was created in softirq, where no pid is known (shared by every backend).
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn nt_tp_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+/// Same for `accept`.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn nt_tp_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+fn on_accept_exit(ctx: &TracePointContext) {
+    let layout = layout();
+    let Ok(ret) = field::<i64>(ctx, layout.sys_exit_ret) else {
+        bump(Counter::TracepointReadFailed);
+        return;
+    };
+    if ret < 0 {
+        return;
+    }
+    match conn::fd::sock_of_fd(ret, &layout.fd) {
+        Some(sk) => conn::set_owner(sk, conn::sock::current_tgid()),
+        None => bump(Counter::KernelReadFailed),
+    }
+}

@@ -46,6 +46,16 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     },
     tcp_retransmit_skaddr: 0,
     msghdr_msg_name: 0,
+    fd: tracer_common::offsets::FdOffsets {
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_max_fds: 0,
+        fdtable_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+    },
+    sys_exit_ret: 0,
+    _pad: 0,
 });
 
 /// The layout for this kernel (a volatile read of the patched global).

@@ -5,6 +5,7 @@
 //! Owner of the maps `NT_CONNS` (open connections), `NT_CLOSED` (ring buffer of closed ones,
 //! Linux 5.8+) and `NT_UNTRACKED` (LRU set of keys that did not fit, so each is counted once).
 
+pub mod fd;
 pub mod layout;
 pub mod peer;
 pub mod sock;
@@ -191,6 +192,23 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
         bump(Counter::KernelReadFailed);
     }
     stats.updated_ns = now_ns();
+}
+
+/// The current process accepted TCP socket `sk`: it owns the connection unless an earlier
+/// process-context event already named an owner. Never creates an entry.
+#[inline(always)]
+pub fn set_owner(sk: u64, tgid: u32) {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    if let Some(stats) = NT_CONNS.get_ptr_mut(&key) {
+        // SAFETY: see `entry`.
+        let stats = unsafe { &mut *stats };
+        if stats.tuple.pid == 0 {
+            stats.tuple.pid = tgid;
+        }
+    }
 }
 
 /// A TCP state change of socket `sk` (from `sock:inet_sock_set_state` or an equivalent hook).

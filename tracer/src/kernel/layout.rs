@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use tracer_common::{
-    offsets::{KernelLayout, SockLengthFormat, SockOffsets},
+    offsets::{FdOffsets, KernelLayout, SockLengthFormat, SockOffsets},
     tracepoint::InetSockSetStateFormat,
 };
 
@@ -83,6 +83,27 @@ fn sock_length(tracefs: &Path) -> Result<SockLengthFormat> {
     })
 }
 
+/// Offsets from the current task to the socket behind a file descriptor.
+fn fd_offsets(btf: &Btf, btf_path: &Path) -> Result<FdOffsets> {
+    let offset = |structure: &str, path: &str| -> Result<u16> {
+        btf.member_offset(structure, path)
+            .ok()
+            .and_then(|o| u16::try_from(o).ok())
+            .ok_or_else(|| Error::Btf {
+                path: btf_path.to_owned(),
+                reason: format!("{structure}.{path}: missing or beyond 64 KiB"),
+            })
+    };
+    Ok(FdOffsets {
+        task_files: offset("task_struct", "files")?,
+        files_fdt: offset("files_struct", "fdt")?,
+        fdtable_max_fds: offset("fdtable", "max_fds")?,
+        fdtable_fd: offset("fdtable", "fd")?,
+        file_private_data: offset("file", "private_data")?,
+        socket_sk: offset("socket", "sk")?,
+    })
+}
+
 /// Everything at once.
 pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayout> {
     let retransmit = EventFormat::read(tracefs, "tcp", "tcp_retransmit_skb")?;
@@ -99,5 +120,10 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
                 path: btf_path.to_owned(),
                 reason: "msghdr.msg_name not found".to_owned(),
             })?,
+        fd: fd_offsets(btf, btf_path)?,
+        sys_exit_ret: EventFormat::read(tracefs, "syscalls", "sys_exit_accept4")?
+            .field("syscalls/sys_exit_accept4", "ret")?
+            .offset,
+        _pad: 0,
     })
 }

@@ -104,6 +104,26 @@ pub const PROBES: &[ProbeSpec] = &[
         max_kernel: None,
     },
     ProbeSpec {
+        program: tracer_common::names::PROG_ACCEPT4,
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_accept4",
+        },
+        backends: ALL,
+        min_kernel: KernelVersion::new(4, 16, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: tracer_common::names::PROG_ACCEPT,
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            name: "sys_exit_accept",
+        },
+        backends: ALL,
+        min_kernel: KernelVersion::new(4, 16, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
         program: tracer_common::names::PROG_TP_RETRANSMIT,
         hook: Hook::Tracepoint {
             category: "tcp",
