@@ -3,6 +3,8 @@
 //! namespace.
 
 mod lifecycle;
+mod limits;
+mod ownership;
 mod tcp_bytes;
 mod tcp_counters;
 mod tcp_failures;
