@@ -51,7 +51,7 @@ pub fn endpoints(tuple: &ConnTuple) -> (SocketAddr, SocketAddr) {
 /// Drains closed events until `done` holds for those collected so far (bounded wait: closes that
 /// complete in softirq may land a moment after the test's close() returns), returning them all.
 pub fn collect_closed(
-    tracer: &mut ConnTracer,
+    tracer: &ConnTracer,
     netns: u32,
     done: impl Fn(&[ClosedConn]) -> bool,
 ) -> Vec<ClosedConn> {

@@ -32,7 +32,7 @@ fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
 fn a_tiny_ring_buffer_loses_exactly_the_closes_it_has_no_room_for() {
     in_fresh_netns(|| {
         let page = 4096;
-        let Some(mut tracer) = load(KernelConfig {
+        let Some(tracer) = load(KernelConfig {
             ring_buffer_bytes: page,
             ..KernelConfig::default()
         }) else {

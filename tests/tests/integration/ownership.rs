@@ -68,7 +68,7 @@ fn raw_write_all(fd: i32, mut n: usize) -> bool {
 #[test]
 fn client_and_server_in_two_processes_each_own_their_side() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -99,7 +99,7 @@ fn client_and_server_in_two_processes_each_own_their_side() {
         drop(client);
         wait_ok(server_pid);
 
-        let closed = collect_closed(&mut tracer, netns, |c| c.len() >= 2);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let outgoing = the_one(&closed, client_addr, server_addr);
         assert_eq!(
             outgoing.tuple.pid,
@@ -125,7 +125,7 @@ fn client_and_server_in_two_processes_each_own_their_side() {
 #[test]
 fn a_close_by_another_process_ends_the_connection_once_with_the_owner_pid() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -167,7 +167,7 @@ fn a_close_by_another_process_ends_the_connection_once_with_the_owner_pid() {
             .expect("eof after the child's close");
         drop(server);
 
-        let closed = collect_closed(&mut tracer, netns, |c| c.len() >= 2);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let outgoing = the_one(&closed, client_addr, server_addr);
         assert_eq!(
             outgoing.tuple.pid,

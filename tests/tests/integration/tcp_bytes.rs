@@ -74,12 +74,12 @@ fn exchange(
 
 fn exact_bytes(ip: &'static str, request: usize, chunk: usize, reply: usize) {
     in_fresh_netns(move || {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
         let (done, client, server) = exchange(ip.parse().expect("ip"), request, chunk, reply);
-        let closed = collect_closed(&mut tracer, netns, |c| c.len() >= 2);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let pid = std::process::id();
 
         let outgoing = the_one(&closed, client, server);

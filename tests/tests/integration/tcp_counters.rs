@@ -119,7 +119,7 @@ fn tcp_packets_retransmits_and_rtt_equal_tcp_info_at_rest() {
 #[test]
 fn tcp_retransmits_under_loss_equal_the_namespace_retrans_segs() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -156,7 +156,7 @@ fn tcp_retransmits_under_loss_equal_the_namespace_retrans_segs() {
 
         drop(client);
         drop(server);
-        let closed = collect_closed(&mut tracer, netns, |c| c.len() >= 2);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let client_final = the_one(&closed, client_addr, server_addr);
         let server_final = the_one(&closed, server_addr, client_addr);
         let ours = u64::from(client_final.retransmits) + u64::from(server_final.retransmits);

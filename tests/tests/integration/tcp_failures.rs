@@ -31,14 +31,14 @@ fn free_port() -> u16 {
 #[test]
 fn refused_connect_reports_econnrefused_with_the_connecting_pid() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
         let port = free_port();
         let err = TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-        let closed = collect_closed(&mut tracer, netns, |c| !c.is_empty());
+        let closed = collect_closed(&tracer, netns, |c| !c.is_empty());
         assert_eq!(closed.len(), 1, "{closed:#?}");
         let failed = &closed[0].stats;
         assert_eq!(failed.failure, ECONNREFUSED);
@@ -56,7 +56,7 @@ fn refused_connect_reports_econnrefused_with_the_connecting_pid() {
 #[test]
 fn abortive_close_is_a_reset_seen_by_the_peer() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -86,7 +86,7 @@ fn abortive_close_is_a_reset_seen_by_the_peer() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
         drop(server);
 
-        let closed = collect_closed(&mut tracer, netns, |c| c.len() >= 2);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let aborted = the_one(&closed, client_addr, server_addr);
         assert_eq!(aborted.failure, 0, "the side that aborts did not fail");
         assert_eq!(aborted.direction, DIRECTION_OUTGOING);
@@ -101,7 +101,7 @@ fn abortive_close_is_a_reset_seen_by_the_peer() {
 #[test]
 fn dropped_syns_time_out_with_etimedout_and_count_the_syn_retransmits() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(KernelConfig::default()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -115,7 +115,7 @@ fn dropped_syns_time_out_with_etimedout_and_count_the_syn_retransmits() {
         let err = TcpStream::connect(("127.0.0.1", port)).expect_err("times out");
         assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
         assert!(started.elapsed() < Duration::from_secs(60));
-        let closed = collect_closed(&mut tracer, netns, |c| !c.is_empty());
+        let closed = collect_closed(&tracer, netns, |c| !c.is_empty());
         assert_eq!(closed.len(), 1, "{closed:#?}");
         let failed = &closed[0].stats;
         assert_eq!(failed.failure, ETIMEDOUT);

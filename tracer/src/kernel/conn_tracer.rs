@@ -2,7 +2,11 @@
 //! `NT_UNTRACKED`, `NT_COUNTERS`): loads and attaches the planned backend, and reads what the
 //! programs recorded. Minimum kernel 5.8 (ring buffer).
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,7 +22,7 @@ use super::{
     btf::Btf,
     capabilities::{Capabilities, VMLINUX_BTF},
     counters::KernelCounters,
-    layout, object,
+    layout, map_reader, object,
     plan::{self, BackendChoice, Hook, Plan},
     privileges, tracefs,
 };
@@ -88,8 +92,14 @@ fn page_size() -> u32 {
 /// The loaded and attached connection tracker. Dropping it detaches every program and frees
 /// every map.
 pub struct ConnTracer {
-    ebpf: Ebpf,
-    closed: RingBuf<MapData>,
+    /// Owns the programs and their links: dropping it detaches everything. Behind a mutex only
+    /// so that the tracer is `Sync`; nothing reads it after loading.
+    _ebpf: Mutex<Ebpf>,
+    closed: Mutex<RingBuf<MapData>>,
+    conns: Mutex<HashMap<MapData, ConnKey, ConnStats>>,
+    /// A second descriptor of `NT_CONNS` for batched lookups (aya has no batch API).
+    conns_fd: OwnedFd,
+    counters: PerCpuArray<MapData, u64>,
     plan: Plan,
 }
 
@@ -121,14 +131,33 @@ impl ConnTracer {
         for probe in &plan.probes {
             attach(&mut ebpf, probe.program, probe.hook)?;
         }
-        let closed = ebpf
-            .take_map(MAP_CLOSED)
-            .ok_or(Error::MissingObject {
-                kind: "map",
-                name: MAP_CLOSED,
-            })
+        let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
-        Ok(Self { ebpf, closed, plan })
+        let conns_map = take_map(&mut ebpf, MAP_CONNS)?;
+        let conns_fd = match &conns_map {
+            aya::maps::Map::HashMap(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("duplicating the NT_CONNS descriptor", e))?,
+            _ => {
+                return Err(Error::MissingObject {
+                    kind: "hash map",
+                    name: MAP_CONNS,
+                });
+            }
+        };
+        let conns = HashMap::try_from(conns_map).map_err(|e| map_error(MAP_CONNS, e))?;
+        let counters = take_map(&mut ebpf, MAP_COUNTERS)
+            .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
+        Ok(Self {
+            _ebpf: Mutex::new(ebpf),
+            closed: Mutex::new(closed),
+            conns: Mutex::new(conns),
+            conns_fd,
+            counters,
+            plan,
+        })
     }
 
     /// The backend in use and why it was chosen.
@@ -136,10 +165,12 @@ impl ConnTracer {
         &self.plan
     }
 
-    /// Drains every closed-connection event currently in the ring buffer.
-    pub fn drain_closed(&mut self, out: &mut Vec<ClosedConn>) -> usize {
+    /// Drains every closed-connection event currently in the ring buffer into `out`; returns
+    /// how many were added. Safe to call from any thread (the ring has its own lock).
+    pub fn drain_closed(&self, out: &mut Vec<ClosedConn>) -> usize {
+        let mut ring = lock(&self.closed);
         let mut n = 0;
-        while let Some(item) = self.closed.next() {
+        while let Some(item) = ring.next() {
             if let Some(event) = decode_closed(&item) {
                 out.push(event);
                 n += 1;
@@ -148,29 +179,60 @@ impl ConnTracer {
         n
     }
 
-    /// Every open connection in the kernel map.
+    /// The ring buffer's descriptor, to wait for closed connections with epoll/poll.
+    pub fn closed_fd(&self) -> RawFd {
+        lock(&self.closed).as_raw_fd()
+    }
+
+    /// Every open connection in the kernel map, each key once (see [`map_reader`]).
     pub fn connections(&self) -> Result<Vec<(ConnKey, ConnStats)>> {
-        let map: HashMap<&MapData, ConnKey, ConnStats> =
-            HashMap::try_from(self.ebpf.map(MAP_CONNS).ok_or(Error::MissingObject {
-                kind: "map",
-                name: MAP_CONNS,
-            })?)
+        let conns = lock(&self.conns);
+        let mut out = Vec::new();
+        map_reader::read_all(&conns, self.conns_fd.as_fd(), &mut out)
             .map_err(|e| map_error(MAP_CONNS, e))?;
-        map.iter()
-            .map(|entry| entry.map_err(|e| map_error(MAP_CONNS, e)))
-            .collect()
+        Ok(out)
+    }
+
+    /// Like [`ConnTracer::connections`], into a reused buffer; returns how the map was read.
+    pub fn read_connections(
+        &self,
+        out: &mut Vec<(ConnKey, ConnStats)>,
+    ) -> Result<map_reader::ReadStats> {
+        let conns = lock(&self.conns);
+        map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
+            .map_err(|e| map_error(MAP_CONNS, e))
+    }
+
+    /// Removes entries (expired connections) from the kernel map. A key already gone (closed by
+    /// the kernel meanwhile) is not an error: its close event is on the ring buffer.
+    pub fn remove_connections(&self, keys: &[ConnKey]) -> Result<usize> {
+        let mut conns = lock(&self.conns);
+        let mut removed = 0;
+        for key in keys {
+            match conns.remove(key) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(MAP_CONNS, e)),
+            }
+        }
+        Ok(removed)
     }
 
     /// The kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_COUNTERS).ok_or(Error::MissingObject {
-                kind: "map",
-                name: MAP_COUNTERS,
-            })?)
-            .map_err(|e| map_error(MAP_COUNTERS, e))?;
-        KernelCounters::read(&map)
+        KernelCounters::read(&self.counters)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (they live in the
+    // kernel), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or(Error::MissingObject { kind: "map", name })
 }
 
 /// A ring-buffer record as a [`ClosedConn`]; `None` for a record of the wrong size (cannot

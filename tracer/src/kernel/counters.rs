@@ -13,7 +13,7 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     /// Reads and sums the per-CPU counter map.
-    pub(crate) fn read(map: &PerCpuArray<&MapData, u64>) -> Result<Self> {
+    pub(crate) fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Self> {
         let mut values = Vec::with_capacity(Counter::ALL.len());
         for &counter in Counter::ALL {
             let per_cpu = map.get(&(counter as u32), 0).map_err(|e| Error::Map {

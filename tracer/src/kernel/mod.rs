@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod conn_tracer;
 pub mod counters;
 pub mod layout;
+pub mod map_reader;
 pub(crate) mod object;
 pub mod plan;
 pub(crate) mod privileges;
