@@ -69,10 +69,13 @@ struct Rig {
 impl Rig {
     fn new(active: usize, clients: usize) -> Self {
         let state = NetworkState::new(StateConfig::default()).expect("valid default config");
-        let clients: Vec<ClientId> =
-            (0..clients).map(|c| ClientId::new(&format!("bench-{c}")).expect("short id")).collect();
+        let clients: Vec<ClientId> = (0..clients)
+            .map(|c| ClientId::new(&format!("bench-{c}")).expect("short id"))
+            .collect();
         for client in &clients {
-            state.register_client(client, 0).expect("under the client cap");
+            state
+                .register_client(client, 0)
+                .expect("under the client cap");
         }
         let mut rig = Self {
             state,
@@ -102,12 +105,19 @@ impl Rig {
         }
         self.next_client = (client + 1) % self.clients.len();
         let active = self.workload.read_map();
-        let (Some(id), Some(floor)) = (self.clients.get(client), self.floors.get_mut(client)) else {
+        let (Some(id), Some(floor)) = (self.clients.get(client), self.floors.get_mut(client))
+        else {
             return Duration::ZERO;
         };
 
         let start = Instant::now();
-        let delta = self.state.get_delta(id, self.now, active, DnsStatsBatch::default(), UsmStats::default());
+        let delta = self.state.get_delta(
+            id,
+            self.now,
+            active,
+            DnsStatsBatch::default(),
+            UsmStats::default(),
+        );
         let elapsed = start.elapsed();
         drop(black_box(delta));
 
@@ -145,6 +155,9 @@ fn bench_get_delta(c: &mut Criterion) {
 
 fn report(name: &str, rig: &Rig) {
     let t = rig.totals;
+    if t.conns == 0 {
+        return; // filtered out on the command line
+    }
     let conns = t.conns.max(1) as f64;
     let ns_per_conn = t.get_delta.as_nanos() as f64 / conns;
     let floor_ns_per_conn = t.floor.as_nanos() as f64 / conns;
@@ -152,7 +165,12 @@ fn report(name: &str, rig: &Rig) {
     let (bytes, tracked) = rig
         .clients
         .first()
-        .and_then(|id| Some((rig.state.client_state_bytes(id)?, rig.state.client_tracked(id)?)))
+        .and_then(|id| {
+            Some((
+                rig.state.client_state_bytes(id)?,
+                rig.state.client_tracked(id)?,
+            ))
+        })
         .unwrap_or((0, 0));
     let bytes_per_conn = bytes as f64 / tracked.max(1) as f64;
     println!(
@@ -161,7 +179,13 @@ fn report(name: &str, rig: &Rig) {
          tracked), shared {} B",
         rig.state.shared_state_bytes()
     );
-    let row = Row { name: name.to_owned(), ns_per_conn, floor_ns_per_conn, ratio, bytes_per_conn };
+    let row = Row {
+        name: name.to_owned(),
+        ns_per_conn,
+        floor_ns_per_conn,
+        ratio,
+        bytes_per_conn,
+    };
     if let Err(err) = upsert_from_env(&row) {
         eprintln!("{name}: cannot write the bench summary: {err}");
     }

@@ -17,12 +17,18 @@ const SERVICE_PORTS: [u16; 6] = [443, 80, 5432, 6379, 9092, 53];
 
 fn tuple(i: u64) -> ConnectionTuple {
     let host = |n: u64| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 | (n & 0x00FF_FFFF) as u32));
-    let protocol = if i % 5 == 0 { Protocol::Udp } else { Protocol::Tcp };
+    let protocol = if i % 5 == 0 {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
     ConnectionTuple {
         src: host(1 + i % 7),
         dst: host(1000 + (i * 7919) % 300),
         sport: 32768 + (i % 28000) as u16,
-        dport: *SERVICE_PORTS.get((i % SERVICE_PORTS.len() as u64) as usize).unwrap_or(&443),
+        dport: *SERVICE_PORTS
+            .get((i % SERVICE_PORTS.len() as u64) as usize)
+            .unwrap_or(&443),
         pid: 1000 + (i / 28000 * 64 + i % 64) as u32,
         netns: 4_026_531_840 + (i % 4) as u32,
         protocol,
@@ -61,7 +67,11 @@ impl Workload {
     pub fn new(active: usize) -> Self {
         let active: Vec<ConnectionStats> = (0..active as u64).map(connection).collect();
         let next_index = active.len() as u64;
-        Self { active, round: 0, next_index }
+        Self {
+            active,
+            round: 0,
+            next_index,
+        }
     }
 
     /// Number of active connections.

@@ -70,7 +70,13 @@ mod tests {
     use super::*;
 
     fn row(name: &str, ns: f64) -> Row {
-        Row { name: name.into(), ns_per_conn: ns, floor_ns_per_conn: 1.0, ratio: ns, bytes_per_conn: 64.0 }
+        Row {
+            name: name.into(),
+            ns_per_conn: ns,
+            floor_ns_per_conn: 1.0,
+            ratio: ns,
+            bytes_per_conn: 64.0,
+        }
     }
 
     #[test]

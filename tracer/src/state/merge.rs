@@ -35,6 +35,9 @@ use crate::{
     },
 };
 
+/// Connections whose snapshot slots are fetched together before they are merged.
+const WARM_BATCH: usize = 16;
+
 /// A reusable bit set marking which list positions are reported.
 #[derive(Debug, Default)]
 pub(crate) struct KeepSet(Vec<u64>);
@@ -81,28 +84,80 @@ fn reportable(conn: &ConnectionStats) -> bool {
     !conn.last.is_zero() || (conn.is_closed && !conn.tcp_failures.is_empty())
 }
 
+/// Reusable buffers of one merge.
+#[derive(Debug, Default)]
+pub(crate) struct MergeScratch {
+    pub(crate) keep: KeepSet,
+    /// Closed connections that met an active copy in this call (rare), already merged.
+    met_active: Vec<ConnectionStats>,
+    /// For every other closed connection: the counters the client was last told (zero if none).
+    previous: Vec<StatCounters>,
+    /// Which closed connections are in `met_active` or were dropped by a collision.
+    handled: KeepSet,
+}
+
+impl MergeScratch {
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.keep.allocated_bytes()
+            + self.handled.allocated_bytes()
+            + self.met_active.capacity() * std::mem::size_of::<ConnectionStats>()
+            + self.previous.capacity() * std::mem::size_of::<StatCounters>()
+    }
+}
+
 /// Merges in place: on return `conns` holds the connections to report, active first then
-/// closed, each with `last` filled. `keep` is scratch space.
+/// closed, each with `last` filled.
+///
+/// Closed connections are appended only after the active ones were compacted, into the room
+/// the idle active connections left, so the list is not reallocated (at 100k connections a
+/// reallocation cost more than the whole merge).
 pub(crate) fn merge(
     snapshot: &mut Snapshot,
     conns: &mut Vec<ConnectionStats>,
     closed: &[Arc<ConnectionStats>],
     max_tracked: usize,
-    keep: &mut KeepSet,
+    scratch: &mut MergeScratch,
     telemetry: &mut StateTelemetry,
 ) {
-    keep.reset(conns.len() + closed.len());
-    merge_active(snapshot, conns, max_tracked, keep, telemetry);
-    conns.reserve(closed.len());
-    for closed_conn in closed {
-        merge_closed(snapshot, conns, closed_conn, keep, telemetry);
+    scratch.keep.reset(conns.len());
+    scratch.handled.reset(closed.len());
+    scratch.met_active.clear();
+    scratch.previous.clear();
+    merge_active(snapshot, conns, max_tracked, &mut scratch.keep, telemetry);
+    for (index, closed_conn) in closed.iter().enumerate() {
+        if index % WARM_BATCH == 0 {
+            let batch = closed.get(index..).unwrap_or(&[]).iter().take(WARM_BATCH);
+            snapshot.warm(batch.map(|c| c.cookie));
+        }
+        let previous = match_closed(snapshot, conns, index, closed_conn, scratch, telemetry);
+        scratch.previous.push(previous);
     }
     let mut index = 0;
+    let keep = &scratch.keep;
     conns.retain(|_| {
         let kept = keep.get(index);
         index += 1;
         kept
     });
+    conns.extend(scratch.met_active.drain(..).filter(reportable));
+    for (index, (closed_conn, previous)) in closed.iter().zip(&scratch.previous).enumerate() {
+        if scratch.handled.get(index) {
+            continue;
+        }
+        let d = closed_conn.monotonic.delta_since(previous);
+        if d.underflow {
+            telemetry.stats_underflows += 1;
+        }
+        let has_failure = !closed_conn.tcp_failures.is_empty();
+        if d.last.is_zero() && !has_failure {
+            continue;
+        }
+        let mut conn = ConnectionStats::clone(closed_conn);
+        conn.is_closed = true;
+        conn.monotonic = d.monotonic;
+        conn.last = d.last;
+        conns.push(conn);
+    }
     snapshot.sweep();
 }
 
@@ -114,6 +169,10 @@ fn merge_active(
     telemetry: &mut StateTelemetry,
 ) {
     for position in 0..conns.len() {
+        if position % WARM_BATCH == 0 {
+            let batch = conns.get(position..).unwrap_or(&[]).iter().take(WARM_BATCH);
+            snapshot.warm(batch.map(|c| c.cookie));
+        }
         let (before, rest) = conns.split_at_mut(position);
         let Some(conn) = rest.first_mut() else {
             break;
@@ -151,49 +210,47 @@ fn merge_active(
     }
 }
 
-fn merge_closed(
+/// Settles a closed connection against the client's snapshot and this call's active list.
+/// Returns the counters the client was last told about it; when it met an active copy, it is
+/// merged into `scratch.met_active` (or dropped by a collision) and marked handled.
+fn match_closed(
     snapshot: &mut Snapshot,
-    conns: &mut Vec<ConnectionStats>,
+    conns: &mut [ConnectionStats],
+    index: usize,
     closed_conn: &ConnectionStats,
-    keep: &mut KeepSet,
+    scratch: &mut MergeScratch,
     telemetry: &mut StateTelemetry,
-) {
+) -> StatCounters {
+    let Some(entry) = snapshot.take(closed_conn.cookie) else {
+        return StatCounters::default();
+    };
+    let Some(first) = entry.seen_position() else {
+        return entry.counters();
+    };
+    let Some(active) = conns.get_mut(first) else {
+        return StatCounters::default();
+    };
+    scratch.handled.set(index, true);
     let mut conn = closed_conn.clone();
     conn.is_closed = true;
-    match snapshot.take(conn.cookie) {
-        None => conn.last = conn.monotonic,
-        Some(entry) => match entry.seen_position() {
-            None => apply_delta(&mut conn, &entry.counters(), telemetry),
-            Some(first) => {
-                let Some(active) = conns.get_mut(first) else {
-                    conn.last = conn.monotonic;
-                    return push_closed(conns, conn, keep);
-                };
-                if active.tuple == conn.tuple {
-                    let prev = StatCounters::previous_from(&active.monotonic, &active.last);
-                    absorb_reading(&mut conn, active);
-                    apply_delta(&mut conn, &prev, telemetry);
-                    keep.set(first, false);
-                } else {
-                    telemetry.stats_cookie_collisions += 1;
-                    if active.last_update_ns > conn.last_update_ns {
-                        active.last = active.monotonic;
-                        keep.set(first, reportable(active));
-                        let mut entry = entry;
-                        entry.set_counters(&active.monotonic);
-                        snapshot.put_back(conn.cookie, entry);
-                        return;
-                    }
-                    conn.last = conn.monotonic;
-                    keep.set(first, false);
-                }
-            }
-        },
+    if active.tuple == conn.tuple {
+        let prev = StatCounters::previous_from(&active.monotonic, &active.last);
+        absorb_reading(&mut conn, active);
+        apply_delta(&mut conn, &prev, telemetry);
+        scratch.keep.set(first, false);
+    } else {
+        telemetry.stats_cookie_collisions += 1;
+        if active.last_update_ns > conn.last_update_ns {
+            active.last = active.monotonic;
+            scratch.keep.set(first, reportable(active));
+            let mut entry = entry;
+            entry.set_counters(&active.monotonic);
+            snapshot.put_back(conn.cookie, entry);
+            return StatCounters::default();
+        }
+        conn.last = conn.monotonic;
+        scratch.keep.set(first, false);
     }
-    push_closed(conns, conn, keep);
-}
-
-fn push_closed(conns: &mut Vec<ConnectionStats>, conn: ConnectionStats, keep: &mut KeepSet) {
-    keep.set(conns.len(), reportable(&conn));
-    conns.push(conn);
+    scratch.met_active.push(conn);
+    StatCounters::default()
 }

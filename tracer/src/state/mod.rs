@@ -77,7 +77,7 @@ use crate::{
         clients::{ClientHandle, ClientRegistry},
         closed_store::ClosedStore,
         intra_host::IntraHostScratch,
-        merge::KeepSet,
+        merge::MergeScratch,
     },
 };
 
@@ -88,7 +88,7 @@ struct CallScratch {
     closed: Vec<Arc<ConnectionStats>>,
     dns: Vec<Arc<DnsStatsBatch>>,
     usm: Vec<Arc<UsmStats>>,
-    keep: KeepSet,
+    merge: MergeScratch,
     intra: IntraHostScratch,
     aggregate: AggregateScratch,
 }
@@ -103,7 +103,7 @@ impl CallScratch {
     fn allocated_bytes(&self) -> usize {
         let ptr = std::mem::size_of::<usize>();
         (self.closed.capacity() + self.dns.capacity() + self.usm.capacity()) * ptr
-            + self.keep.allocated_bytes()
+            + self.merge.allocated_bytes()
             + self.intra.allocated_bytes()
             + self.aggregate.allocated_bytes()
     }
@@ -265,7 +265,7 @@ impl NetworkState {
             &mut conns,
             &scratch.closed,
             self.config.max_tracked_per_client,
-            &mut scratch.keep,
+            &mut scratch.merge,
             &mut telemetry,
         );
         intra_host::resolve(
