@@ -106,6 +106,10 @@ pub enum Error {
     )]
     EbpfObjectMissing,
 
+    /// A client id was refused (too long) or the client cap is reached.
+    #[error("client: {0}")]
+    Client(#[from] crate::state::ClientError),
+
     /// Any other I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

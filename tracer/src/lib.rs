@@ -7,11 +7,21 @@
 //! - [`model`]: the userspace data model handed to callers (`ConnectionTuple`, `ConnectionStats`, ...).
 //! - [`state`]: the per-client delta / merge / aggregate pipeline (pure Rust, no kernel access).
 //! - [`error`]: the library's one error type.
+//! - [`Tracer`] (with [`Config`], [`filter`], [`expiry`], [`decode`]): the public entry point.
 
+pub mod config;
+mod consumer;
+pub mod decode;
 pub mod error;
+pub mod expiry;
+pub mod filter;
 pub mod kernel;
 pub mod model;
 pub mod state;
+mod tracer;
 
+pub use config::Config;
 pub use error::{Error, Result};
 pub use kernel::KernelVersion;
+pub use kernel::plan::{Backend, BackendChoice};
+pub use tracer::Tracer;

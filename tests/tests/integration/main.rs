@@ -2,6 +2,7 @@
 //! `--test-threads=1` (they load programs into the shared kernel), each in its own network
 //! namespace.
 
+mod api;
 mod lifecycle;
 mod limits;
 mod ownership;

@@ -1,0 +1,312 @@
+//! [`Tracer`]: the library's entry point. It joins the kernel side (`kernel::conn_tracer`), the
+//! closed-connection consumer, filters and expiry, and the per-client state pipeline.
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use tracer_common::conn::{ClosedConn, ConnKey, ConnStats, IPPROTO_TCP};
+
+use crate::{
+    Result,
+    config::Config,
+    consumer::Consumer,
+    decode,
+    expiry::{self, ExpiryConfig},
+    filter::Filters,
+    kernel::{
+        conn_tracer::ConnTracer,
+        plan::{Backend, Plan},
+    },
+    model::{Connections, DnsStatsBatch, EphemeralPortRange, KernelCounters, UsmStats},
+    state::{ClientId, NetworkState},
+};
+
+/// How long the consumer sleeps when no closed connection arrives (a safety net: the ring's
+/// descriptor wakes it as soon as one does).
+const CONSUMER_IDLE_MS: i32 = 200;
+
+/// Userspace-side counters, reported with the kernel's in each call's telemetry.
+#[derive(Default)]
+struct Counters {
+    closed_received: AtomicU64,
+    closed_filtered: AtomicU64,
+    active_filtered: AtomicU64,
+    expired_tcp: AtomicU64,
+    expired_udp: AtomicU64,
+    map_read_duplicates: AtomicU64,
+}
+
+/// Everything the consumer thread and client calls share.
+struct Shared {
+    kernel: ConnTracer,
+    state: NetworkState,
+    filters: Filters,
+    ports: EphemeralPortRange,
+    counters: Counters,
+    /// Held across draining the ring and storing what was drained, so that once a flush
+    /// returns, every close emitted before it is in the state.
+    flush: Mutex<Vec<ClosedConn>>,
+}
+
+impl Shared {
+    fn flush_closed(&self) {
+        let mut buffer = lock(&self.flush);
+        buffer.clear();
+        self.kernel.drain_closed(&mut buffer);
+        if buffer.is_empty() {
+            return;
+        }
+        self.counters
+            .closed_received
+            .fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        let mut filtered = 0u64;
+        let conns: Vec<_> = buffer
+            .iter()
+            .map(|c| decode::connection(&c.stats, &self.ports, true))
+            .filter(|c| {
+                let excluded = self.filters.excludes(&c.tuple);
+                filtered += u64::from(excluded);
+                !excluded
+            })
+            .collect();
+        self.counters
+            .closed_filtered
+            .fetch_add(filtered, Ordering::Relaxed);
+        self.state.store_closed_batch(conns);
+    }
+}
+
+/// Buffers reused by client calls (one call reads the map at a time).
+#[derive(Default)]
+struct ReadBuffers {
+    entries: Vec<(ConnKey, ConnStats)>,
+}
+
+/// Traces every TCP and UDP connection on the host and answers each client with what happened
+/// since its own previous call.
+///
+/// `Tracer` is `Send + Sync`: clients call [`Tracer::get_active_connections`] concurrently; a
+/// long merge for one client never blocks the closed-connection consumer. Dropping the tracer
+/// stops the consumer, detaches every program and frees every map.
+///
+/// ```no_run
+/// use tracer::{Config, Tracer};
+///
+/// let tracer = Tracer::new(Config::default())?;
+/// println!("attached with {} ({})", tracer.backend(), tracer.plan().reason);
+/// tracer.register_client("my-agent")?;
+/// loop {
+///     std::thread::sleep(std::time::Duration::from_secs(10));
+///     let delta = tracer.get_active_connections("my-agent")?;
+///     for conn in &delta.conns {
+///         println!(
+///             "{:?} {}:{} -> {}:{} sent {} recv {}",
+///             conn.tuple.protocol,
+///             conn.tuple.src,
+///             conn.tuple.sport,
+///             conn.tuple.dst,
+///             conn.tuple.dport,
+///             conn.last.sent_bytes,
+///             conn.last.recv_bytes,
+///         );
+///     }
+/// }
+/// # Ok::<(), tracer::Error>(())
+/// ```
+pub struct Tracer {
+    // Field order matters: the consumer stops before the kernel side is dropped.
+    consumer: Option<Consumer>,
+    shared: Arc<Shared>,
+    expiry: ExpiryConfig,
+    reads: Mutex<ReadBuffers>,
+    started: Instant,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tracer>();
+};
+
+impl Tracer {
+    /// Validates `config`, loads and attaches the programs (the backend chosen as
+    /// [`crate::kernel::plan::plan`] decides), and starts consuming closed connections.
+    pub fn new(config: Config) -> Result<Self> {
+        config.validate()?;
+        let state = NetworkState::new(config.state.clone())?;
+        let kernel = ConnTracer::load(&config.kernel())?;
+        let ring_fd = kernel.closed_fd();
+        let shared = Arc::new(Shared {
+            kernel,
+            state,
+            filters: config.filters.clone(),
+            ports: config.state.ephemeral_ports,
+            counters: Counters::default(),
+            flush: Mutex::new(Vec::new()),
+        });
+        let consumer_shared = Arc::clone(&shared);
+        let consumer = Consumer::start(ring_fd, CONSUMER_IDLE_MS, move || {
+            consumer_shared.flush_closed();
+        })?;
+        tracing::info!(
+            backend = %shared.kernel.plan().backend,
+            reason = %shared.kernel.plan().reason,
+            "tracer started"
+        );
+        Ok(Self {
+            consumer: Some(consumer),
+            shared,
+            expiry: config.expiry,
+            reads: Mutex::new(ReadBuffers::default()),
+            started: Instant::now(),
+        })
+    }
+
+    /// The attach backend in use.
+    pub fn backend(&self) -> Backend {
+        self.shared.kernel.plan().backend
+    }
+
+    /// The backend, the programs attached and why this backend was chosen.
+    pub fn plan(&self) -> &Plan {
+        self.shared.kernel.plan()
+    }
+
+    /// How long the tracer has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Registers a client: from now on it receives every connection that closes. A client that
+    /// calls [`Tracer::get_active_connections`] without registering is registered by that call.
+    pub fn register_client(&self, client_id: &str) -> Result<()> {
+        let id = ClientId::new(client_id)?;
+        self.shared
+            .state
+            .register_client(&id, expiry::monotonic_now_ns())?;
+        Ok(())
+    }
+
+    /// What happened since this client's previous call: every connection that moved (with its
+    /// delta in `last`), every connection that closed (once), and telemetry deltas.
+    ///
+    /// Every close emitted before the call is in the state before the kernel map is read.
+    pub fn get_active_connections(&self, client_id: &str) -> Result<Connections> {
+        let id = ClientId::new(client_id)?;
+        let shared = &*self.shared;
+        shared.flush_closed();
+
+        let now = expiry::monotonic_now_ns();
+        let (active, expired_keys, expired_cookies) = {
+            let mut reads = lock(&self.reads);
+            let stats = shared.kernel.read_connections(&mut reads.entries)?;
+            shared
+                .counters
+                .map_read_duplicates
+                .fetch_add(stats.duplicates as u64, Ordering::Relaxed);
+            self.sort_entries(&reads.entries, now)
+        };
+        if !expired_keys.is_empty() {
+            shared.kernel.remove_connections(&expired_keys)?;
+            shared.state.remove_connections(&expired_cookies);
+        }
+
+        let delta = shared.state.get_delta(
+            &id,
+            now,
+            active,
+            DnsStatsBatch::default(),
+            UsmStats::default(),
+        )?;
+        let kernel_now = self.kernel_counters()?;
+        let kernel_delta = shared.state.kernel_telemetry_delta(&id, now, &kernel_now)?;
+        shared.state.remove_expired_clients(now);
+        let mut connections = Connections::from_delta(delta);
+        connections.kernel_telemetry = kernel_delta;
+        Ok(connections)
+    }
+
+    /// Splits the map's entries into active connections to report and expired keys to remove.
+    fn sort_entries(
+        &self,
+        entries: &[(ConnKey, ConnStats)],
+        now: u64,
+    ) -> (Vec<crate::model::ConnectionStats>, Vec<ConnKey>, Vec<u64>) {
+        let shared = &*self.shared;
+        let mut active = Vec::with_capacity(entries.len());
+        let mut expired_keys = Vec::new();
+        let mut expired_cookies = Vec::new();
+        let mut filtered = 0u64;
+        for (key, raw) in entries {
+            let conn = decode::connection(raw, &shared.ports, false);
+            if self.expiry.expired(raw, now, expiry::process_alive) {
+                let counter = if raw.tuple.protocol == IPPROTO_TCP {
+                    &shared.counters.expired_tcp
+                } else {
+                    &shared.counters.expired_udp
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                expired_keys.push(*key);
+                expired_cookies.push(conn.cookie);
+                continue;
+            }
+            if shared.filters.excludes(&conn.tuple) {
+                filtered += 1;
+                continue;
+            }
+            active.push(conn);
+        }
+        shared
+            .counters
+            .active_filtered
+            .fetch_add(filtered, Ordering::Relaxed);
+        (active, expired_keys, expired_cookies)
+    }
+
+    /// Totals since start of every kernel-side and userspace-side counter, by name.
+    pub fn kernel_counters(&self) -> Result<KernelCounters> {
+        let shared = &*self.shared;
+        let mut values: Vec<(&'static str, u64)> = shared.kernel.counters()?.iter().collect();
+        let c = &shared.counters;
+        for (name, counter) in [
+            ("closed_received", &c.closed_received),
+            ("closed_filtered", &c.closed_filtered),
+            ("active_filtered", &c.active_filtered),
+            ("expired_tcp", &c.expired_tcp),
+            ("expired_udp", &c.expired_udp),
+            ("map_read_duplicates", &c.map_read_duplicates),
+        ] {
+            values.push((name, counter.load(Ordering::Relaxed)));
+        }
+        values.push((
+            "closed_discarded_without_clients",
+            shared.state.closed_discarded_without_clients(),
+        ));
+        Ok(KernelCounters(values))
+    }
+
+    /// The state pipeline's telemetry totals since start.
+    pub fn state_telemetry(&self) -> crate::model::StateTelemetry {
+        self.shared.state.telemetry()
+    }
+
+    /// Number of registered clients.
+    pub fn client_count(&self) -> usize {
+        self.shared.state.client_count()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // Stop and join the consumer first: it holds a reference to the kernel side.
+        drop(self.consumer.take());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
