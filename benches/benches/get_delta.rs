@@ -67,15 +67,16 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(active: usize, clients: usize) -> Self {
-        let state = NetworkState::new(StateConfig::default()).expect("valid default config");
-        let clients: Vec<ClientId> = (0..clients)
-            .map(|c| ClientId::new(&format!("bench-{c}")).expect("short id"))
-            .collect();
+    fn new(active: usize, clients: usize) -> Result<Self, String> {
+        let state = NetworkState::new(StateConfig::default()).map_err(|e| e.to_string())?;
+        let clients = (0..clients)
+            .map(|c| ClientId::new(&format!("bench-{c}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         for client in &clients {
             state
                 .register_client(client, 0)
-                .expect("under the client cap");
+                .map_err(|e| e.to_string())?;
         }
         let mut rig = Self {
             state,
@@ -92,7 +93,7 @@ impl Rig {
             rig.call();
         }
         rig.totals = Totals::default();
-        rig
+        Ok(rig)
     }
 
     /// One client call; a new round (counters move, connections close) starts with client 0.
@@ -136,7 +137,13 @@ fn bench_get_delta(c: &mut Criterion) {
     for (active, label) in [(1_000usize, "1k"), (10_000, "10k"), (100_000, "100k")] {
         for clients in [1usize, 3] {
             let name = format!("get_delta/{label}_active/{clients}_clients");
-            let rig = RefCell::new(Rig::new(active, clients));
+            let rig = match Rig::new(active, clients) {
+                Ok(rig) => RefCell::new(rig),
+                Err(err) => {
+                    eprintln!("{name}: cannot set up: {err}");
+                    continue;
+                }
+            };
             let mut group = c.benchmark_group("get_delta");
             group.sample_size(10);
             group.warm_up_time(Duration::from_millis(500));

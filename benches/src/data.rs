@@ -17,7 +17,7 @@ const SERVICE_PORTS: [u16; 6] = [443, 80, 5432, 6379, 9092, 53];
 
 fn tuple(i: u64) -> ConnectionTuple {
     let host = |n: u64| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 | (n & 0x00FF_FFFF) as u32));
-    let protocol = if i % 5 == 0 {
+    let protocol = if i.is_multiple_of(5) {
         Protocol::Udp
     } else {
         Protocol::Tcp

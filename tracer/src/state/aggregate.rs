@@ -209,13 +209,12 @@ pub(crate) fn aggregate(
         let mut target_index = None;
         while candidate != NONE {
             let c = candidate as usize;
-            if let Some(target) = before.get(c) {
-                if rollup_of(target, cfg) == rollup
-                    && same_key(target, conn, rollup, cfg)
-                    && compatible(target, conn)
-                {
-                    target_index = Some(c);
-                }
+            if let Some(target) = before.get(c)
+                && rollup_of(target, cfg) == rollup
+                && same_key(target, conn, rollup, cfg)
+                && compatible(target, conn)
+            {
+                target_index = Some(c);
             }
             candidate = scratch.next.get(c).copied().unwrap_or(NONE);
         }

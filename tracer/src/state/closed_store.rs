@@ -91,7 +91,8 @@ impl ClosedStore {
                 } else {
                     self.collisions += 1;
                     let newer = conn.last_update_ns > existing.last_update_ns;
-                    if newer && !(conn.is_empty() && !existing.is_empty()) {
+                    let empty_over_traffic = conn.is_empty() && !existing.is_empty();
+                    if newer && !empty_over_traffic {
                         let now_empty = conn.is_empty();
                         *existing = Arc::new(conn);
                         if now_empty {
@@ -122,11 +123,11 @@ impl ClosedStore {
             return false;
         }
         while let Some(seq) = self.empties.pop_front() {
-            if self.log.get(seq).is_some_and(|c| c.is_empty()) {
-                if let Some(conn) = self.log.remove(seq, 1) {
-                    forget(&mut self.by_cookie, seq, &conn);
-                    return true;
-                }
+            if self.log.get(seq).is_some_and(|c| c.is_empty())
+                && let Some(conn) = self.log.remove(seq, 1)
+            {
+                forget(&mut self.by_cookie, seq, &conn);
+                return true;
             }
         }
         match self.log.remove_oldest(|_| 1) {

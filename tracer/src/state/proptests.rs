@@ -94,17 +94,17 @@ impl Kernel {
                     443,
                     protocol,
                 );
-                c.cookie = 0xC0FFEE_0000 + i as u64;
+                c.cookie = 0x00C0_FFEE_0000 + i as u64;
                 c
             })
             .collect();
         let mut colliding = vec![false; count];
-        if let Some((a, b)) = collision {
-            if a != b {
-                conns[b].cookie = conns[a].cookie;
-                colliding[a] = true;
-                colliding[b] = true;
-            }
+        if let Some((a, b)) = collision
+            && a != b
+        {
+            conns[b].cookie = conns[a].cookie;
+            colliding[a] = true;
+            colliding[b] = true;
         }
         Self {
             previous: vec![StatCounters::default(); count],
