@@ -24,4 +24,4 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use kernel::KernelVersion;
 pub use kernel::plan::{Backend, BackendChoice};
-pub use tracer::Tracer;
+pub use tracer::{CallTimings, Tracer};

@@ -6,7 +6,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tracer_common::conn::{ClosedConn, ConnKey, ConnStats, IPPROTO_TCP};
@@ -87,6 +87,21 @@ struct ReadBuffers {
     entries: Vec<(ConnKey, ConnStats)>,
 }
 
+/// Where the time of one [`Tracer::get_active_connections`] call went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallTimings {
+    /// Draining the closed-connection ring into the state.
+    pub flush: Duration,
+    /// Reading the kernel's open-connection map (and removing expired entries).
+    pub map_read: Duration,
+    /// Decoding, filtering and the state pipeline (merge, deltas, aggregation).
+    pub pipeline: Duration,
+    /// Entries read from the kernel map.
+    pub entries: usize,
+    /// Whether the map was read with batched lookups.
+    pub batched: bool,
+}
+
 /// Traces every TCP and UDP connection on the host and answers each client with what happened
 /// since its own previous call.
 ///
@@ -125,6 +140,7 @@ pub struct Tracer {
     expiry: ExpiryConfig,
     reads: Mutex<ReadBuffers>,
     started: Instant,
+    last_timings: Mutex<CallTimings>,
 }
 
 const _: () = {
@@ -163,6 +179,7 @@ impl Tracer {
             expiry: config.expiry,
             reads: Mutex::new(ReadBuffers::default()),
             started: Instant::now(),
+            last_timings: Mutex::new(CallTimings::default()),
         })
     }
 
@@ -198,12 +215,18 @@ impl Tracer {
     pub fn get_active_connections(&self, client_id: &str) -> Result<Connections> {
         let id = ClientId::new(client_id)?;
         let shared = &*self.shared;
+        let call_started = Instant::now();
         shared.flush_closed();
+        let flushed = Instant::now();
 
         let now = expiry::monotonic_now_ns();
+        let mut timings = CallTimings::default();
         let (active, expired_keys, expired_cookies) = {
             let mut reads = lock(&self.reads);
             let stats = shared.kernel.read_connections(&mut reads.entries)?;
+            timings.entries = stats.entries;
+            timings.batched = stats.batched;
+            timings.map_read = flushed.elapsed();
             shared
                 .counters
                 .map_read_duplicates
@@ -227,7 +250,15 @@ impl Tracer {
         shared.state.remove_expired_clients(now);
         let mut connections = Connections::from_delta(delta);
         connections.kernel_telemetry = kernel_delta;
+        timings.flush = flushed.duration_since(call_started);
+        timings.pipeline = flushed.elapsed().saturating_sub(timings.map_read);
+        *lock(&self.last_timings) = timings;
         Ok(connections)
+    }
+
+    /// Where the time of the most recent [`Tracer::get_active_connections`] call went.
+    pub fn last_call_timings(&self) -> CallTimings {
+        *lock(&self.last_timings)
     }
 
     /// Splits the map's entries into active connections to report and expired keys to remove.
