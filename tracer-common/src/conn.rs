@@ -107,3 +107,7 @@ pub struct ClosedConn {
     pub key: ConnKey,
     pub stats: ConnStats,
 }
+
+/// How many peer flows of one unconnected UDP socket are listed for closing with the socket;
+/// flows beyond it are counted in `udp_peers_overflow` and closed by userspace expiry.
+pub const MAX_UDP_PEERS: u32 = 16;

@@ -50,9 +50,28 @@ counters! {
     UdpPeersOverflow = 10 => "udp_peers_overflow",
     /// An unconnected UDP send or receive whose peer could not be determined.
     UdpMissingPeer = 11 => "udp_missing_peer",
+    /// kprobe backend: a kprobe could not stash its arguments for the kretprobe (the stash map
+    /// refused the insert): that call's bytes are lost.
+    ProbeArgsFull = 12 => "probe_args_full",
+    /// kprobe backend: a kretprobe found no stashed arguments (evicted from the LRU stash by
+    /// other in-flight calls): that call's bytes are lost.
+    ProbeArgsMissing = 13 => "probe_args_missing",
+    /// A new peer flow of an unconnected UDP socket could not be listed because `NT_UDP_PEERS`
+    /// was full: the socket's close does not close it, userspace expiry does.
+    UdpPeersMapFull = 14 => "udp_peers_map_full",
+    /// tracepoint backend: a UDP send/receive syscall's arguments could not be stashed
+    /// (`NT_UDP_CALLS` full): datagrams of unconnected sockets in that call count as
+    /// `udp_missing_peer`.
+    UdpCallsFull = 15 => "udp_calls_full",
+    /// A peer flow was created on an unconnected UDP socket bound to the wildcard address: its
+    /// local address is reported as 0.0.0.0 / :: (the source address is chosen per datagram).
+    UdpWildcardLocal = 16 => "udp_wildcard_local",
+    /// A zero-length UDP datagram was sent or received successfully: not counted as a packet
+    /// (the connection table counts a datagram only with its bytes).
+    UdpEmptyDatagram = 17 => "udp_empty_datagram",
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 18;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

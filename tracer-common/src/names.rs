@@ -28,3 +28,34 @@ pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";
 pub const PROG_ACCEPT4: &str = "nt_tp_accept4";
 /// All backends: `syscalls:sys_exit_accept`.
 pub const PROG_ACCEPT: &str = "nt_tp_accept";
+// Tracepoint backend, UDP: the send/receive syscalls give the peers of unconnected sockets.
+/// Tracepoint backend: `syscalls:sys_enter_sendto`.
+pub const PROG_TP_SENDTO: &str = "nt_tp_sendto";
+/// Tracepoint backend: `syscalls:sys_enter_sendmsg`.
+pub const PROG_TP_SENDMSG: &str = "nt_tp_sendmsg";
+/// Tracepoint backend: `syscalls:sys_enter_sendmmsg`.
+pub const PROG_TP_SENDMMSG: &str = "nt_tp_sendmmsg";
+/// Tracepoint backend: `syscalls:sys_enter_recvfrom`.
+pub const PROG_TP_RECVFROM: &str = "nt_tp_recvfrom";
+/// Tracepoint backend: `syscalls:sys_enter_recvmsg`.
+pub const PROG_TP_RECVMSG: &str = "nt_tp_recvmsg";
+/// Tracepoint backend: `syscalls:sys_enter_recvmmsg`.
+pub const PROG_TP_RECVMMSG: &str = "nt_tp_recvmmsg";
+/// Tracepoint backend: `syscalls:sys_exit_sendto`.
+pub const PROG_TPX_SENDTO: &str = "nt_tpx_sendto";
+/// Tracepoint backend: `syscalls:sys_exit_sendmsg`.
+pub const PROG_TPX_SENDMSG: &str = "nt_tpx_sendmsg";
+/// Tracepoint backend: `syscalls:sys_exit_sendmmsg`.
+pub const PROG_TPX_SENDMMSG: &str = "nt_tpx_sendmmsg";
+/// Tracepoint backend: `syscalls:sys_exit_recvfrom`.
+pub const PROG_TPX_RECVFROM: &str = "nt_tpx_recvfrom";
+/// Tracepoint backend: `syscalls:sys_exit_recvmsg`.
+pub const PROG_TPX_RECVMSG: &str = "nt_tpx_recvmsg";
+/// Tracepoint backend: `syscalls:sys_exit_recvmmsg`.
+pub const PROG_TPX_RECVMMSG: &str = "nt_tpx_recvmmsg";
+/// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
+pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
+/// Tracepoint backend: hash map pid_tgid -> the UDP send/receive syscall in progress.
+pub const MAP_UDP_CALLS: &str = "NT_UDP_CALLS";
+/// Hash map {socket, slot} -> peer: the peer flows of each unconnected UDP socket, closed with it.
+pub const MAP_UDP_PEERS: &str = "NT_UDP_PEERS";

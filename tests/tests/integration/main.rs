@@ -10,3 +10,4 @@ mod tcp_bytes;
 mod tcp_counters;
 mod tcp_failures;
 mod tcp_state;
+mod udp;

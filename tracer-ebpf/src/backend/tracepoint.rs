@@ -1,6 +1,7 @@
 //! The tracepoint backend: the only way to trace on kernels without kprobes and fentry (like the
 //! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+),
-//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+).
+//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers and
+//! closes come from the syscall tracepoints and a cgroup `sock_release` program (see `udp`).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
@@ -12,6 +13,8 @@ use crate::{
     conn::{self, layout::layout},
     counters::bump,
 };
+
+mod udp;
 
 const MSG_PEEK: i32 = 2;
 
@@ -53,10 +56,11 @@ fn try_length(ctx: &TracePointContext, sending: bool) -> Result<(), i32> {
         // Peeked bytes are read again by a later receive: counting them would count them twice.
         return Ok(());
     }
-    let bytes = if ret > 0 { ret as u64 } else { 0 };
-    if protocol == IPPROTO_UDP && bytes == 0 {
+    if protocol == IPPROTO_UDP {
+        udp::on_length(sk, ret, flags, sending, &layout);
         return Ok(());
     }
+    let bytes = if ret > 0 { ret as u64 } else { 0 };
     let key = ConnKey {
         sk,
         ..ConnKey::default()

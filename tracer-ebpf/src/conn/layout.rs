@@ -56,6 +56,17 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     },
     sys_exit_ret: 0,
     _pad: 0,
+    udp_syscalls: tracer_common::offsets::UdpSyscallFormats {
+        sendto_addr: 0,
+        sendmsg_msg: 0,
+        sendmmsg_mmsg: 0,
+        recvfrom_addr: 0,
+        recvmsg_msg: 0,
+        recvmmsg_mmsg: 0,
+        recvfrom_ret: 0,
+        recvmsg_ret: 0,
+        recvmmsg_ret: 0,
+    },
 });
 
 /// The layout for this kernel (a volatile read of the patched global).

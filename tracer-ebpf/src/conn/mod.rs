@@ -9,6 +9,7 @@ pub mod fd;
 pub mod layout;
 pub mod peer;
 pub mod sock;
+pub mod udp_peers;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -85,6 +86,12 @@ pub fn entry(
     stats.tuple.pid = origin.pid;
     if key.peer_family != 0 {
         // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
+        if key.peer_family == tracer_common::conn::AF_INET
+            && sock::is_v4_mapped(&stats.tuple.saddr)
+        {
+            // An IPv6 socket bound to an IPv4-mapped address talks IPv4 (the peer was folded).
+            stats.tuple.saddr = sock::unmap(stats.tuple.saddr);
+        }
         stats.tuple.family = key.peer_family;
         stats.tuple.daddr = key.peer_addr;
         stats.tuple.dport = key.peer_port;
@@ -94,7 +101,11 @@ pub fn entry(
     stats.updated_ns = now;
     stats.direction = origin.direction;
     // BPF_NOEXIST: when another CPU created the entry first, ours is dropped and theirs is used.
-    let _ = NT_CONNS.insert(key, &*stats, u64::from(BPF_NOEXIST));
+    let created = NT_CONNS.insert(key, &*stats, u64::from(BPF_NOEXIST)).is_ok();
+    if created && key.peer_family != 0 {
+        // A new peer flow of an unconnected UDP socket: list it so the socket's close closes it.
+        udp_peers::add(key, &stats.tuple);
+    }
     match NT_CONNS.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(stats) => Some(unsafe { &mut *stats }),
@@ -284,8 +295,9 @@ pub fn on_tcp_event(sk: u64, offsets: &SockOffsets) {
 /// The socket `sk` is being destroyed (or released by its last user): close its connection, and
 /// for an unconnected UDP socket every peer flow it has.
 ///
-/// TODO(udp peers): only the `{sk, no peer}` entry is closed for now; the per-socket peer list
-/// that closes unconnected UDP flows is added in `conn::udp_peers`.
+/// Peer flows are found through the socket's list in [`udp_peers`] (bounded: flows beyond
+/// `MAX_UDP_PEERS` were counted in `udp_peers_overflow` when created and are left to userspace
+/// expiry). Each flow is emitted at most once: [`close`] removes the entry it emits.
 #[inline(always)]
 pub fn close_socket(sk: u64, protocol: u8, offsets: &SockOffsets) {
     let key = ConnKey {
@@ -293,6 +305,9 @@ pub fn close_socket(sk: u64, protocol: u8, offsets: &SockOffsets) {
         ..ConnKey::default()
     };
     close(&key, protocol, offsets);
+    if protocol == tracer_common::conn::IPPROTO_UDP {
+        udp_peers::close_all(sk, offsets);
+    }
 }
 
 /// The errno values reported as connection failures.

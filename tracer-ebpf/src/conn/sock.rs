@@ -46,13 +46,13 @@ fn fold_v4_mapped(tuple: &mut ConnTuple) {
 }
 
 #[inline(always)]
-fn is_v4_mapped(address: &[u8; 16]) -> bool {
+pub fn is_v4_mapped(address: &[u8; 16]) -> bool {
     let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ..] = *address;
     (a0 | a1 | a2 | a3 | a4 | a5 | a6 | a7 | a8 | a9) == 0 && a10 == 0xff && a11 == 0xff
 }
 
 #[inline(always)]
-fn unmap(address: [u8; 16]) -> [u8; 16] {
+pub fn unmap(address: [u8; 16]) -> [u8; 16] {
     let [.., a, b, c, d] = address;
     let mut out = [0u8; 16];
     put_v4(&mut out, [a, b, c, d]);

@@ -1,7 +1,10 @@
 //! What the running kernel offers, probed once (cilium/ebpf-style feature tests), as plain data
 //! for the pure backend choice in `plan`.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use super::{
     btf::Btf,
@@ -29,6 +32,9 @@ pub struct Capabilities {
     pub tracepoints: BTreeSet<String>,
     /// Kernel functions of the probe table that exist in BTF.
     pub functions: BTreeSet<String>,
+    /// Where cgroup v2 is mounted (from `/proc/self/mounts`), for the cgroup programs attached
+    /// to its root; `None` without a cgroup v2 mount.
+    pub cgroup2: Option<PathBuf>,
 }
 
 impl Capabilities {
@@ -54,6 +60,7 @@ impl Capabilities {
                         functions.insert(function.to_owned());
                     }
                 }
+                Hook::CgroupSockRelease => {}
             }
         }
         let fentry = btf.is_some()
@@ -66,6 +73,7 @@ impl Capabilities {
             fentry,
             tracepoints,
             functions,
+            cgroup2: cgroup2_mount(),
         }
     }
 
@@ -105,6 +113,7 @@ impl Capabilities {
                 | Hook::Kretprobe { function } => {
                     functions.insert(function.to_owned());
                 }
+                Hook::CgroupSockRelease => {}
             }
         }
         Self {
@@ -115,6 +124,110 @@ impl Capabilities {
             fentry,
             tracepoints,
             functions,
+            cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
         }
+    }
+}
+
+/// Where cgroup v2 is mounted, from `/proc/self/mounts` (e.g. `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` beside v1 hierarchies), or `None` without a cgroup v2 mount.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|mounts| parse_cgroup2_mount(&mounts))
+}
+
+/// The first `cgroup2` mount point in a `/proc/<pid>/mounts` text (octal escapes such as `\040`
+/// for a space decoded).
+fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+    })
+}
+
+/// Decodes the `\ooo` octal escapes the kernel writes for space, tab, newline and backslash.
+fn unescape_mount_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_beside_v1_hierarchies() {
+        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+        assert_eq!(
+            parse_cgroup2_mount(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_a_pure_v2_mount_and_decodes_escapes() {
+        assert_eq!(
+            parse_cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("none /mnt/my\\040cg cgroup2 rw 0 0"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn the_tracepoint_backend_needs_a_cgroup2_mount_and_says_so() {
+        use crate::kernel::plan::{Backend, BackendChoice, plan};
+        use tracer_common::names;
+
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 18, 44), true, false, false, true);
+        let planned = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap();
+        let programs: Vec<_> = planned.probes.iter().map(|p| p.program).collect();
+        for program in [
+            names::PROG_UDP_RELEASE,
+            names::PROG_TP_SENDTO,
+            names::PROG_TPX_RECVMMSG,
+        ] {
+            assert!(programs.contains(&program), "{program} in {programs:?}");
+        }
+        // Every enter program comes after its exit: no argument stash outlives its syscall.
+        let position = |name| programs.iter().position(|p| *p == name).unwrap();
+        assert!(position(names::PROG_TPX_RECVFROM) < position(names::PROG_TP_RECVFROM));
+        assert!(position(names::PROG_TPX_SENDMMSG) < position(names::PROG_TP_SENDMMSG));
+
+        caps.cgroup2 = None;
+        let err = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap_err();
+        assert!(err.to_string().contains("cgroup v2 mount"), "{err}");
+    }
+
+    #[test]
+    fn no_cgroup2_mount_is_none() {
+        let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\nproc /proc proc rw 0 0\n";
+        assert_eq!(parse_cgroup2_mount(mounts), None);
+        assert_eq!(parse_cgroup2_mount(""), None);
     }
 }

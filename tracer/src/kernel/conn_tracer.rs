@@ -124,6 +124,11 @@ impl ConnTracer {
             .override_global(GLOBAL_LAYOUT, &layout, true)
             .map_max_entries(MAP_CONNS, config.max_tracked_connections)
             .map_max_entries(MAP_CLOSED, config.ring_buffer_bytes)
+            // One peer-list slot per listed UDP peer flow, each an entry of NT_CONNS.
+            .map_max_entries(
+                tracer_common::names::MAP_UDP_PEERS,
+                config.max_tracked_connections,
+            )
             // The issue-2 state-transition probe's map is unused here: keep it tiny.
             .map_max_entries(MAP_TCP_STATES, 1)
             .load(object::bytes()?)
@@ -274,6 +279,23 @@ fn attach(ebpf: &mut Ebpf, program: &'static str, hook: Hook) -> Result<()> {
             let tp: &mut TracePoint = tp;
             tp.load().map_err(fail)?;
             tp.attach(category, name).map_err(fail)?;
+        }
+        (Hook::CgroupSockRelease, Program::CgroupSock(prog)) => {
+            // The root of the cgroup v2 hierarchy: the program runs for the sockets of every
+            // cgroup below it, i.e. of every process. On 5.7+ (this hook needs 5.9) aya attaches
+            // with a bpf_link: the kernel refuses attach flags there (EINVAL), a link never
+            // displaces other programs of the cgroup, and dropping the tracer detaches it.
+            let root = super::capabilities::cgroup2_mount().ok_or(Error::NotSupported {
+                feature: "a cgroup v2 mount (for cgroup/sock_release)",
+                min_kernel: "5.9",
+                running: super::KernelVersion::current_release(),
+            })?;
+            let cgroup = std::fs::File::open(&root)
+                .map_err(|e| Error::io(format!("opening cgroup {}", root.display()), e))?;
+            let prog: &mut aya::programs::CgroupSock = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+                .map_err(fail)?;
         }
         (hook, _) => {
             return Err(Error::InvalidConfig(format!(

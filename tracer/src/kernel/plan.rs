@@ -70,6 +70,9 @@ pub enum Hook {
     Kprobe { function: &'static str },
     /// kretprobe on a kernel function.
     Kretprobe { function: &'static str },
+    /// A `BPF_PROG_TYPE_CGROUP_SOCK` program on `BPF_CGROUP_INET_SOCK_RELEASE` (5.9+), attached
+    /// to the cgroup v2 root so that it runs for every socket (needs a cgroup v2 mount).
+    CgroupSockRelease,
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -153,7 +156,45 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(6, 3, 0),
         max_kernel: None,
     },
+    // Tracepoint backend, UDP: the peers of unconnected sockets come from the send/receive
+    // syscalls (see tracer-ebpf/src/backend/tracepoint/udp.rs). The exits are attached before the
+    // enters, so that every argument stash an enter makes is deleted by its exit.
+    udp_syscall(tracer_common::names::PROG_TPX_SENDTO, "sys_exit_sendto"),
+    udp_syscall(tracer_common::names::PROG_TPX_SENDMSG, "sys_exit_sendmsg"),
+    udp_syscall(tracer_common::names::PROG_TPX_SENDMMSG, "sys_exit_sendmmsg"),
+    udp_syscall(tracer_common::names::PROG_TPX_RECVFROM, "sys_exit_recvfrom"),
+    udp_syscall(tracer_common::names::PROG_TPX_RECVMSG, "sys_exit_recvmsg"),
+    udp_syscall(tracer_common::names::PROG_TPX_RECVMMSG, "sys_exit_recvmmsg"),
+    udp_syscall(tracer_common::names::PROG_TP_SENDTO, "sys_enter_sendto"),
+    udp_syscall(tracer_common::names::PROG_TP_SENDMSG, "sys_enter_sendmsg"),
+    udp_syscall(tracer_common::names::PROG_TP_SENDMMSG, "sys_enter_sendmmsg"),
+    udp_syscall(tracer_common::names::PROG_TP_RECVFROM, "sys_enter_recvfrom"),
+    udp_syscall(tracer_common::names::PROG_TP_RECVMSG, "sys_enter_recvmsg"),
+    udp_syscall(tracer_common::names::PROG_TP_RECVMMSG, "sys_enter_recvmmsg"),
+    // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does.
+    ProbeSpec {
+        program: tracer_common::names::PROG_UDP_RELEASE,
+        hook: Hook::CgroupSockRelease,
+        backends: TRACEPOINT,
+        min_kernel: KernelVersion::new(5, 9, 0),
+        max_kernel: None,
+    },
 ];
+
+/// A `syscalls:<name>` tracepoint of the tracepoint backend's UDP peers (syscall tracepoints and
+/// BPF on tracepoints: 4.7).
+const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
+    ProbeSpec {
+        program,
+        hook: Hook::Tracepoint {
+            category: "syscalls",
+            name,
+        },
+        backends: TRACEPOINT,
+        min_kernel: KernelVersion::new(4, 7, 0),
+        max_kernel: None,
+    }
+}
 
 /// The tracer's floor: the ring buffer of closed connections.
 pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
@@ -190,6 +231,9 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                         if !caps.has_function(function) =>
                     {
                         Some(format!("kernel function {function}"))
+                    }
+                    Hook::CgroupSockRelease if caps.cgroup2.is_none() => {
+                        Some("a cgroup v2 mount (for cgroup/sock_release)".to_owned())
                     }
                     _ => None,
                 })

@@ -1,0 +1,105 @@
+//! The peer flows of each unconnected UDP socket, so that closing the socket closes all of them:
+//! such a socket has one flow per peer (keyed `{sk, peer}`), but its close hook only knows `sk`.
+//!
+//! Owner of `NT_UDP_PEERS`: `{sk, slot} -> peer`, slots `0..MAX_UDP_PEERS` per socket. A slot is
+//! claimed with a `BPF_NOEXIST` insert, which the kernel performs atomically: two CPUs listing new
+//! peers of one socket at the same time get different slots. (A `{count, peers[N]}` value would
+//! need an atomic fetch-add to claim a slot, which BPF only has from 5.12 on, or a spin lock.)
+//!
+//! Flows beyond `MAX_UDP_PEERS` are counted in `udp_peers_overflow` and not listed: their entries
+//! stay in `NT_CONNS` after the socket closes, and userspace expiry closes them. Flows that find
+//! the map full are counted in `udp_peers_map_full` and are left to expiry the same way.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
+use tracer_common::{
+    conn::{ConnKey, ConnTuple, IPPROTO_UDP, MAX_UDP_PEERS},
+    counters::Counter,
+    offsets::SockOffsets,
+};
+
+use crate::counters::bump;
+
+/// `EEXIST`: the slot is taken.
+const EEXIST: i32 = 17;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerSlotKey {
+    pub sk: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// The peer part of a flow's [`ConnKey`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerSlot {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Peer lists of unconnected UDP sockets. Every slot names an entry of `NT_CONNS`, so userspace
+/// sizes this like `NT_CONNS` at load time.
+#[map(name = "NT_UDP_PEERS")]
+static NT_UDP_PEERS: HashMap<PeerSlotKey, PeerSlot> = HashMap::with_max_entries(65_536, 0);
+
+/// Lists the new peer flow `key` (`key.peer_family != 0`) under its socket. Called once per flow,
+/// by whoever created its `NT_CONNS` entry.
+// Not inlined: a BPF subprogram keeps its loop's stack out of every caller of `entry` (several
+// of them are close to the 512-byte limit).
+#[inline(never)]
+pub fn add(key: &ConnKey, tuple: &ConnTuple) {
+    if tuple.saddr == [0u8; 16] {
+        // Bound to 0.0.0.0 / :: (or not bound before its first send): the kernel picks the
+        // source address per datagram, after these hooks; the flow reports the wildcard.
+        bump(Counter::UdpWildcardLocal);
+    }
+    let peer = PeerSlot {
+        addr: key.peer_addr,
+        port: key.peer_port,
+        family: key.peer_family,
+    };
+    for slot in 0..MAX_UDP_PEERS {
+        let slot_key = PeerSlotKey {
+            sk: key.sk,
+            slot,
+            _pad: 0,
+        };
+        match NT_UDP_PEERS.insert(&slot_key, &peer, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return,
+            Err(e) if e == -EEXIST => {}
+            Err(_) => {
+                bump(Counter::UdpPeersMapFull);
+                return;
+            }
+        }
+    }
+    // More peers than the list holds: this flow is closed by userspace expiry, not by the
+    // socket's close.
+    bump(Counter::UdpPeersOverflow);
+}
+
+/// Socket `sk` is closing: close (emit, once) every listed peer flow and delete the list.
+#[inline(always)]
+pub fn close_all(sk: u64, offsets: &SockOffsets) {
+    for slot in 0..MAX_UDP_PEERS {
+        let slot_key = PeerSlotKey { sk, slot, _pad: 0 };
+        let Some(peer) = NT_UDP_PEERS.get_ptr(&slot_key) else {
+            // Slots are claimed in order, so the first empty one normally ends the list; looking
+            // at every slot anyway costs little and does not depend on that.
+            continue;
+        };
+        // SAFETY: a map value, valid for this program run; copied out before the delete.
+        let peer = unsafe { *peer };
+        let key = ConnKey {
+            sk,
+            peer_addr: peer.addr,
+            peer_port: peer.port,
+            peer_family: peer.family,
+            _pad: 0,
+        };
+        super::close(&key, IPPROTO_UDP, offsets);
+        let _ = NT_UDP_PEERS.remove(&slot_key);
+    }
+}
