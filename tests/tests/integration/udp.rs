@@ -167,6 +167,23 @@ fn unconnected_three_peers(ip: &'static str) {
             let flow = the_one(&closed, *peer_addr, client_addr);
             check(flow, peer_side[i], netns, &format!("peer {i} -> client"));
         }
+        // Keys: every flow of an unconnected socket is keyed by that socket and its peer, so the
+        // client's three flows share one socket address and differ by peer.
+        let client_flows: Vec<&ClosedConn> = closed
+            .iter()
+            .filter(|c| endpoints(&c.stats.tuple).0 == client_addr)
+            .collect();
+        assert_eq!(client_flows.len(), 3);
+        for flow in &client_flows {
+            assert_ne!(flow.key.sk, 0);
+            assert_eq!(flow.key.sk, client_flows[0].key.sk, "one socket");
+            assert_eq!(
+                (flow.key.peer_family, flow.key.peer_port),
+                (flow.stats.tuple.family, flow.stats.tuple.dport),
+                "the key's peer is the flow's remote end"
+            );
+            assert_eq!(flow.key.peer_addr, flow.stats.tuple.daddr);
+        }
         let after = counters(&tracer);
         for counter in [
             Counter::UdpMissingPeer,
