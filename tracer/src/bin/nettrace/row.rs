@@ -1,0 +1,197 @@
+//! One displayed connection: what the table and the JSON lines show, built from a
+//! [`ConnectionStats`], and the throughput order.
+
+use std::cmp::Reverse;
+
+use tracer::model::{ConnectionStats, Direction, Protocol};
+
+use crate::{addr, errno};
+
+/// Open, closed, or failed with an errno.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Open,
+    Closed,
+    Failed(u16),
+}
+
+/// A connection as shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub process: String,
+    pub pid: u32,
+    pub protocol: Protocol,
+    pub local: String,
+    pub remote: String,
+    pub direction: Direction,
+    pub state: State,
+    /// Bytes and packets of this interval (`last`).
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    /// Totals since the kernel entry was created (`monotonic`).
+    pub tx_total: u64,
+    pub rx_total: u64,
+    pub retransmits: u32,
+    /// Smoothed RTT; `None` for UDP, or TCP without a measurement.
+    pub rtt_us: Option<u32>,
+    pub cookie: u64,
+}
+
+impl Row {
+    /// The row of `conn`, owned by `process`.
+    pub fn new(conn: &ConnectionStats, process: String) -> Self {
+        let t = &conn.tuple;
+        // A kernel record carries at most one failure; after aggregation, show the most frequent.
+        let failure = conn
+            .tcp_failures
+            .iter()
+            .max_by_key(|&(errno, count)| (count, Reverse(errno)))
+            .map(|(errno, _)| errno);
+        let state = match failure {
+            Some(errno) => State::Failed(errno),
+            None if conn.is_closed => State::Closed,
+            None => State::Open,
+        };
+        let rtt_us = match t.protocol {
+            Protocol::Tcp if conn.rtt_us > 0 => Some(conn.rtt_us),
+            _ => None,
+        };
+        Self {
+            process,
+            pid: t.pid,
+            protocol: t.protocol,
+            local: addr::endpoint(t.src, t.sport),
+            remote: addr::endpoint(t.dst, t.dport),
+            direction: conn.direction,
+            state,
+            tx_bytes: conn.last.sent_bytes,
+            rx_bytes: conn.last.recv_bytes,
+            tx_packets: conn.last.sent_packets,
+            rx_packets: conn.last.recv_packets,
+            tx_total: conn.monotonic.sent_bytes,
+            rx_total: conn.monotonic.recv_bytes,
+            retransmits: conn.monotonic.retransmits,
+            rtt_us,
+            cookie: conn.cookie,
+        }
+    }
+
+    /// Bytes moved this interval, both ways.
+    pub fn throughput(&self) -> u64 {
+        self.tx_bytes.saturating_add(self.rx_bytes)
+    }
+
+    /// The failure's errno name, if the connection failed.
+    pub fn failure(&self) -> Option<String> {
+        match self.state {
+            State::Failed(code) => Some(errno::describe(code).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// `tcp` / `udp`.
+pub fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Busiest first; ties by process, pid and cookie so the order is stable between snapshots.
+pub fn sort_by_throughput(rows: &mut [Row]) {
+    rows.sort_by(|a, b| {
+        b.throughput()
+            .cmp(&a.throughput())
+            .then_with(|| a.process.cmp(&b.process))
+            .then_with(|| a.pid.cmp(&b.pid))
+            .then_with(|| a.cookie.cmp(&b.cookie))
+    });
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use tracer::model::ConnectionTuple;
+
+    use super::*;
+
+    pub fn conn(protocol: Protocol, sent: u64, recv: u64, cookie: u64) -> ConnectionStats {
+        let tuple = ConnectionTuple {
+            src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dst: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            sport: 40000,
+            dport: 8080,
+            pid: 1234,
+            netns: 1,
+            protocol,
+        };
+        let mut c = ConnectionStats::new(tuple, Direction::Outgoing, cookie);
+        c.last.sent_bytes = sent;
+        c.last.recv_bytes = recv;
+        c.monotonic.sent_bytes = sent.saturating_mul(10);
+        c.monotonic.recv_bytes = recv.saturating_mul(10);
+        c.monotonic.retransmits = 3;
+        c.rtt_us = 1500;
+        c
+    }
+
+    #[test]
+    fn rows_sort_by_bytes_moved_both_ways_descending() {
+        let mut rows: Vec<Row> = [
+            conn(Protocol::Tcp, 10, 10, 1),
+            conn(Protocol::Tcp, 0, 500, 2),
+            conn(Protocol::Udp, 100, 0, 3),
+            conn(Protocol::Tcp, 0, 0, 4),
+            conn(Protocol::Tcp, u64::MAX, 1, 5),
+        ]
+        .iter()
+        .map(|c| Row::new(c, "p".to_owned()))
+        .collect();
+        sort_by_throughput(&mut rows);
+        let order: Vec<u64> = rows.iter().map(|r| r.cookie).collect();
+        assert_eq!(order, vec![5, 2, 3, 1, 4]);
+    }
+
+    #[test]
+    fn ties_keep_a_stable_order() {
+        let mut rows: Vec<Row> = [conn(Protocol::Tcp, 1, 1, 9), conn(Protocol::Tcp, 1, 1, 7)]
+            .iter()
+            .map(|c| Row::new(c, "p".to_owned()))
+            .collect();
+        sort_by_throughput(&mut rows);
+        assert_eq!(
+            rows.iter().map(|r| r.cookie).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+    }
+
+    #[test]
+    fn row_takes_interval_from_last_and_totals_from_monotonic() {
+        let row = Row::new(&conn(Protocol::Tcp, 100, 200, 1), "curl".to_owned());
+        assert_eq!((row.tx_bytes, row.rx_bytes), (100, 200));
+        assert_eq!((row.tx_total, row.rx_total), (1000, 2000));
+        assert_eq!(row.retransmits, 3);
+        assert_eq!(row.local, "127.0.0.1:40000");
+        assert_eq!(row.remote, "[::1]:8080");
+        assert_eq!(row.rtt_us, Some(1500));
+        assert_eq!(row.state, State::Open);
+        assert_eq!(row.failure(), None);
+    }
+
+    #[test]
+    fn udp_has_no_rtt_and_state_follows_close_and_failures() {
+        let udp = Row::new(&conn(Protocol::Udp, 1, 1, 1), "dns".to_owned());
+        assert_eq!(udp.rtt_us, None);
+        let mut closed = conn(Protocol::Tcp, 1, 1, 2);
+        closed.is_closed = true;
+        assert_eq!(Row::new(&closed, String::new()).state, State::Closed);
+        closed.tcp_failures.record(104, 1);
+        let failed = Row::new(&closed, String::new());
+        assert_eq!(failed.state, State::Failed(104));
+        assert_eq!(failed.failure().as_deref(), Some("ECONNRESET"));
+    }
+}
