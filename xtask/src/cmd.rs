@@ -2,9 +2,11 @@
 //! (`$ ...`), so a CI log shows exactly what ran; quick look-ups (dpkg-query, ldd) run silently.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -81,22 +83,71 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `cmd`, passing its stdout through to ours line by line while keeping a copy (stderr is
-/// inherited). Used where the output must both be watched live and parsed afterwards.
-pub fn tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+/// How a command run under a deadline ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    /// Its stdout, cleaned by `clean`.
+    pub output: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` in its own process group, passing its stdout through to ours line by line (with
+/// `prefix`) while keeping a copy; stderr is inherited. Past `timeout` the whole group is killed. Once
+/// the command has exited, whatever is left of its group is killed too: a leftover child holding the
+/// pipe open would otherwise block the capture forever.
+pub fn tee(cmd: &mut Command, prefix: &str, timeout: Duration) -> Result<Finished> {
     announce(cmd);
+    let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start `{}`", display(cmd)))?;
     let stdout = child.stdout.take().context("child stdout was not piped")?;
-    let copier = thread::spawn(move || copy_lines(stdout, ""));
-    let st = child.wait().context("waiting for child")?;
-    let captured = copier
+    let prefix = prefix.to_owned();
+    let copier = thread::spawn(move || copy_lines(stdout, &prefix));
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for child")? {
+            break status;
+        }
+        if start.elapsed() >= timeout {
+            timed_out = true;
+            println!(
+                "xtask: still running after {}s, killing: {}",
+                timeout.as_secs(),
+                display(cmd)
+            );
+            kill_group(child.id());
+            break child.wait().context("waiting for killed child")?;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = start.elapsed();
+    kill_group(child.id());
+    let output = copier
         .join()
         .map_err(|_| anyhow::anyhow!("output copier thread panicked"))?;
-    Ok((st, captured))
+    Ok(Finished {
+        status,
+        output,
+        timed_out,
+        elapsed,
+    })
+}
+
+/// SIGKILL to the process group led by `pid` (spawned with `process_group(0)`, so its id is the
+/// group's). An already empty group is fine.
+fn kill_group(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers; a negative pid addresses the group we created.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
 }
 
 /// Copies `reader` to our stdout line by line (with `prefix`, after `clean`) and returns the cleaned

@@ -12,8 +12,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, paths};
 
-/// Which eBPF backends the integration tests exercise where (TRACER_TEST_BACKEND values).
-/// Planned: host tracepoint; 5.10 and 6.1 fentry, kprobe; 6.12 tracepoint, fentry, kprobe.
+/// Which eBPF backends the integration tests exercise where (TRACER_TEST_BACKEND values): each
+/// backend on every kernel that has what it needs (the host has no kprobes and refuses fentry;
+/// the tracepoint backend needs 6.3+).
 pub const HOST_BACKENDS: &[&str] = &["tracepoint"];
 
 pub struct AptSource {
@@ -42,7 +43,7 @@ pub const VM_KERNELS: &[VmKernel] = &[
             suite: "bullseye",
             component: "main",
         },
-        backends: &["tracepoint"],
+        backends: &["fentry", "kprobe"],
     },
     VmKernel {
         label: "6.1",
@@ -52,7 +53,7 @@ pub const VM_KERNELS: &[VmKernel] = &[
             suite: "bookworm",
             component: "main",
         },
-        backends: &["tracepoint"],
+        backends: &["fentry", "kprobe"],
     },
     VmKernel {
         label: "6.12",
@@ -62,7 +63,7 @@ pub const VM_KERNELS: &[VmKernel] = &[
             suite: "bookworm-backports",
             component: "main",
         },
-        backends: &["tracepoint"],
+        backends: &["fentry", "kprobe", "tracepoint"],
     },
 ];
 

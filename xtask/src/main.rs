@@ -8,7 +8,7 @@
 //!   result line).
 //! - `XTASK_SKIP_CHECKS=1`: skip fmt, both clippy passes and the unit tests.
 //! - `XTASK_KERNELS=5.10,6.12`: only boot these VM kernels (labels from src/kernels.rs).
-//! - `XTASK_VM_TIMEOUT_SECS=N`: per-boot timeout (default 900).
+//! - `XTASK_TIMEOUT_SECS=N`: timeout of each host run and each VM boot (default 900).
 
 mod bench;
 mod cmd;

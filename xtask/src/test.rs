@@ -15,7 +15,16 @@ use crate::libtest::{self, Counts};
 use crate::summary::{Run, Summary};
 use crate::{cmd, paths, qemu, setup};
 
-const DEFAULT_VM_TIMEOUT_SECS: u64 = 15 * 60;
+/// Per host run and per VM boot: a hung test must not eat CI's whole budget.
+const DEFAULT_TIMEOUT_SECS: u64 = 15 * 60;
+
+fn timeout() -> Duration {
+    let secs = std::env::var("XTASK_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_TIMEOUT_SECS);
+    Duration::from_secs(secs)
+}
 
 pub fn run(host_only: bool) -> Result<bool> {
     let root = paths::workspace_root();
@@ -210,9 +219,21 @@ fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str) -> Run {
         .env("RUST_BACKTRACE", "1")
         // Where `cargo test` would run it: the package's directory.
         .current_dir(root.join("tests"));
-    let (counts, status) = match cmd::tee(&mut test) {
-        Ok((st, output)) => {
-            let (counts, verdict) = libtest::judge(&output, st.success(), &st.to_string());
+    let (counts, status) = match cmd::tee(&mut test, "", timeout()) {
+        Ok(run) if run.timed_out => {
+            let counts = libtest::parse(&run.output).unwrap_or_default();
+            let timeout = format!("FAILED (timed out after {}s)", run.elapsed.as_secs());
+            (
+                Counts {
+                    failed: counts.failed.max(1),
+                    ..counts
+                },
+                timeout,
+            )
+        }
+        Ok(run) => {
+            let (counts, verdict) =
+                libtest::judge(&run.output, run.status.success(), &run.status.to_string());
             (counts, verdict.describe())
         }
         Err(err) => (
@@ -232,10 +253,6 @@ fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str) -> Run {
 }
 
 fn vm_runs(binary: &Path, summary: &mut Summary) {
-    let timeout = std::env::var("XTASK_VM_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_VM_TIMEOUT_SECS);
     let only: Option<Vec<String>> = std::env::var("XTASK_KERNELS")
         .ok()
         .map(|s| s.split(',').map(|k| k.trim().to_owned()).collect());
@@ -257,14 +274,13 @@ fn vm_runs(binary: &Path, summary: &mut Summary) {
                 continue;
             }
         };
-        match vm_run(binary, &kernel, Duration::from_secs(timeout)) {
-            Ok((runs, report, ok)) => {
+        match vm_run(binary, &kernel, timeout()) {
+            Ok((runs, report, failure)) => {
                 summary.runs.extend(runs);
-                summary.step(
-                    &step_name,
-                    ok,
-                    if ok { String::new() } else { report.clone() },
-                );
+                match failure {
+                    None => summary.step(&step_name, true, ""),
+                    Some(why) => summary.step(&step_name, false, why),
+                }
                 boot_lines.push(report);
             }
             Err(err) => {
@@ -294,12 +310,12 @@ fn fail_all(summary: &mut Summary, kernel: &str, backends: &[&str], why: &str) {
 }
 
 /// Builds the image, boots it and reads the console. Returns the runs, a one-line report of the
-/// boot (time, modules) and whether the VM got through its whole /init.
+/// boot (time, modules) and why the VM did not get through its whole /init, if it did not.
 fn vm_run(
     binary: &Path,
     kernel: &CachedKernel,
     timeout: Duration,
-) -> Result<(Vec<Run>, String, bool)> {
+) -> Result<(Vec<Run>, String, Option<String>)> {
     let image = initramfs::image_path(kernel);
     println!("xtask: building {} for {}", image.display(), kernel.release);
     let built = initramfs::build(kernel, binary, &image)
@@ -364,23 +380,23 @@ fn vm_run(
             status,
         });
     }
-    let ok = parsed.done && !boot.timed_out;
+    let failure = if boot.timed_out {
+        Some(format!("timed out after {}s", boot.elapsed.as_secs()))
+    } else if !parsed.done {
+        Some(format!("/init did not finish (qemu {})", boot.exit))
+    } else {
+        None
+    };
     let report = format!(
         "VM {} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]",
         kernel.label,
-        if ok {
-            "ran /init to the end"
-        } else if boot.timed_out {
-            "TIMED OUT"
-        } else {
-            "DID NOT FINISH /init"
-        },
+        failure.as_deref().unwrap_or("booted, ran /init to the end"),
         boot.elapsed.as_secs_f64(),
         boot.exit,
         parsed.modules_loaded.join(" "),
         parsed.modules_failed.join("; "),
     );
-    Ok((runs, report, ok))
+    Ok((runs, report, failure))
 }
 
 #[cfg(test)]
