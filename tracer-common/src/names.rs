@@ -24,10 +24,93 @@ pub const PROG_TP_RECV: &str = "nt_tp_recv";
 pub const PROG_TP_STATE: &str = "nt_tp_state";
 /// Tracepoint backend: `tcp:tcp_retransmit_skb`.
 pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";
+/// All backends: `tcp:tcp_receive_reset` (a refused connect's last chance to show its port).
+pub const PROG_TP_RECV_RESET: &str = "nt_tp_rst_in";
 /// All backends: `syscalls:sys_exit_accept4` (owner of accepted connections).
 pub const PROG_ACCEPT4: &str = "nt_tp_accept4";
 /// All backends: `syscalls:sys_exit_accept`.
 pub const PROG_ACCEPT: &str = "nt_tp_accept";
+// fentry backend (fexit on the function's return, fentry where only the arguments matter). A
+// trailing digit is the hooked function's parameter count where its signature changed: the
+// variant matching the running kernel is attached.
+/// fentry backend: fexit `tcp_sendmsg`.
+pub const PROG_FX_TCP_SEND: &str = "nt_fx_tcp_send";
+/// fentry backend: fexit `tcp_sendpage` (sendfile/splice to TCP before 6.5).
+pub const PROG_FX_TCP_PAGE: &str = "nt_fx_tcp_page";
+/// fentry backend: fexit `tcp_recvmsg(sk, msg, len, flags, addr_len)` (5.19+).
+pub const PROG_FX_TCP_RECV5: &str = "nt_fx_tcp_rcv5";
+/// fentry backend: fexit `tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len)` (before 5.19).
+pub const PROG_FX_TCP_RECV6: &str = "nt_fx_tcp_rcv6";
+/// fentry backend: fexit `tcp_read_sock` (splice from TCP).
+pub const PROG_FX_TCP_READ_SOCK: &str = "nt_fx_tcp_rdsk";
+/// fentry backend: fexit `udp_sendmsg`.
+pub const PROG_FX_UDP_SEND: &str = "nt_fx_udp_send";
+/// fentry backend: fexit `udpv6_sendmsg`.
+pub const PROG_FX_UDP6_SEND: &str = "nt_fx_udp6_send";
+/// fentry backend: fexit `udp_sendpage` (before 6.5).
+pub const PROG_FX_UDP_PAGE: &str = "nt_fx_udp_page";
+/// fentry backend: fexit `udp_recvmsg` with 5 parameters (5.19+).
+pub const PROG_FX_UDP_RECV5: &str = "nt_fx_udp_rcv5";
+/// fentry backend: fexit `udp_recvmsg` with 6 parameters (before 5.19).
+pub const PROG_FX_UDP_RECV6: &str = "nt_fx_udp_rcv6";
+/// fentry backend: fexit `udpv6_recvmsg` with 5 parameters (5.19+).
+pub const PROG_FX_UDP6_RECV5: &str = "nt_fx_udp6_rcv5";
+/// fentry backend: fexit `udpv6_recvmsg` with 6 parameters (before 5.19).
+pub const PROG_FX_UDP6_RECV6: &str = "nt_fx_udp6_rcv6";
+/// fentry backend: fentry `udp_destroy_sock`.
+pub const PROG_FE_UDP_DESTROY: &str = "nt_fe_udp_dstr";
+/// fentry backend: fentry `udpv6_destroy_sock`.
+pub const PROG_FE_UDP6_DESTROY: &str = "nt_fe_udp6_dstr";
+// kprobe backend: `nt_kp_*` kprobes stash the arguments, `nt_kr_*` kretprobes use them with the
+// return value. Digits as above.
+/// kprobe backend: kprobe `tcp_sendmsg`.
+pub const PROG_KP_TCP_SEND: &str = "nt_kp_tcp_send";
+/// kprobe backend: kretprobe `tcp_sendmsg`.
+pub const PROG_KR_TCP_SEND: &str = "nt_kr_tcp_send";
+/// kprobe backend: kprobe `tcp_sendpage` (before 6.5).
+pub const PROG_KP_TCP_PAGE: &str = "nt_kp_tcp_page";
+/// kprobe backend: kretprobe `tcp_sendpage` (before 6.5).
+pub const PROG_KR_TCP_PAGE: &str = "nt_kr_tcp_page";
+/// kprobe backend: kprobe `tcp_recvmsg` with 5 parameters (5.19+).
+pub const PROG_KP_TCP_RECV5: &str = "nt_kp_tcp_rcv5";
+/// kprobe backend: kprobe `tcp_recvmsg` with 6 parameters (before 5.19).
+pub const PROG_KP_TCP_RECV6: &str = "nt_kp_tcp_rcv6";
+/// kprobe backend: kretprobe `tcp_recvmsg` (every signature).
+pub const PROG_KR_TCP_RECV: &str = "nt_kr_tcp_recv";
+/// kprobe backend: kprobe `tcp_read_sock`.
+pub const PROG_KP_TCP_READ_SOCK: &str = "nt_kp_tcp_rdsk";
+/// kprobe backend: kretprobe `tcp_read_sock`.
+pub const PROG_KR_TCP_READ_SOCK: &str = "nt_kr_tcp_rdsk";
+/// kprobe backend: kprobe `udp_sendmsg`.
+pub const PROG_KP_UDP_SEND: &str = "nt_kp_udp_send";
+/// kprobe backend: kretprobe `udp_sendmsg`.
+pub const PROG_KR_UDP_SEND: &str = "nt_kr_udp_send";
+/// kprobe backend: kprobe `udpv6_sendmsg`.
+pub const PROG_KP_UDP6_SEND: &str = "nt_kp_udp6_send";
+/// kprobe backend: kretprobe `udpv6_sendmsg`.
+pub const PROG_KR_UDP6_SEND: &str = "nt_kr_udp6_send";
+/// kprobe backend: kprobe `udp_sendpage` (before 6.5).
+pub const PROG_KP_UDP_PAGE: &str = "nt_kp_udp_page";
+/// kprobe backend: kretprobe `udp_sendpage` (before 6.5).
+pub const PROG_KR_UDP_PAGE: &str = "nt_kr_udp_page";
+/// kprobe backend: kprobe `udp_recvmsg` with 5 parameters (5.19+).
+pub const PROG_KP_UDP_RECV5: &str = "nt_kp_udp_rcv5";
+/// kprobe backend: kprobe `udp_recvmsg` with 6 parameters (before 5.19).
+pub const PROG_KP_UDP_RECV6: &str = "nt_kp_udp_rcv6";
+/// kprobe backend: kretprobe `udp_recvmsg` (every signature).
+pub const PROG_KR_UDP_RECV: &str = "nt_kr_udp_recv";
+/// kprobe backend: kprobe `udpv6_recvmsg` with 5 parameters (5.19+).
+pub const PROG_KP_UDP6_RECV5: &str = "nt_kp_udp6_rcv5";
+/// kprobe backend: kprobe `udpv6_recvmsg` with 6 parameters (before 5.19).
+pub const PROG_KP_UDP6_RECV6: &str = "nt_kp_udp6_rcv6";
+/// kprobe backend: kretprobe `udpv6_recvmsg` (every signature).
+pub const PROG_KR_UDP6_RECV: &str = "nt_kr_udp6_recv";
+/// kprobe backend: kprobe `udp_destroy_sock`.
+pub const PROG_KP_UDP_DESTROY: &str = "nt_kp_udp_dstr";
+/// kprobe backend: kprobe `udpv6_destroy_sock`.
+pub const PROG_KP_UDP6_DESTROY: &str = "nt_kp_udp6_dstr";
+/// kprobe backend: LRU map (pid_tgid, hooked function) -> arguments, from kprobe to kretprobe.
+pub const MAP_PROBE_ARGS: &str = "NT_PROBE_ARGS";
 // Tracepoint backend, UDP: the send/receive syscalls give the peers of unconnected sockets.
 /// Tracepoint backend: `syscalls:sys_enter_sendto`.
 pub const PROG_TP_SENDTO: &str = "nt_tp_sendto";

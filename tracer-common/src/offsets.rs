@@ -60,13 +60,14 @@ pub struct KernelLayout {
     pub sock_length: SockLengthFormat,
     /// `tcp:tcp_retransmit_skb` field `skaddr`.
     pub tcp_retransmit_skaddr: u16,
+    /// `tcp:tcp_receive_reset` field `skaddr`.
+    pub tcp_receive_reset_skaddr: u16,
     /// `msghdr.msg_name` (kernel `struct msghdr`, for fentry/kprobe UDP hooks).
     pub msghdr_msg_name: u16,
     /// Walking from the current task to the socket behind a file descriptor.
     pub fd: FdOffsets,
     /// Offset of `ret` in the `syscalls:sys_exit_*` records.
     pub sys_exit_ret: u16,
-    pub _pad: u16,
     /// The send/receive syscall tracepoints that give the tracepoint backend the peers of
     /// unconnected UDP sockets.
     pub udp_syscalls: UdpSyscallFormats,

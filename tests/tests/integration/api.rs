@@ -68,15 +68,50 @@ impl Seen {
             *self.sent.entry(key).or_default() += conn.last.sent_bytes;
             *self.recv.entry(key).or_default() += conn.last.recv_bytes;
             if conn.is_closed {
-                *self.closed.entry(key).or_default() += 1;
+                // Closed connections of one TCP flow within one interval (a reused port) are
+                // aggregated into one record whose `tcp_closed` counts them; UDP flows here use
+                // ports that are never reused within a run, so each record is one connection.
+                let closes = match conn.tuple.protocol {
+                    Protocol::Tcp => conn.last.tcp_closed,
+                    Protocol::Udp => 1,
+                };
+                *self.closed.entry(key).or_default() += closes;
             }
         }
     }
 }
 
-/// Runs TCP and UDP churn for `duration`, returning the bytes each flow really moved (from the
-/// test's side) as (sent, received) per flow.
-fn churn(duration: Duration) -> HashMap<Flow, (u64, u64)> {
+/// What the load generator did on one flow (protocol + endpoints): ephemeral ports are reused
+/// by later connections, so one flow can be several connections one after the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Moved {
+    sent: u64,
+    received: u64,
+    connections: u32,
+}
+
+fn record(moved: &mut HashMap<Flow, Moved>, flow: Flow, sent: u64, received: u64) {
+    let entry = moved.entry(flow).or_default();
+    entry.sent += sent;
+    entry.received += received;
+    entry.connections += 1;
+}
+
+/// A UDP socket on the next free port of 20000..60000 (not the kernel's choice, which may
+/// hand the same port out again within a run).
+fn next_udp_socket(next_port: &mut u16) -> UdpSocket {
+    loop {
+        let port = *next_port;
+        *next_port = if port >= 60_000 { 20_000 } else { port + 1 };
+        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
+            return socket;
+        }
+    }
+}
+
+/// Runs TCP and UDP churn for `duration`, returning what each flow really moved (from the
+/// test's side).
+fn churn(duration: Duration) -> HashMap<Flow, Moved> {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server_addr = listener.local_addr().expect("addr");
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +149,8 @@ fn churn(duration: Duration) -> HashMap<Flow, (u64, u64)> {
 
     let udp_server = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
     let udp_addr = udp_server.local_addr().expect("udp addr");
-    let mut moved: HashMap<Flow, (u64, u64)> = HashMap::new();
+    let mut moved: HashMap<Flow, Moved> = HashMap::new();
+    let mut next_port = 20_000u16;
     let started = Instant::now();
     let mut i = 0u64;
     while started.elapsed() < duration {
@@ -126,17 +162,22 @@ fn churn(duration: Duration) -> HashMap<Flow, (u64, u64)> {
         let mut echo = vec![0u8; size];
         client.read_exact(&mut echo).expect("echo");
         drop(client);
-        moved.insert(
+        let bytes = size as u64;
+        record(
+            &mut moved,
             (Protocol::Tcp, local, server_addr),
-            (size as u64, size as u64),
+            bytes,
+            bytes,
         );
-        moved.insert(
+        record(
+            &mut moved,
             (Protocol::Tcp, server_addr, local),
-            (size as u64, size as u64),
+            bytes,
+            bytes,
         );
 
         // A short UDP flow: a connected client socket, one datagram each way.
-        let udp_client = UdpSocket::bind("127.0.0.1:0").expect("udp client");
+        let udp_client = next_udp_socket(&mut next_port);
         udp_client.connect(udp_addr).expect("udp connect");
         let udp_local = udp_client.local_addr().expect("udp local");
         udp_client
@@ -149,7 +190,12 @@ fn churn(duration: Duration) -> HashMap<Flow, (u64, u64)> {
         let m = udp_client.recv(&mut buf).expect("udp client recv");
         assert_eq!(m, n);
         drop(udp_client);
-        moved.insert((Protocol::Udp, udp_local, udp_addr), (n as u64, n as u64));
+        record(
+            &mut moved,
+            (Protocol::Udp, udp_local, udp_addr),
+            n as u64,
+            n as u64,
+        );
     }
     stop.store(true, Ordering::Relaxed);
     server.join().expect("server");
@@ -221,20 +267,20 @@ fn two_clients_polling_at_different_intervals_see_exact_bytes_and_every_close_on
             }
         }
         for (seen, id) in seen.iter().zip(["fast", "slow"]) {
-            for (key, (sent, recv)) in &moved {
+            for (key, moved) in &moved {
                 assert_eq!(
                     seen.sent.get(key).copied().unwrap_or(0),
-                    *sent,
+                    moved.sent,
                     "{id}: sent on {key:?}"
                 );
                 assert_eq!(
                     seen.recv.get(key).copied().unwrap_or(0),
-                    *recv,
+                    moved.received,
                     "{id}: received on {key:?}"
                 );
                 assert_eq!(
                     seen.closed.get(key).copied().unwrap_or(0),
-                    1,
+                    moved.connections,
                     "{id}: closes of {key:?}"
                 );
             }

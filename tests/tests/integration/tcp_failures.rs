@@ -49,6 +49,11 @@ fn refused_connect_reports_econnrefused_with_the_connecting_pid() {
             endpoints(&failed.tuple).1,
             SocketAddr::from(([127, 0, 0, 1], port))
         );
+        assert_ne!(
+            endpoints(&failed.tuple).0.port(),
+            0,
+            "the source port the connect used"
+        );
         assert_eq!((failed.sent_bytes, failed.recv_bytes), (0, 0));
     });
 }

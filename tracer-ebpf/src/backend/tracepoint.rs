@@ -138,3 +138,15 @@ fn on_accept_exit(ctx: &TracePointContext) {
         None => bump(Counter::KernelReadFailed),
     }
 }
+
+/// A reset arrived on `skaddr` (shared by every backend): refresh the connection, and catch the
+/// source port of a connect the reset is about to refuse.
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn nt_tp_rst_in(ctx: TracePointContext) -> u32 {
+    let layout = layout();
+    match field::<u64>(&ctx, layout.tcp_receive_reset_skaddr) {
+        Ok(sk) => conn::on_tcp_event(sk, &layout.sock),
+        Err(_) => bump(Counter::TracepointReadFailed),
+    }
+    0
+}

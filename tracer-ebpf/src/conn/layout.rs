@@ -45,6 +45,7 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
         flags: 0,
     },
     tcp_retransmit_skaddr: 0,
+    tcp_receive_reset_skaddr: 0,
     msghdr_msg_name: 0,
     fd: tracer_common::offsets::FdOffsets {
         task_files: 0,
@@ -55,7 +56,6 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
         socket_sk: 0,
     },
     sys_exit_ret: 0,
-    _pad: 0,
     udp_syscalls: tracer_common::offsets::UdpSyscallFormats {
         sendto_addr: 0,
         sendmsg_msg: 0,
@@ -69,10 +69,18 @@ static NT_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     },
 });
 
-/// The layout for this kernel (a volatile read of the patched global).
+/// The layout for this kernel: the patched global, read field by field where it is used.
 #[inline(always)]
-pub fn layout() -> KernelLayout {
-    NT_LAYOUT.load()
+pub fn layout() -> &'static KernelLayout {
+    // Not `NT_LAYOUT.load()`: a copy of the whole layout becomes dozens of live scalars that the
+    // compiler spills to the 512-byte stack (nt_tp_state went over the limit on 5.10/6.1, whose
+    // verifiers round each frame up to 32 bytes). The pointer goes through `black_box` so that
+    // the compiler cannot fold the reads to the placeholder values above (the loader patches
+    // them); `Global<T>` holds exactly one `MaybeUninit<T>`, so the `T` is at offset 0.
+    let layout: *const KernelLayout = core::hint::black_box(core::ptr::addr_of!(NT_LAYOUT).cast());
+    // SAFETY: the global lives for the program's whole run, always holds an initialised
+    // `KernelLayout`, and no program writes it.
+    unsafe { &*layout }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory. Fails (never faults) on a bad address.

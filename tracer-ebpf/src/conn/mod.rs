@@ -86,8 +86,7 @@ pub fn entry(
     stats.tuple.pid = origin.pid;
     if key.peer_family != 0 {
         // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
-        if key.peer_family == tracer_common::conn::AF_INET
-            && sock::is_v4_mapped(&stats.tuple.saddr)
+        if key.peer_family == tracer_common::conn::AF_INET && sock::is_v4_mapped(&stats.tuple.saddr)
         {
             // An IPv6 socket bound to an IPv4-mapped address talks IPv4 (the peer was folded).
             stats.tuple.saddr = sock::unmap(stats.tuple.saddr);
@@ -101,7 +100,9 @@ pub fn entry(
     stats.updated_ns = now;
     stats.direction = origin.direction;
     // BPF_NOEXIST: when another CPU created the entry first, ours is dropped and theirs is used.
-    let created = NT_CONNS.insert(key, &*stats, u64::from(BPF_NOEXIST)).is_ok();
+    let created = NT_CONNS
+        .insert(key, &*stats, u64::from(BPF_NOEXIST))
+        .is_ok();
     if created && key.peer_family != 0 {
         // A new peer flow of an unconnected UDP socket: list it so the socket's close closes it.
         udp_peers::add(key, &stats.tuple);
@@ -288,6 +289,7 @@ pub fn on_tcp_event(sk: u64, offsets: &SockOffsets) {
         if sock::refresh_tcp(sk, offsets, stats).is_err() {
             bump(Counter::KernelReadFailed);
         }
+        fill_source_port(sk, offsets, stats);
         stats.updated_ns = now_ns();
     }
 }
@@ -307,6 +309,23 @@ pub fn close_socket(sk: u64, protocol: u8, offsets: &SockOffsets) {
     close(&key, protocol, offsets);
     if protocol == tracer_common::conn::IPPROTO_UDP {
         udp_peers::close_all(sk, offsets);
+    }
+}
+
+/// A connect is recorded at SYN_SENT, before its source port is assigned, and by the time the
+/// close is traced (after `inet_put_port`, on 6.x) the port is gone again: take the tuple at any
+/// event in between (a SYN retransmit, a received reset), and at close where it is still there.
+#[inline(always)]
+fn fill_source_port(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) {
+    if stats.tuple.sport != 0 {
+        return;
+    }
+    if let Ok(tuple) = sock::sock_tuple(sk, offsets, IPPROTO_TCP)
+        && tuple.sport != 0
+    {
+        let pid = stats.tuple.pid;
+        stats.tuple = tuple;
+        stats.tuple.pid = pid;
     }
 }
 
@@ -337,6 +356,7 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
     let stats = unsafe { &mut *stats };
     if protocol == IPPROTO_TCP {
         let _ = sock::refresh_tcp(key.sk, offsets, stats);
+        fill_source_port(key.sk, offsets, stats);
         if let Ok(errno) = sock::sock_error(key.sk, offsets) {
             if errno != 0 {
                 match reported_failure(errno) {

@@ -112,6 +112,9 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
         inet_sock_set_state: inet_sock_set_state(tracefs)?,
         sock_length: sock_length(tracefs)?,
         tcp_retransmit_skaddr: retransmit.field("tcp/tcp_retransmit_skb", "skaddr")?.offset,
+        tcp_receive_reset_skaddr: EventFormat::read(tracefs, "tcp", "tcp_receive_reset")?
+            .field("tcp/tcp_receive_reset", "skaddr")?
+            .offset,
         msghdr_msg_name: btf
             .member_offset("msghdr", "msg_name")
             .ok()
@@ -124,7 +127,6 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
         sys_exit_ret: EventFormat::read(tracefs, "syscalls", "sys_exit_accept4")?
             .field("syscalls/sys_exit_accept4", "ret")?
             .offset,
-        _pad: 0,
         udp_syscalls: udp_syscalls(tracefs)?,
     })
 }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use tracer_common::names;
+
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
 
@@ -127,6 +129,16 @@ pub const PROBES: &[ProbeSpec] = &[
         max_kernel: None,
     },
     ProbeSpec {
+        program: tracer_common::names::PROG_TP_RECV_RESET,
+        hook: Hook::Tracepoint {
+            category: "tcp",
+            name: "tcp_receive_reset",
+        },
+        backends: ALL,
+        min_kernel: KernelVersion::new(4, 16, 0),
+        max_kernel: None,
+    },
+    ProbeSpec {
         program: tracer_common::names::PROG_TP_RETRANSMIT,
         hook: Hook::Tracepoint {
             category: "tcp",
@@ -179,7 +191,110 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(5, 9, 0),
         max_kernel: None,
     },
+    // fentry backend: the return value of each socket call (see tracer-ebpf/src/backend/calls.rs
+    // for why these functions count every byte exactly once).
+    fexit(names::PROG_FX_TCP_SEND, "tcp_sendmsg", ANY, None),
+    fexit(names::PROG_FX_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    fexit(names::PROG_FX_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
+    fexit(names::PROG_FX_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
+    fexit(names::PROG_FX_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
+    fexit(names::PROG_FX_UDP_SEND, "udp_sendmsg", ANY, None),
+    fexit(names::PROG_FX_UDP6_SEND, "udpv6_sendmsg", ANY, None),
+    fexit(names::PROG_FX_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    fexit(names::PROG_FX_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
+    fexit(names::PROG_FX_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
+    fexit(names::PROG_FX_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
+    fexit(names::PROG_FX_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
+    fentry(names::PROG_FE_UDP_DESTROY, "udp_destroy_sock"),
+    fentry(names::PROG_FE_UDP6_DESTROY, "udpv6_destroy_sock"),
+    // kprobe backend: each kprobe before its kretprobe, so that no kretprobe runs for a call
+    // whose arguments were not stashed (which would count as a lost call).
+    kprobe(names::PROG_KP_TCP_SEND, "tcp_sendmsg", ANY, None),
+    kretprobe(names::PROG_KR_TCP_SEND, "tcp_sendmsg", ANY, None),
+    kprobe(names::PROG_KP_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    kretprobe(names::PROG_KR_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
+    kprobe(names::PROG_KP_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
+    kretprobe(names::PROG_KR_TCP_RECV, "tcp_recvmsg", ANY, None),
+    kprobe(names::PROG_KP_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
+    kretprobe(names::PROG_KR_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
+    kprobe(names::PROG_KP_UDP_SEND, "udp_sendmsg", ANY, None),
+    kretprobe(names::PROG_KR_UDP_SEND, "udp_sendmsg", ANY, None),
+    kprobe(names::PROG_KP_UDP6_SEND, "udpv6_sendmsg", ANY, None),
+    kretprobe(names::PROG_KR_UDP6_SEND, "udpv6_sendmsg", ANY, None),
+    kprobe(names::PROG_KP_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    kretprobe(names::PROG_KR_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
+    kprobe(names::PROG_KP_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
+    kretprobe(names::PROG_KR_UDP_RECV, "udp_recvmsg", ANY, None),
+    kprobe(names::PROG_KP_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
+    kprobe(names::PROG_KP_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
+    kretprobe(names::PROG_KR_UDP6_RECV, "udpv6_recvmsg", ANY, None),
+    kprobe(names::PROG_KP_UDP_DESTROY, "udp_destroy_sock", ANY, None),
+    kprobe(names::PROG_KP_UDP6_DESTROY, "udpv6_destroy_sock", ANY, None),
 ];
+
+// Kernel ranges of the fentry/kprobe hooks. The floor of both backends is the tracer's own
+// (MIN_KERNEL); the hooked functions exist on every kernel since then, except where noted.
+const ANY: KernelVersion = KernelVersion::new(0, 0, 0);
+/// 5.19 dropped the `noblock` parameter of `tcp_recvmsg`/`udp_recvmsg`/`udpv6_recvmsg`.
+const SINCE_5_19: KernelVersion = KernelVersion::new(5, 19, 0);
+const BEFORE_5_19: Option<KernelVersion> = Some(KernelVersion::new(5, 18, u32::MAX));
+/// 6.5 removed `tcp_sendpage`/`udp_sendpage` (splice sends through `sendmsg` since).
+const BEFORE_6_5: Option<KernelVersion> = Some(KernelVersion::new(6, 4, u32::MAX));
+
+const FENTRY: &[Backend] = &[Backend::Fentry];
+const KPROBE: &[Backend] = &[Backend::Kprobe];
+
+const fn function_probe(
+    program: &'static str,
+    hook: Hook,
+    backends: &'static [Backend],
+    min_kernel: KernelVersion,
+    max_kernel: Option<KernelVersion>,
+) -> ProbeSpec {
+    ProbeSpec {
+        program,
+        hook,
+        backends,
+        min_kernel,
+        max_kernel,
+    }
+}
+
+const fn fexit(
+    program: &'static str,
+    function: &'static str,
+    min_kernel: KernelVersion,
+    max_kernel: Option<KernelVersion>,
+) -> ProbeSpec {
+    let hook = Hook::Fexit { function };
+    function_probe(program, hook, FENTRY, min_kernel, max_kernel)
+}
+
+const fn fentry(program: &'static str, function: &'static str) -> ProbeSpec {
+    function_probe(program, Hook::Fentry { function }, FENTRY, ANY, None)
+}
+
+const fn kprobe(
+    program: &'static str,
+    function: &'static str,
+    min_kernel: KernelVersion,
+    max_kernel: Option<KernelVersion>,
+) -> ProbeSpec {
+    let hook = Hook::Kprobe { function };
+    function_probe(program, hook, KPROBE, min_kernel, max_kernel)
+}
+
+const fn kretprobe(
+    program: &'static str,
+    function: &'static str,
+    min_kernel: KernelVersion,
+    max_kernel: Option<KernelVersion>,
+) -> ProbeSpec {
+    let hook = Hook::Kretprobe { function };
+    function_probe(program, hook, KPROBE, min_kernel, max_kernel)
+}
 
 /// A `syscalls:<name>` tracepoint of the tracepoint backend's UDP peers (syscall tracepoints and
 /// BPF on tracepoints: 4.7).
@@ -219,6 +334,17 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
             Some("kprobes are not available (CONFIG_KPROBES off)".to_owned())
         }
         _ => {
+            // A hook that only a newer kernel has (and no variant of it fits this one) leaves
+            // the backend without it: e.g. the tracepoint backend's send/receive before 6.3.
+            let too_old: Vec<String> = PROBES
+                .iter()
+                .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
+                .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
+                .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
+                .collect();
+            if !too_old.is_empty() {
+                return Some(format!("this kernel lacks {}", too_old.join(", ")));
+            }
             let missing: Vec<String> = probes_for(backend, caps.kernel)
                 .filter_map(|p| match p.hook {
                     Hook::Tracepoint { category, name } if !caps.has_tracepoint(category, name) => {
@@ -238,8 +364,23 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                     _ => None,
                 })
                 .collect();
+            // A kprobe and its kretprobe name the same function.
+            let mut missing = missing;
+            missing.dedup();
             (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
         }
+    }
+}
+
+/// The tracepoint or kernel function a hook attaches to, for messages.
+fn target_name(hook: Hook) -> String {
+    match hook {
+        Hook::Tracepoint { category, name } => format!("tracepoint {category}:{name}"),
+        Hook::Fentry { function }
+        | Hook::Fexit { function }
+        | Hook::Kprobe { function }
+        | Hook::Kretprobe { function } => format!("kernel function {function}"),
+        Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
     }
 }
 
@@ -380,5 +521,167 @@ mod tests {
             assert_eq!(Backend::from_name(backend.name()), Some(backend));
         }
         assert_eq!(Backend::from_name("ebpf"), None);
+    }
+
+    fn planned(backend: Backend, kernel: KernelVersion) -> Vec<&'static str> {
+        let caps = Capabilities::for_tests(kernel, true, true, true, false);
+        let plan = plan(BackendChoice::Force(backend), &caps).unwrap();
+        plan.probes.iter().map(|p| p.program).collect()
+    }
+
+    #[test]
+    fn on_5_10_the_function_backends_use_the_old_recvmsg_signature_and_sendpage() {
+        let kernel = KernelVersion::new(5, 10, 0);
+        let fentry = planned(Backend::Fentry, kernel);
+        for program in [
+            names::PROG_FX_TCP_RECV6,
+            names::PROG_FX_UDP_RECV6,
+            names::PROG_FX_UDP6_RECV6,
+            names::PROG_FX_TCP_PAGE,
+            names::PROG_FX_UDP_PAGE,
+            names::PROG_FX_TCP_SEND,
+            names::PROG_FX_TCP_READ_SOCK,
+            names::PROG_FE_UDP_DESTROY,
+            names::PROG_TP_STATE,
+        ] {
+            assert!(fentry.contains(&program), "{program} in {fentry:?}");
+        }
+        assert!(!fentry.contains(&names::PROG_FX_TCP_RECV5));
+        assert!(!fentry.contains(&names::PROG_TP_SEND));
+        assert!(!fentry.iter().any(|p| p.starts_with("nt_k")), "{fentry:?}");
+
+        let kprobe = planned(Backend::Kprobe, kernel);
+        for program in [
+            names::PROG_KP_TCP_RECV6,
+            names::PROG_KR_TCP_RECV,
+            names::PROG_KP_UDP_RECV6,
+            names::PROG_KP_TCP_PAGE,
+            names::PROG_KR_TCP_PAGE,
+        ] {
+            assert!(kprobe.contains(&program), "{program} in {kprobe:?}");
+        }
+        assert!(!kprobe.contains(&names::PROG_KP_TCP_RECV5));
+        assert!(!kprobe.iter().any(|p| p.starts_with("nt_f")), "{kprobe:?}");
+    }
+
+    #[test]
+    fn on_6_12_the_function_backends_use_the_new_recvmsg_signature_and_no_sendpage() {
+        let kernel = KernelVersion::new(6, 12, 95);
+        let fentry = planned(Backend::Fentry, kernel);
+        assert!(fentry.contains(&names::PROG_FX_TCP_RECV5));
+        assert!(fentry.contains(&names::PROG_FX_UDP6_RECV5));
+        assert!(!fentry.contains(&names::PROG_FX_TCP_RECV6));
+        assert!(!fentry.contains(&names::PROG_FX_TCP_PAGE));
+        assert!(!fentry.contains(&names::PROG_FX_UDP_PAGE));
+        let kprobe = planned(Backend::Kprobe, kernel);
+        assert!(kprobe.contains(&names::PROG_KP_UDP_RECV5));
+        assert!(kprobe.contains(&names::PROG_KR_UDP_RECV));
+        assert!(!kprobe.contains(&names::PROG_KP_UDP_RECV6));
+        assert!(!kprobe.contains(&names::PROG_KR_TCP_PAGE));
+    }
+
+    #[test]
+    fn signature_variants_never_overlap_and_every_function_hook_is_covered_on_every_kernel() {
+        // Around every boundary in the table: each kernel function is hooked at most once per
+        // hook kind, and the functions that exist on every kernel are always hooked.
+        let kernels = [
+            (5, 8),
+            (5, 10),
+            (5, 18),
+            (5, 19),
+            (6, 1),
+            (6, 4),
+            (6, 5),
+            (6, 12),
+            (6, 18),
+        ];
+        for (major, minor) in kernels {
+            for patch in [0, 250] {
+                let kernel = KernelVersion::new(major, minor, patch);
+                for backend in [Backend::Fentry, Backend::Kprobe] {
+                    let hooks: Vec<Hook> = probes_for(backend, kernel).map(|p| p.hook).collect();
+                    for (i, hook) in hooks.iter().enumerate() {
+                        assert!(
+                            !hooks[i + 1..].contains(hook),
+                            "{hook:?} twice on {kernel} {backend}"
+                        );
+                    }
+                    let functions: Vec<&str> = hooks
+                        .iter()
+                        .filter_map(|h| match *h {
+                            Hook::Fexit { function } | Hook::Kretprobe { function } => {
+                                Some(function)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for function in [
+                        "tcp_sendmsg",
+                        "tcp_recvmsg",
+                        "tcp_read_sock",
+                        "udp_sendmsg",
+                        "udpv6_sendmsg",
+                        "udp_recvmsg",
+                        "udpv6_recvmsg",
+                    ] {
+                        assert!(
+                            functions.contains(&function),
+                            "{function} on {kernel} {backend}"
+                        );
+                    }
+                    let sendpage = functions.contains(&"tcp_sendpage");
+                    assert_eq!(
+                        sendpage,
+                        kernel < KernelVersion::new(6, 5, 0),
+                        "{kernel} {backend}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn program_names_fit_the_kernel_limit_carry_the_prefix_and_are_unique() {
+        for (i, probe) in PROBES.iter().enumerate() {
+            assert!(probe.program.starts_with("nt_"), "{}", probe.program);
+            assert!(
+                probe.program.len() <= 15,
+                "{} is longer than 15",
+                probe.program
+            );
+            assert!(
+                !PROBES[i + 1..].iter().any(|p| p.program == probe.program),
+                "{} twice",
+                probe.program
+            );
+        }
+    }
+
+    #[test]
+    fn forcing_fentry_on_the_host_fails_with_the_reason() {
+        let err = plan(BackendChoice::Force(Backend::Fentry), &host_like()).unwrap_err();
+        assert!(err.to_string().contains("refuses BPF tracing"), "{err}");
+    }
+
+    #[test]
+    fn a_kernel_without_a_hooked_function_names_it() {
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 12, 95), true, true, true, true);
+        caps.functions.remove("tcp_read_sock");
+        let err = plan(BackendChoice::Force(Backend::Kprobe), &caps).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("kprobe (missing kernel function tcp_read_sock)"),
+            "{err}"
+        );
+        // Auto falls through to the next backend that can run, and says why.
+        let plan = plan(BackendChoice::Auto, &caps).unwrap();
+        assert_eq!(plan.backend, Backend::Tracepoint);
+        assert!(
+            plan.reason
+                .contains("fentry (missing kernel function tcp_read_sock)"),
+            "{}",
+            plan.reason
+        );
     }
 }
