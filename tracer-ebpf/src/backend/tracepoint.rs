@@ -57,7 +57,7 @@ fn try_length(ctx: &TracePointContext, sending: bool) -> Result<(), i32> {
         return Ok(());
     }
     if protocol == IPPROTO_UDP {
-        udp::on_length(sk, ret, flags, sending, &layout);
+        udp::on_length(sk, ret, flags, sending, layout);
         return Ok(());
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };

@@ -66,7 +66,7 @@ pub fn add(key: &ConnKey, tuple: &ConnTuple) {
             slot,
             _pad: 0,
         };
-        match NT_UDP_PEERS.insert(&slot_key, &peer, u64::from(BPF_NOEXIST)) {
+        match NT_UDP_PEERS.insert(slot_key, peer, u64::from(BPF_NOEXIST)) {
             Ok(()) => return,
             Err(e) if e == -EEXIST => {}
             Err(_) => {
@@ -85,7 +85,7 @@ pub fn add(key: &ConnKey, tuple: &ConnTuple) {
 pub fn close_all(sk: u64, offsets: &SockOffsets) {
     for slot in 0..MAX_UDP_PEERS {
         let slot_key = PeerSlotKey { sk, slot, _pad: 0 };
-        let Some(peer) = NT_UDP_PEERS.get_ptr(&slot_key) else {
+        let Some(peer) = NT_UDP_PEERS.get_ptr(slot_key) else {
             // Slots are claimed in order, so the first empty one normally ends the list; looking
             // at every slot anyway costs little and does not depend on that.
             continue;
@@ -100,6 +100,6 @@ pub fn close_all(sk: u64, offsets: &SockOffsets) {
             _pad: 0,
         };
         super::close(&key, IPPROTO_UDP, offsets);
-        let _ = NT_UDP_PEERS.remove(&slot_key);
+        let _ = NT_UDP_PEERS.remove(slot_key);
     }
 }

@@ -117,7 +117,7 @@ fn enter(ctx: &TracePointContext, which: Enter) {
         _pad: [0; 6],
     };
     if NT_UDP_CALLS
-        .insert(&bpf_get_current_pid_tgid(), &call, 0)
+        .insert(bpf_get_current_pid_tgid(), call, 0)
         .is_err()
     {
         bump(Counter::UdpCallsFull);
@@ -211,7 +211,7 @@ pub fn nt_tp_recvmmsg(ctx: TracePointContext) -> u32 {
 /// A send syscall returned: forget its arguments.
 #[inline(always)]
 fn exit_send() {
-    let _ = NT_UDP_CALLS.remove(&bpf_get_current_pid_tgid());
+    let _ = NT_UDP_CALLS.remove(bpf_get_current_pid_tgid());
 }
 
 /// A receive syscall returned `ret` (read at `ret_offset`): count the datagram still waiting
@@ -219,12 +219,12 @@ fn exit_send() {
 #[inline(always)]
 fn exit_recv(ctx: &TracePointContext, ret_offset: u16) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = NT_UDP_CALLS.get_ptr(&pid_tgid) else {
+    let Some(call) = NT_UDP_CALLS.get_ptr(pid_tgid) else {
         return;
     };
     // SAFETY: a map value of this thread only; copied out before the delete.
     let call = unsafe { *call };
-    let _ = NT_UDP_CALLS.remove(&pid_tgid);
+    let _ = NT_UDP_CALLS.remove(pid_tgid);
     if call.pending_sk == 0 {
         return;
     }
@@ -233,7 +233,7 @@ fn exit_recv(ctx: &TracePointContext, ret_offset: u16) {
         // A failure after the datagram was taken (copying the address out faulted): the address
         // in user memory is not the datagram's.
         Ok(ret) if ret < 0 => bump(Counter::UdpMissingPeer),
-        Ok(_) => flush(&call, &layout),
+        Ok(_) => flush(&call, layout),
         Err(_) => bump(Counter::TracepointReadFailed),
     }
 }
@@ -335,7 +335,7 @@ pub fn on_length(sk: u64, ret: i32, flags: i32, sending: bool, layout: &KernelLa
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let call = match NT_UDP_CALLS.get_ptr_mut(&pid_tgid) {
+    let mut call = match NT_UDP_CALLS.get_ptr_mut(pid_tgid) {
         // SAFETY: a map value of this thread only (the key is the thread's pid_tgid).
         Some(call) if unsafe { (*call).sending } == u8::from(sending) => {
             Some(unsafe { &mut *call })
@@ -343,14 +343,14 @@ pub fn on_length(sk: u64, ret: i32, flags: i32, sending: bool, layout: &KernelLa
         _ => None,
     };
     // The datagram's entry in a `*mmsg` array; the call's next datagram uses the next one.
-    let index = match call {
-        Some(ref call) => call.next_index,
+    let index = match &mut call {
+        Some(call) => {
+            let index = call.next_index;
+            call.next_index = index.wrapping_add(1);
+            index
+        }
         None => 0,
     };
-    let call = call.map(|call| {
-        call.next_index = index.wrapping_add(1);
-        call
-    });
     if ret == 0 {
         bump(Counter::UdpEmptyDatagram);
         return;
