@@ -2,6 +2,9 @@
 //!
 //! - [`data`]: connection sets with unique cookies and a steady-state workload.
 //! - [`summary`]: the `TRACER_BENCH_SUMMARY` JSON file that `cargo xtask bench` prints.
+//! - [`privileged`]: loading and unloading the real tracer for the benchmarks that need root
+//!   (`overhead`, `e2e`).
 
 pub mod data;
+pub mod privileged;
 pub mod summary;
