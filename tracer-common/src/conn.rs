@@ -111,3 +111,22 @@ pub struct ClosedConn {
 /// How many peer flows of one unconnected UDP socket are listed for closing with the socket;
 /// flows beyond it are counted in `udp_peers_overflow` and closed by userspace expiry.
 pub const MAX_UDP_PEERS: u32 = 16;
+
+/// Key of `NT_UDP_PEERS`: one of the peer-list slots of an unconnected UDP socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpPeerSlotKey {
+    pub sk: u64,
+    /// `0..MAX_UDP_PEERS`.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// Value of `NT_UDP_PEERS`: the peer part of a flow's [`ConnKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpPeerSlot {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+}

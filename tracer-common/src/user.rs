@@ -34,3 +34,11 @@ const _: () = assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 *
 const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 120);
 const _: () =
     assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 32 + 24 + 8 + 4 + 12 + 4 + 18);
+
+// SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
+unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::conn::UdpPeerSlot {}
+
+const _: () = assert!(core::mem::size_of::<crate::conn::UdpPeerSlotKey>() == 16);
+const _: () = assert!(core::mem::size_of::<crate::conn::UdpPeerSlot>() == 20);

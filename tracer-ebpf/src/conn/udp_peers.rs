@@ -12,7 +12,10 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
 use tracer_common::{
-    conn::{ConnKey, ConnTuple, IPPROTO_UDP, MAX_UDP_PEERS},
+    conn::{
+        ConnKey, ConnTuple, IPPROTO_UDP, MAX_UDP_PEERS, UdpPeerSlot as PeerSlot,
+        UdpPeerSlotKey as PeerSlotKey,
+    },
     counters::Counter,
     offsets::SockOffsets,
 };
@@ -21,23 +24,6 @@ use crate::counters::bump;
 
 /// `EEXIST`: the slot is taken.
 const EEXIST: i32 = 17;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PeerSlotKey {
-    pub sk: u64,
-    pub slot: u32,
-    pub _pad: u32,
-}
-
-/// The peer part of a flow's [`ConnKey`].
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PeerSlot {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub family: u16,
-}
 
 /// Peer lists of unconnected UDP sockets. Every slot names an entry of `NT_CONNS`, so userspace
 /// sizes this like `NT_CONNS` at load time.

@@ -11,11 +11,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Program, TracePoint},
+    programs::{FEntry, FExit, KProbe, Program, TracePoint},
 };
 use tracer_common::{
-    conn::{ClosedConn, ConnKey, ConnStats},
-    names::{GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_TCP_STATES},
+    conn::{ClosedConn, ConnKey, ConnStats, MAX_UDP_PEERS, UdpPeerSlot, UdpPeerSlotKey},
+    names::{GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_TCP_STATES, MAP_UDP_PEERS},
 };
 
 use super::{
@@ -99,6 +99,9 @@ pub struct ConnTracer {
     conns: Mutex<HashMap<MapData, ConnKey, ConnStats>>,
     /// A second descriptor of `NT_CONNS` for batched lookups (aya has no batch API).
     conns_fd: OwnedFd,
+    /// Peer lists of unconnected UDP sockets (`NT_UDP_PEERS`): an expired peer flow frees its
+    /// slot, so a long-lived socket (a DNS server) keeps listing new peers.
+    udp_peers: Mutex<HashMap<MapData, UdpPeerSlotKey, UdpPeerSlot>>,
     counters: PerCpuArray<MapData, u64>,
     plan: Plan,
 }
@@ -125,16 +128,16 @@ impl ConnTracer {
             .map_max_entries(MAP_CONNS, config.max_tracked_connections)
             .map_max_entries(MAP_CLOSED, config.ring_buffer_bytes)
             // One peer-list slot per listed UDP peer flow, each an entry of NT_CONNS.
-            .map_max_entries(
-                tracer_common::names::MAP_UDP_PEERS,
-                config.max_tracked_connections,
-            )
+            .map_max_entries(MAP_UDP_PEERS, config.max_tracked_connections)
             // The issue-2 state-transition probe's map is unused here: keep it tiny.
             .map_max_entries(MAP_TCP_STATES, 1)
             .load(object::bytes()?)
             .map_err(|e| Error::Load(Box::new(e)))?;
+        // fentry/fexit programs are verified against the running kernel's BTF (aya's parser,
+        // which resolves the attach target's type id): parsed once, only when planned.
+        let mut kernel_btf = None;
         for probe in &plan.probes {
-            attach(&mut ebpf, probe.program, probe.hook)?;
+            attach(&mut ebpf, probe.program, probe.hook, &mut kernel_btf)?;
         }
         let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
@@ -153,6 +156,8 @@ impl ConnTracer {
             }
         };
         let conns = HashMap::try_from(conns_map).map_err(|e| map_error(MAP_CONNS, e))?;
+        let udp_peers = take_map(&mut ebpf, MAP_UDP_PEERS)
+            .and_then(|map| HashMap::try_from(map).map_err(|e| map_error(MAP_UDP_PEERS, e)))?;
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
         Ok(Self {
@@ -160,6 +165,7 @@ impl ConnTracer {
             closed: Mutex::new(closed),
             conns: Mutex::new(conns),
             conns_fd,
+            udp_peers: Mutex::new(udp_peers),
             counters,
             plan,
         })
@@ -219,8 +225,39 @@ impl ConnTracer {
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_error(MAP_CONNS, e)),
             }
+            if key.peer_family != 0 {
+                self.free_udp_peer_slot(key)?;
+            }
         }
         Ok(removed)
+    }
+
+    /// Frees the peer-list slot that names the (expired) unconnected UDP flow `key`.
+    fn free_udp_peer_slot(&self, key: &ConnKey) -> Result<()> {
+        let mut peers = lock(&self.udp_peers);
+        let wanted = UdpPeerSlot {
+            addr: key.peer_addr,
+            port: key.peer_port,
+            family: key.peer_family,
+        };
+        for slot in 0..MAX_UDP_PEERS {
+            let slot_key = UdpPeerSlotKey {
+                sk: key.sk,
+                slot,
+                _pad: 0,
+            };
+            match peers.get(&slot_key, 0) {
+                Ok(peer) if peer == wanted => {
+                    return match peers.remove(&slot_key) {
+                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                        Err(e) => Err(map_error(MAP_UDP_PEERS, e)),
+                    };
+                }
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(MAP_UDP_PEERS, e)),
+            }
+        }
+        Ok(())
     }
 
     /// The kernel-side counters, summed over CPUs.
@@ -265,7 +302,12 @@ fn read_btf(path: &Path) -> Result<Btf> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, program: &'static str, hook: Hook) -> Result<()> {
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    hook: Hook,
+    kernel_btf: &mut Option<aya::Btf>,
+) -> Result<()> {
     let prog = ebpf.program_mut(program).ok_or(Error::MissingObject {
         kind: "program",
         name: program,
@@ -279,6 +321,27 @@ fn attach(ebpf: &mut Ebpf, program: &'static str, hook: Hook) -> Result<()> {
             let tp: &mut TracePoint = tp;
             tp.load().map_err(fail)?;
             tp.attach(category, name).map_err(fail)?;
+        }
+        (Hook::Fentry { function }, Program::FEntry(prog)) => {
+            let prog: &mut FEntry = prog;
+            prog.load(function, aya_btf(kernel_btf)?).map_err(fail)?;
+            prog.attach().map_err(fail)?;
+        }
+        (Hook::Fexit { function }, Program::FExit(prog)) => {
+            let prog: &mut FExit = prog;
+            prog.load(function, aya_btf(kernel_btf)?).map_err(fail)?;
+            prog.attach().map_err(fail)?;
+        }
+        (Hook::Kprobe { function } | Hook::Kretprobe { function }, Program::KProbe(prog))
+            if matches!(
+                (hook, prog.kind()),
+                (Hook::Kprobe { .. }, aya::programs::ProbeKind::Entry)
+                    | (Hook::Kretprobe { .. }, aya::programs::ProbeKind::Return)
+            ) =>
+        {
+            let prog: &mut KProbe = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(function, 0).map_err(fail)?;
         }
         (Hook::CgroupSockRelease, Program::CgroupSock(prog)) => {
             // The root of the cgroup v2 hierarchy: the program runs for the sockets of every
@@ -304,6 +367,18 @@ fn attach(ebpf: &mut Ebpf, program: &'static str, hook: Hook) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The running kernel's BTF as aya parses it, read on first use.
+fn aya_btf(cache: &mut Option<aya::Btf>) -> Result<&aya::Btf> {
+    let btf = match cache.take() {
+        Some(btf) => btf,
+        None => aya::Btf::from_sys_fs().map_err(|e| Error::Btf {
+            path: PathBuf::from(VMLINUX_BTF),
+            reason: e.to_string(),
+        })?,
+    };
+    Ok(cache.insert(btf))
 }
 
 fn map_error(map: &'static str, e: aya::maps::MapError) -> Error {
