@@ -98,6 +98,8 @@ pub struct ConnStats {
     /// errno of a failed connection (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH,
     /// ENETUNREACH), else 0.
     pub failure: u16,
+    /// TCP: `bpf_ktime_get_ns` when the copied `tcp_sock` counters were last refreshed.
+    pub tcp_refreshed_ns: u64,
 }
 
 /// What the ring buffer carries for each closed connection: its key and final counters.

@@ -1,11 +1,15 @@
 //! The tracepoint backend: the only way to trace on kernels without kprobes and fentry (like the
-//! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+),
+//! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+, attached
+//! as raw tracepoints),
 //! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers and
 //! closes come from the syscall tracepoints and a cgroup `sock_release` program (see `udp`).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{
-    conn::{ConnKey, IPPROTO_TCP, IPPROTO_UDP},
+    conn::{ConnKey, IPPROTO_TCP},
     counters::Counter,
 };
 
@@ -24,53 +28,56 @@ fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
     unsafe { ctx.read_at::<T>(usize::from(offset)) }
 }
 
-#[tracepoint(category = "sock", name = "sock_send_length")]
-pub fn nt_tp_send(ctx: TracePointContext) -> u32 {
-    if try_length(&ctx, true).is_err() {
-        bump(Counter::TracepointReadFailed);
-    }
+// The send/receive hooks are raw tracepoints: the arguments arrive in registers
+// (`TP_PROTO(struct sock *sk, int ret, int flags)`), no record is formatted and no field is
+// probe-read, which is most of a classic tracepoint's cost on these, the hottest hooks.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn nt_tp_send(ctx: RawTracePointContext) -> i32 {
+    on_length(&ctx, true);
     0
 }
 
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn nt_tp_recv(ctx: TracePointContext) -> u32 {
-    if try_length(&ctx, false).is_err() {
-        bump(Counter::TracepointReadFailed);
-    }
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn nt_tp_recv(ctx: RawTracePointContext) -> i32 {
+    on_length(&ctx, false);
     0
 }
 
-fn try_length(ctx: &TracePointContext, sending: bool) -> Result<(), i32> {
-    let layout = layout();
-    let format = layout.sock_length;
-    let protocol: u16 = field(ctx, format.protocol)?;
-    let protocol = match protocol {
-        6 => IPPROTO_TCP,
-        17 => IPPROTO_UDP,
-        _ => return Ok(()),
-    };
-    let sk: u64 = field(ctx, format.sk)?;
-    let ret: i32 = field(ctx, format.ret)?;
-    let flags: i32 = field(ctx, format.flags)?;
+#[inline(always)]
+fn on_length(ctx: &RawTracePointContext, sending: bool) {
+    let sk: u64 = ctx.arg(0);
+    // `int` arguments arrive sign-extended in 64-bit slots.
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
     if !sending && flags & MSG_PEEK != 0 {
         // Peeked bytes are read again by a later receive: counting them would count them twice.
-        return Ok(());
-    }
-    if protocol == IPPROTO_UDP {
-        udp::on_length(sk, ret, flags, sending, layout);
-        return Ok(());
+        return;
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    if sending {
-        conn::on_send(&key, protocol, bytes, &layout.sock);
-    } else {
-        conn::on_recv(&key, protocol, bytes, &layout.sock);
+    // Fast path: a tracked TCP socket (or connected UDP socket) is found by its address alone.
+    if conn::on_tracked_io(sk, bytes, sending) {
+        return;
     }
-    Ok(())
+    let layout = layout();
+    let Ok(protocol) = conn::layout::read_kernel::<u16>(sk, layout.sock.sk_protocol) else {
+        bump(Counter::KernelReadFailed);
+        return;
+    };
+    match protocol {
+        6 => {
+            let key = ConnKey {
+                sk,
+                ..ConnKey::default()
+            };
+            if sending {
+                conn::on_send(&key, IPPROTO_TCP, bytes, &layout.sock);
+            } else {
+                conn::on_recv(&key, IPPROTO_TCP, bytes, &layout.sock);
+            }
+        }
+        17 => udp::on_length(sk, ret, flags, sending, &layout),
+        _ => {}
+    }
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]

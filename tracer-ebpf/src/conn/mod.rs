@@ -164,26 +164,54 @@ pub fn on_recv(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
     on_io(key, protocol, bytes, false, offsets);
 }
 
+/// The data path's fast path: if `sk` is tracked under its own address (a TCP socket or a
+/// connected UDP socket), account `bytes` and return true; otherwise the caller resolves the
+/// protocol and peer and takes the slow path. One map lookup, one atomic add, no kernel reads
+/// (TCP counters are refreshed at most every [`TCP_REFRESH_NS`], and on every zero-byte call).
 #[inline(always)]
-fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockOffsets) {
-    let tgid = sock::current_tgid();
-    let direction = match (protocol, sending) {
-        // A TCP socket first seen on a send/receive existed before the tracer started.
-        (IPPROTO_TCP, _) => DIRECTION_UNKNOWN,
-        (_, true) => DIRECTION_OUTGOING,
-        (_, false) => DIRECTION_INCOMING,
+pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
     };
-    let origin = Origin {
-        direction,
-        pid: tgid,
+    let Some(stats) = NT_CONNS.get_ptr_mut(&key) else {
+        return false;
     };
-    let Some(stats) = entry(key, protocol, origin, offsets) else {
-        return;
-    };
+    // SAFETY: see `entry`.
+    let stats = unsafe { &mut *stats };
+    let protocol = stats.tuple.protocol;
+    account(stats, protocol, bytes, sending);
+    let now = now_ns();
+    if protocol == IPPROTO_TCP
+        && (bytes == 0 || now.wrapping_sub(stats.tcp_refreshed_ns) >= TCP_REFRESH_NS)
+    {
+        let offsets = layout::layout().sock;
+        refresh(sk, &offsets, stats, now);
+    }
+    stats.updated_ns = now;
+    true
+}
+
+/// How stale the copied TCP counters (packets, retransmits, RTT) may get on a busy connection
+/// between two refreshes on the data path. State changes, retransmits, resets, zero-byte calls
+/// and the close always refresh them, so at rest and at close they are exact.
+pub const TCP_REFRESH_NS: u64 = 1_000_000;
+
+#[inline(always)]
+fn refresh(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats, now: u64) {
+    if sock::refresh_tcp(sk, offsets, stats).is_err() {
+        bump(Counter::KernelReadFailed);
+    }
+    stats.tcp_refreshed_ns = now;
+}
+
+/// Bytes and (UDP) datagrams of one successful call, and the owner if none is known yet.
+#[inline(always)]
+fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     // Syscall context: this process uses the socket. The first one to do so owns it, unless
     // connect/accept already said who does.
     if stats.tuple.pid == 0 {
-        stats.tuple.pid = tgid;
+        stats.tuple.pid = sock::current_tgid();
     }
     if bytes > 0 {
         if sending {
@@ -200,10 +228,30 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
             }
         }
     }
-    if protocol == IPPROTO_TCP && sock::refresh_tcp(key.sk, offsets, stats).is_err() {
-        bump(Counter::KernelReadFailed);
+}
+
+#[inline(always)]
+fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockOffsets) {
+    let tgid = sock::current_tgid();
+    let direction = match (protocol, sending) {
+        // A TCP socket first seen on a send/receive existed before the tracer started.
+        (IPPROTO_TCP, _) => DIRECTION_UNKNOWN,
+        (_, true) => DIRECTION_OUTGOING,
+        (_, false) => DIRECTION_INCOMING,
+    };
+    let origin = Origin {
+        direction,
+        pid: tgid,
+    };
+    let Some(stats) = entry(key, protocol, origin, offsets) else {
+        return;
+    };
+    account(stats, protocol, bytes, sending);
+    let now = now_ns();
+    if protocol == IPPROTO_TCP {
+        refresh(key.sk, offsets, stats, now);
     }
-    stats.updated_ns = now_ns();
+    stats.updated_ns = now;
 }
 
 /// The current process accepted TCP socket `sk`: it owns the connection unless an earlier

@@ -322,6 +322,12 @@ fn attach(
             tp.load().map_err(fail)?;
             tp.attach(category, name).map_err(fail)?;
         }
+        // The same tracepoint, attached raw (arguments in registers, no formatted record):
+        // the object decides, by the program's type.
+        (Hook::Tracepoint { name, .. }, Program::RawTracePoint(rtp)) => {
+            rtp.load().map_err(fail)?;
+            rtp.attach(name).map_err(fail)?;
+        }
         (Hook::Fentry { function }, Program::FEntry(prog)) => {
             let prog: &mut FEntry = prog;
             prog.load(function, aya_btf(kernel_btf)?).map_err(fail)?;

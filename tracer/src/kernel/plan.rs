@@ -59,7 +59,8 @@ pub enum BackendChoice {
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// A classic tracepoint `category:name`.
+    /// A tracepoint `category:name`, attached classic or raw depending on the program's type in
+    /// the object (raw where the arguments are all the program needs).
     Tracepoint {
         category: &'static str,
         name: &'static str,
@@ -197,39 +198,43 @@ pub const PROBES: &[ProbeSpec] = &[
     fexit(names::PROG_FX_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
     fexit(names::PROG_FX_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
     fexit(names::PROG_FX_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
-    fexit(names::PROG_FX_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
+    fexit(names::PROG_FX_TCP_SPLICE, "tcp_splice_read", ANY, None),
     fexit(names::PROG_FX_UDP_SEND, "udp_sendmsg", ANY, None),
     fexit(names::PROG_FX_UDP6_SEND, "udpv6_sendmsg", ANY, None),
+    // The fexit (which clears the fentry's mark) before the fentry: a call already running when
+    // the fentry is attached leaves no mark behind.
     fexit(names::PROG_FX_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    fentry(names::PROG_FE_UDP_PAGE, "udp_sendpage", BEFORE_6_5),
     fexit(names::PROG_FX_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
     fexit(names::PROG_FX_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
     fexit(names::PROG_FX_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
     fexit(names::PROG_FX_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
-    fentry(names::PROG_FE_UDP_DESTROY, "udp_destroy_sock"),
-    fentry(names::PROG_FE_UDP6_DESTROY, "udpv6_destroy_sock"),
-    // kprobe backend: each kprobe before its kretprobe, so that no kretprobe runs for a call
-    // whose arguments were not stashed (which would count as a lost call).
-    kprobe(names::PROG_KP_TCP_SEND, "tcp_sendmsg", ANY, None),
+    fentry(names::PROG_FE_UDP_DESTROY, "udp_destroy_sock", None),
+    fentry(names::PROG_FE_UDP6_DESTROY, "udpv6_destroy_sock", None),
+    // kprobe backend: each kretprobe before its kprobe, so that no call leaves stashed arguments
+    // behind because its return was not probed yet (a return whose entry was not probed yet is
+    // counted as a lost call, which it is).
     kretprobe(names::PROG_KR_TCP_SEND, "tcp_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_TCP_SEND, "tcp_sendmsg", ANY, None),
     kretprobe(names::PROG_KR_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
+    kretprobe(names::PROG_KR_TCP_RECV, "tcp_recvmsg", ANY, None),
     kprobe(names::PROG_KP_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
     kprobe(names::PROG_KP_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
-    kretprobe(names::PROG_KR_TCP_RECV, "tcp_recvmsg", ANY, None),
-    kprobe(names::PROG_KP_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
-    kretprobe(names::PROG_KR_TCP_READ_SOCK, "tcp_read_sock", ANY, None),
-    kprobe(names::PROG_KP_UDP_SEND, "udp_sendmsg", ANY, None),
+    kretprobe(names::PROG_KR_TCP_SPLICE, "tcp_splice_read", ANY, None),
+    kprobe(names::PROG_KP_TCP_SPLICE, "tcp_splice_read", ANY, None),
     kretprobe(names::PROG_KR_UDP_SEND, "udp_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP6_SEND, "udpv6_sendmsg", ANY, None),
+    kprobe(names::PROG_KP_UDP_SEND, "udp_sendmsg", ANY, None),
     kretprobe(names::PROG_KR_UDP6_SEND, "udpv6_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_UDP6_SEND, "udpv6_sendmsg", ANY, None),
     kretprobe(names::PROG_KR_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    kprobe(names::PROG_KP_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
+    kretprobe(names::PROG_KR_UDP_RECV, "udp_recvmsg", ANY, None),
     kprobe(names::PROG_KP_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
     kprobe(names::PROG_KP_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
-    kretprobe(names::PROG_KR_UDP_RECV, "udp_recvmsg", ANY, None),
+    kretprobe(names::PROG_KR_UDP6_RECV, "udpv6_recvmsg", ANY, None),
     kprobe(names::PROG_KP_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
     kprobe(names::PROG_KP_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
-    kretprobe(names::PROG_KR_UDP6_RECV, "udpv6_recvmsg", ANY, None),
     kprobe(names::PROG_KP_UDP_DESTROY, "udp_destroy_sock", ANY, None),
     kprobe(names::PROG_KP_UDP6_DESTROY, "udpv6_destroy_sock", ANY, None),
 ];
@@ -272,8 +277,12 @@ const fn fexit(
     function_probe(program, hook, FENTRY, min_kernel, max_kernel)
 }
 
-const fn fentry(program: &'static str, function: &'static str) -> ProbeSpec {
-    function_probe(program, Hook::Fentry { function }, FENTRY, ANY, None)
+const fn fentry(
+    program: &'static str,
+    function: &'static str,
+    max_kernel: Option<KernelVersion>,
+) -> ProbeSpec {
+    function_probe(program, Hook::Fentry { function }, FENTRY, ANY, max_kernel)
 }
 
 const fn kprobe(
@@ -539,8 +548,9 @@ mod tests {
             names::PROG_FX_UDP6_RECV6,
             names::PROG_FX_TCP_PAGE,
             names::PROG_FX_UDP_PAGE,
+            names::PROG_FE_UDP_PAGE,
             names::PROG_FX_TCP_SEND,
-            names::PROG_FX_TCP_READ_SOCK,
+            names::PROG_FX_TCP_SPLICE,
             names::PROG_FE_UDP_DESTROY,
             names::PROG_TP_STATE,
         ] {
@@ -618,7 +628,7 @@ mod tests {
                     for function in [
                         "tcp_sendmsg",
                         "tcp_recvmsg",
-                        "tcp_read_sock",
+                        "tcp_splice_read",
                         "udp_sendmsg",
                         "udpv6_sendmsg",
                         "udp_recvmsg",
@@ -667,11 +677,11 @@ mod tests {
     fn a_kernel_without_a_hooked_function_names_it() {
         let mut caps =
             Capabilities::for_tests(KernelVersion::new(6, 12, 95), true, true, true, true);
-        caps.functions.remove("tcp_read_sock");
+        caps.functions.remove("tcp_splice_read");
         let err = plan(BackendChoice::Force(Backend::Kprobe), &caps).unwrap_err();
         assert!(
             err.to_string()
-                .ends_with("kprobe (missing kernel function tcp_read_sock)"),
+                .ends_with("kprobe (missing kernel function tcp_splice_read)"),
             "{err}"
         );
         // Auto falls through to the next backend that can run, and says why.
@@ -679,7 +689,7 @@ mod tests {
         assert_eq!(plan.backend, Backend::Tracepoint);
         assert!(
             plan.reason
-                .contains("fentry (missing kernel function tcp_read_sock)"),
+                .contains("fentry (missing kernel function tcp_splice_read)"),
             "{}",
             plan.reason
         );
