@@ -440,3 +440,127 @@ fn dropping_the_tracer_frees_everything_and_a_new_one_starts() {
         .get_active_connections("a")
         .expect("call after restart");
 }
+
+#[test]
+fn idle_udp_flows_expire_from_the_map_and_free_their_peer_slots() {
+    in_fresh_netns(|| {
+        let mut config = config();
+        config.expiry.udp = Duration::from_millis(500);
+        config.expiry.udp_stream = Duration::from_millis(500);
+        let Some(tracer) = new_tracer(config) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        tracer.register_client("c").expect("register");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let local = socket.local_addr().expect("addr");
+        // Fill the socket's peer list (16 slots) with flows that then go idle.
+        let sinks: Vec<UdpSocket> = (0..16)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("sink"))
+            .collect();
+        for sink in &sinks {
+            socket
+                .send_to(b"12345", sink.local_addr().expect("addr"))
+                .expect("send");
+        }
+        let ours = |conns: &[ConnectionStats]| {
+            conns
+                .iter()
+                .filter(|c| c.tuple.netns == netns && c.tuple.sport == local.port())
+                .count()
+        };
+        let first = tracer.get_active_connections("c").expect("call");
+        assert_eq!(ours(&first.conns), 16, "16 open flows");
+        std::thread::sleep(Duration::from_millis(800));
+        let counter = |name: &str| -> u64 {
+            tracer
+                .kernel_counters()
+                .expect("counters")
+                .0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        let expired_before = counter("expired_udp");
+        tracer
+            .get_active_connections("c")
+            .expect("call that expires");
+        assert!(
+            counter("expired_udp") - expired_before >= 16,
+            "the idle flows expired"
+        );
+        // With their slots free, a 17th peer is listed, not an overflow, and closing the socket
+        // emits it exactly once.
+        let overflow_before = counter("udp_peers_overflow");
+        let late = UdpSocket::bind("127.0.0.1:0").expect("late sink");
+        let late_addr = late.local_addr().expect("addr");
+        socket.send_to(b"abc", late_addr).expect("send");
+        assert_eq!(counter("udp_peers_overflow"), overflow_before);
+        drop(socket);
+        std::thread::sleep(Duration::from_millis(300));
+        let delta = tracer.get_active_connections("c").expect("call");
+        let closed: Vec<_> = delta
+            .conns
+            .iter()
+            .filter(|c| c.tuple.netns == netns && c.is_closed && c.tuple.sport == local.port())
+            .collect();
+        assert_eq!(closed.len(), 1, "{closed:#?}");
+        assert_eq!(
+            SocketAddr::new(closed[0].tuple.dst, closed[0].tuple.dport),
+            late_addr
+        );
+        assert_eq!(closed[0].last.sent_bytes, 3);
+    });
+}
+
+#[test]
+fn exclusion_filters_drop_open_and_closed_connections_alike() {
+    in_fresh_netns(|| {
+        let excluded = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let excluded_addr = excluded.local_addr().expect("addr");
+        let mut config = config();
+        config.filters.dest_excludes = vec![
+            tracer::filter::Exclusion::parse(
+                "127.0.0.0/8",
+                &[&format!("tcp {}", excluded_addr.port())],
+            )
+            .expect("rule"),
+        ];
+        let Some(tracer) = new_tracer(config) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        tracer.register_client("c").expect("register");
+        let kept = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let kept_addr = kept.local_addr().expect("addr");
+        let mut open = Vec::new();
+        for addr in [excluded_addr, kept_addr] {
+            let mut client = TcpStream::connect(addr).expect("connect");
+            client.write_all(b"hello").expect("write");
+            open.push(client);
+        }
+        let accepted: Vec<_> = [&excluded, &kept]
+            .iter()
+            .map(|l| l.accept().expect("accept").0)
+            .collect();
+        let active = tracer.get_active_connections("c").expect("call");
+        let to = |conns: &[ConnectionStats], port: u16| {
+            conns
+                .iter()
+                .filter(|c| c.tuple.netns == netns && c.tuple.dport == port)
+                .count()
+        };
+        assert_eq!(to(&active.conns, excluded_addr.port()), 0, "open: excluded");
+        assert_eq!(to(&active.conns, kept_addr.port()), 1, "open: kept");
+        drop(open);
+        drop(accepted);
+        std::thread::sleep(Duration::from_millis(300));
+        let closed = tracer.get_active_connections("c").expect("call");
+        assert_eq!(
+            to(&closed.conns, excluded_addr.port()),
+            0,
+            "closed: excluded"
+        );
+        assert_eq!(to(&closed.conns, kept_addr.port()), 1, "closed: kept");
+    });
+}
