@@ -41,14 +41,16 @@ pub const PROG_FX_TCP_PAGE: &str = "nt_fx_tcp_page";
 pub const PROG_FX_TCP_RECV5: &str = "nt_fx_tcp_rcv5";
 /// fentry backend: fexit `tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len)` (before 5.19).
 pub const PROG_FX_TCP_RECV6: &str = "nt_fx_tcp_rcv6";
-/// fentry backend: fexit `tcp_read_sock` (splice from TCP).
-pub const PROG_FX_TCP_READ_SOCK: &str = "nt_fx_tcp_rdsk";
+/// fentry backend: fexit `tcp_splice_read` (splice from TCP).
+pub const PROG_FX_TCP_SPLICE: &str = "nt_fx_tcp_splc";
 /// fentry backend: fexit `udp_sendmsg`.
 pub const PROG_FX_UDP_SEND: &str = "nt_fx_udp_send";
 /// fentry backend: fexit `udpv6_sendmsg`.
 pub const PROG_FX_UDP6_SEND: &str = "nt_fx_udp6_send";
 /// fentry backend: fexit `udp_sendpage` (before 6.5).
 pub const PROG_FX_UDP_PAGE: &str = "nt_fx_udp_page";
+/// fentry backend: fentry `udp_sendpage` (before 6.5), marking the calls `udp_sendmsg` skips.
+pub const PROG_FE_UDP_PAGE: &str = "nt_fe_udp_page";
 /// fentry backend: fexit `udp_recvmsg` with 5 parameters (5.19+).
 pub const PROG_FX_UDP_RECV5: &str = "nt_fx_udp_rcv5";
 /// fentry backend: fexit `udp_recvmsg` with 6 parameters (before 5.19).
@@ -77,10 +79,10 @@ pub const PROG_KP_TCP_RECV5: &str = "nt_kp_tcp_rcv5";
 pub const PROG_KP_TCP_RECV6: &str = "nt_kp_tcp_rcv6";
 /// kprobe backend: kretprobe `tcp_recvmsg` (every signature).
 pub const PROG_KR_TCP_RECV: &str = "nt_kr_tcp_recv";
-/// kprobe backend: kprobe `tcp_read_sock`.
-pub const PROG_KP_TCP_READ_SOCK: &str = "nt_kp_tcp_rdsk";
-/// kprobe backend: kretprobe `tcp_read_sock`.
-pub const PROG_KR_TCP_READ_SOCK: &str = "nt_kr_tcp_rdsk";
+/// kprobe backend: kprobe `tcp_splice_read`.
+pub const PROG_KP_TCP_SPLICE: &str = "nt_kp_tcp_splc";
+/// kprobe backend: kretprobe `tcp_splice_read`.
+pub const PROG_KR_TCP_SPLICE: &str = "nt_kr_tcp_splc";
 /// kprobe backend: kprobe `udp_sendmsg`.
 pub const PROG_KP_UDP_SEND: &str = "nt_kp_udp_send";
 /// kprobe backend: kretprobe `udp_sendmsg`.
@@ -109,7 +111,7 @@ pub const PROG_KR_UDP6_RECV: &str = "nt_kr_udp6_recv";
 pub const PROG_KP_UDP_DESTROY: &str = "nt_kp_udp_dstr";
 /// kprobe backend: kprobe `udpv6_destroy_sock`.
 pub const PROG_KP_UDP6_DESTROY: &str = "nt_kp_udp6_dstr";
-/// kprobe backend: LRU map (pid_tgid, hooked function) -> arguments, from kprobe to kretprobe.
+/// fentry/kprobe backends: LRU map (pid_tgid, hooked function) -> arguments of in-flight calls.
 pub const MAP_PROBE_ARGS: &str = "NT_PROBE_ARGS";
 // Tracepoint backend, UDP: the send/receive syscalls give the peers of unconnected sockets.
 /// Tracepoint backend: `syscalls:sys_enter_sendto`.

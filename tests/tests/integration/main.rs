@@ -3,6 +3,7 @@
 //! namespace.
 
 mod api;
+mod io_paths;
 mod lifecycle;
 mod limits;
 mod ownership;
