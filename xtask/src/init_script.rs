@@ -12,6 +12,8 @@ pub struct InitSpec<'a> {
     pub backends: &'a [&'a str],
     /// The test binary's path inside the image.
     pub test_binary: &'a str,
+    /// Each backend's run is killed after this long, so one hung run still lets the others run.
+    pub run_timeout_secs: u64,
 }
 
 /// Every value spliced into the script is checked to be shell-safe instead of being quoted.
@@ -69,11 +71,13 @@ ip link set lo up
         ensure!(shell_safe(backend), "backend {backend:?} is not shell-safe");
         s.push_str(&format!(
             "echo \"{begin}{backend}\"\n\
-             TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND={backend} RUST_BACKTRACE=1 {bin} --test-threads=1\n\
+             TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND={backend} RUST_BACKTRACE=1 \
+             timeout -s KILL {secs} {bin} --test-threads=1\n\
              echo \"{end}{backend} status=$?\"\n",
             begin = console::BEGIN,
             end = console::END,
             bin = spec.test_binary,
+            secs = spec.run_timeout_secs,
         ));
     }
     s.push_str(&format!("echo {}\nsync\npoweroff -f\n", console::DONE));
@@ -91,6 +95,7 @@ mod tests {
             modules: &modules,
             backends: &["fentry", "kprobe"],
             test_binary: "/xtask/integration",
+            run_timeout_secs: 900,
         })
         .unwrap();
         assert!(script.starts_with("#!/bin/busybox sh\n"));
@@ -99,7 +104,8 @@ mod tests {
         let kprobe = script.find("XTASK-BEGIN backend=kprobe").unwrap();
         assert!(fentry < kprobe);
         assert!(script.contains(
-            "TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND=kprobe RUST_BACKTRACE=1 /xtask/integration --test-threads=1\n\
+            "TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND=kprobe RUST_BACKTRACE=1 \
+             timeout -s KILL 900 /xtask/integration --test-threads=1\n\
              echo \"XTASK-END backend=kprobe status=$?\"\n"
         ));
         assert!(script.ends_with("poweroff -f\n"));
@@ -111,6 +117,7 @@ mod tests {
             modules: &[],
             backends: &["a b"],
             test_binary: "/x",
+            run_timeout_secs: 1,
         });
         assert!(r.is_err());
     }

@@ -48,7 +48,12 @@ pub struct Built {
     pub bytes: u64,
 }
 
-pub fn build(kernel: &CachedKernel, test_binary: &Path, out: &Path) -> Result<Built> {
+pub fn build(
+    kernel: &CachedKernel,
+    test_binary: &Path,
+    run_timeout_secs: u64,
+    out: &Path,
+) -> Result<Built> {
     let mut archive = Archive::default();
     for dir in ["proc", "sys", "dev", "tmp", "run", "root", "etc"] {
         archive.dir(dir);
@@ -108,6 +113,7 @@ pub fn build(kernel: &CachedKernel, test_binary: &Path, out: &Path) -> Result<Bu
         modules: &module_paths,
         backends: kernel.backends,
         test_binary: TEST_BINARY_IN_IMAGE,
+        run_timeout_secs,
     })?;
     archive.file("init", Data::Bytes(init.into_bytes()), 0o755);
 

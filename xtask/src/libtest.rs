@@ -53,7 +53,8 @@ pub enum Verdict {
     Ok,
     /// Some tests failed (libtest exits non-zero then, as expected).
     TestsFailed,
-    NoResultLine,
+    /// No result line; with the exit status when it was not a success (a crash, a kill).
+    NoResultLine(Option<String>),
     /// A result line, but the process still exited badly (e.g. crashed while tearing down).
     BadExit(String),
     NothingPassed,
@@ -68,7 +69,7 @@ pub fn judge(output: &str, exit_ok: bool, exit_desc: &str) -> (Counts, Verdict) 
                 failed: 1,
                 ..Counts::default()
             },
-            Verdict::NoResultLine,
+            Verdict::NoResultLine((!exit_ok).then(|| exit_desc.to_owned())),
         ),
         Some(c) if c.failed > 0 => (c, Verdict::TestsFailed),
         Some(c) if !exit_ok => (
@@ -85,7 +86,10 @@ impl Verdict {
         match self {
             Verdict::Ok => "ok".to_owned(),
             Verdict::TestsFailed => "FAILED (tests failed)".to_owned(),
-            Verdict::NoResultLine => "FAILED (no libtest result line)".to_owned(),
+            Verdict::NoResultLine(None) => "FAILED (no libtest result line)".to_owned(),
+            Verdict::NoResultLine(Some(how)) => {
+                format!("FAILED (no libtest result line; exit: {how})")
+            }
             Verdict::BadExit(how) => format!("FAILED (exit: {how})"),
             Verdict::NothingPassed => "FAILED (no test passed)".to_owned(),
         }
@@ -148,8 +152,12 @@ mod tests {
                     failed: 1,
                     ignored: 0
                 },
-                Verdict::NoResultLine
+                Verdict::NoResultLine(None)
             )
+        );
+        assert_eq!(
+            judge("running 3 tests\n", false, "signal: 9").1.describe(),
+            "FAILED (no libtest result line; exit: signal: 9)"
         );
         let none = "test result: ok. 0 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out\n";
         assert_eq!(judge(none, true, "0").1, Verdict::NothingPassed);

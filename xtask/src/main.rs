@@ -8,7 +8,8 @@
 //!   result line).
 //! - `XTASK_SKIP_CHECKS=1`: skip fmt, both clippy passes and the unit tests.
 //! - `XTASK_KERNELS=5.10,6.12`: only boot these VM kernels (labels from src/kernels.rs).
-//! - `XTASK_TIMEOUT_SECS=N`: timeout of each host run and each VM boot (default 900).
+//! - `XTASK_TIMEOUT_SECS=N`: timeout of each run of the test binary, on the host and in a VM
+//!   (default 900); a VM gets N per backend plus 300 s to boot.
 
 mod bench;
 mod cmd;
@@ -80,5 +81,20 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_arguments_pass_through() {
+        let cli = Cli::try_parse_from(["xtask", "demo", "--", "--json", "-v"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo { args } if args == ["--json", "-v"]));
+        let cli = Cli::try_parse_from(["xtask", "bench", "--", "--bench", "get_delta"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench { args } if args == ["--bench", "get_delta"]));
+        let cli = Cli::try_parse_from(["xtask", "test", "--host-only"]).unwrap();
+        assert!(matches!(cli.command, Command::Test { host_only: true }));
     }
 }

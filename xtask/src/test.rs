@@ -15,8 +15,11 @@ use crate::libtest::{self, Counts};
 use crate::summary::{Run, Summary};
 use crate::{cmd, paths, qemu, setup};
 
-/// Per host run and per VM boot: a hung test must not eat CI's whole budget.
+/// Per run of the test binary, on the host and in a VM: a hung test must not eat CI's budget.
 const DEFAULT_TIMEOUT_SECS: u64 = 15 * 60;
+
+/// Booting and loading modules under TCG on a busy machine: seconds usually, minutes at worst.
+const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);
 
 fn timeout() -> Duration {
     let secs = std::env::var("XTASK_TIMEOUT_SECS")
@@ -318,7 +321,7 @@ fn vm_run(
 ) -> Result<(Vec<Run>, String, Option<String>)> {
     let image = initramfs::image_path(kernel);
     println!("xtask: building {} for {}", image.display(), kernel.release);
-    let built = initramfs::build(kernel, binary, &image)
+    let built = initramfs::build(kernel, binary, timeout.as_secs(), &image)
         .with_context(|| format!("building the initramfs for {}", kernel.release))?;
     println!(
         "xtask: initramfs {:.1} MiB, {} libraries, modules: {} (not modules here: {})",
@@ -327,7 +330,10 @@ fn vm_run(
         built.modules.len(),
         built.not_modules.join(" "),
     );
-    let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, timeout)?;
+    // Each run has `timeout` inside the VM; the VM as a whole gets them all plus time to boot.
+    let runs = u32::try_from(kernel.backends.len()).unwrap_or(u32::MAX);
+    let vm_deadline = timeout.saturating_mul(runs) + VM_BOOT_MARGIN;
+    let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, vm_deadline)?;
     let parsed = console::parse(&boot.console);
     let release = parsed
         .kernel
@@ -338,8 +344,16 @@ fn vm_run(
         let (counts, status) = match parsed.run(backend) {
             Some(out) => match out.status {
                 Some(code) => {
-                    let (counts, verdict) =
-                        libtest::judge(&out.output, code == 0, &format!("status {code}"));
+                    // busybox `timeout -s KILL` makes a hung run exit 137.
+                    let how = if code == 137 {
+                        format!(
+                            "status 137, killed after the {}s timeout?",
+                            timeout.as_secs()
+                        )
+                    } else {
+                        format!("status {code}")
+                    };
+                    let (counts, verdict) = libtest::judge(&out.output, code == 0, &how);
                     (counts, verdict.describe())
                 }
                 None => {
