@@ -27,7 +27,9 @@ mod qemu;
 mod setup;
 mod summary;
 mod test;
+mod test_binary;
 mod tracefs;
+mod vm;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,177 @@
+//! The integration tests inside qemu, one boot per VM kernel running every backend of that kernel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::console;
+use crate::initramfs;
+use crate::kernels::{self, CachedKernel};
+use crate::libtest::{self, Counts};
+use crate::qemu;
+use crate::summary::{Run, Summary};
+use crate::test::timeout;
+
+/// Booting and loading modules under TCG on a busy machine: seconds usually, minutes at worst.
+const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);
+
+/// Boots each VM kernel (all, or those in XTASK_KERNELS) and records its runs and a `vm <label>`
+/// step.
+pub fn run_all(binary: &Path, summary: &mut Summary) {
+    let only: Option<Vec<String>> = std::env::var("XTASK_KERNELS")
+        .ok()
+        .map(|s| s.split(',').map(|k| k.trim().to_owned()).collect());
+    let mut boot_lines = Vec::new();
+    for (vm, located) in kernels::cached() {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|k| k == vm.label))
+        {
+            continue;
+        }
+        let step_name = format!("vm {}", vm.label);
+        let kernel = match located {
+            Ok(kernel) => kernel,
+            Err(err) => {
+                let why = format!("kernel not in the cache: {err:#}");
+                fail_all(summary, vm.package, vm.backends, &why);
+                summary.step(&step_name, false, why);
+                continue;
+            }
+        };
+        match vm_run(binary, &kernel, timeout()) {
+            Ok((runs, report, failure)) => {
+                summary.runs.extend(runs);
+                match failure {
+                    None => summary.step(&step_name, true, ""),
+                    Some(why) => summary.step(&step_name, false, why),
+                }
+                boot_lines.push(report);
+            }
+            Err(err) => {
+                let why = format!("{err:#}");
+                fail_all(summary, &kernel.release, kernel.backends, &why);
+                summary.step(&step_name, false, why);
+            }
+        }
+    }
+    for line in boot_lines {
+        println!("xtask: {line}");
+    }
+}
+
+fn fail_all(summary: &mut Summary, kernel: &str, backends: &[&str], why: &str) {
+    for backend in backends {
+        summary.runs.push(Run {
+            kernel: kernel.to_owned(),
+            backend: (*backend).to_owned(),
+            counts: Counts {
+                failed: 1,
+                ..Counts::default()
+            },
+            status: format!("FAILED ({why})"),
+        });
+    }
+}
+
+/// Builds the image, boots it and reads the console. Returns the runs, a one-line report of the
+/// boot (time, modules) and why the VM did not get through its whole /init, if it did not.
+fn vm_run(
+    binary: &Path,
+    kernel: &CachedKernel,
+    timeout: Duration,
+) -> Result<(Vec<Run>, String, Option<String>)> {
+    let image = initramfs::image_path(kernel);
+    println!("xtask: building {} for {}", image.display(), kernel.release);
+    let built = initramfs::build(kernel, binary, timeout.as_secs(), &image)
+        .with_context(|| format!("building the initramfs for {}", kernel.release))?;
+    println!(
+        "xtask: initramfs {:.1} MiB, {} libraries, modules: {} (not modules here: {})",
+        built.bytes as f64 / (1024.0 * 1024.0),
+        built.libraries,
+        built.modules.len(),
+        built.not_modules.join(" "),
+    );
+    // Each run has `timeout` inside the VM; the VM as a whole gets them all plus time to boot.
+    let runs = u32::try_from(kernel.backends.len()).unwrap_or(u32::MAX);
+    let vm_deadline = timeout.saturating_mul(runs) + VM_BOOT_MARGIN;
+    let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, vm_deadline)?;
+    let parsed = console::parse(&boot.console);
+    let release = parsed
+        .kernel
+        .clone()
+        .unwrap_or_else(|| kernel.release.clone());
+    let mut runs = Vec::new();
+    for backend in kernel.backends {
+        let (counts, status) = match parsed.run(backend) {
+            Some(out) => match out.status {
+                Some(code) => {
+                    // busybox `timeout -s KILL` makes a hung run exit 137.
+                    let how = if code == 137 {
+                        format!(
+                            "status 137, killed after the {}s timeout?",
+                            timeout.as_secs()
+                        )
+                    } else {
+                        format!("status {code}")
+                    };
+                    let (counts, verdict) = libtest::judge(&out.output, code == 0, &how);
+                    (counts, verdict.describe())
+                }
+                None => {
+                    let counts = libtest::parse(&out.output).unwrap_or_default();
+                    let why = if boot.timed_out {
+                        "timed out"
+                    } else {
+                        "no end marker: VM died"
+                    };
+                    (
+                        Counts {
+                            failed: counts.failed.max(1),
+                            ..counts
+                        },
+                        format!("FAILED ({why})"),
+                    )
+                }
+            },
+            None => {
+                let why = if boot.timed_out {
+                    "timed out before it started"
+                } else {
+                    "never started"
+                };
+                (
+                    Counts {
+                        failed: 1,
+                        ..Counts::default()
+                    },
+                    format!("FAILED ({why})"),
+                )
+            }
+        };
+        runs.push(Run {
+            kernel: release.clone(),
+            backend: (*backend).to_owned(),
+            counts,
+            status,
+        });
+    }
+    let failure = if boot.timed_out {
+        Some(format!("timed out after {}s", boot.elapsed.as_secs()))
+    } else if !parsed.done {
+        Some(format!("/init did not finish (qemu {})", boot.exit))
+    } else {
+        None
+    };
+    let report = format!(
+        "VM {} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]",
+        kernel.label,
+        failure.as_deref().unwrap_or("booted, ran /init to the end"),
+        boot.elapsed.as_secs_f64(),
+        boot.exit,
+        parsed.modules_loaded.join(" "),
+        parsed.modules_failed.join("; "),
+    );
+    Ok((runs, report, failure))
+}
