@@ -73,6 +73,14 @@ pub struct KernelLayout {
     pub udp_syscalls: UdpSyscallFormats,
 }
 
+impl KernelLayout {
+    /// All offsets zero: the placeholder the eBPF global starts from; userspace patches the
+    /// running kernel's layout in at load time.
+    // SAFETY: every field, nested ones included, is an integer or an array of integers, for
+    // which all-zero bytes are a valid value.
+    pub const UNRESOLVED: Self = unsafe { core::mem::zeroed() };
+}
+
 /// Offsets to resolve a file descriptor of the current task to its `struct sock`
 /// (`task->files->fdt->fd[fd]->private_data->sk`), used where a hook only sees the descriptor
 /// (the `accept` syscall's return value on the tracepoint backend).

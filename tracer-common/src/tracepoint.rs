@@ -23,3 +23,21 @@ pub struct InetSockSetStateFormat {
     pub saddr_v6: u16,
     pub daddr_v6: u16,
 }
+
+impl InetSockSetStateFormat {
+    /// All offsets zero: the placeholder the eBPF globals start from, patched at load time.
+    pub const UNRESOLVED: Self = Self {
+        skaddr: 0,
+        oldstate: 0,
+        newstate: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        protocol: 0,
+        protocol_size: 0,
+        saddr: 0,
+        daddr: 0,
+        saddr_v6: 0,
+        daddr_v6: 0,
+    };
+}

@@ -26,20 +26,7 @@ const AF_INET6: u16 = 10;
 /// tracefs `format` file.
 #[unsafe(no_mangle)]
 static NT_INET_SOCK_SET_STATE: Global<InetSockSetStateFormat> =
-    Global::new(InetSockSetStateFormat {
-        skaddr: 0,
-        oldstate: 0,
-        newstate: 0,
-        sport: 0,
-        dport: 0,
-        family: 0,
-        protocol: 0,
-        protocol_size: 0,
-        saddr: 0,
-        daddr: 0,
-        saddr_v6: 0,
-        daddr_v6: 0,
-    });
+    Global::new(InetSockSetStateFormat::UNRESOLVED);
 
 /// Socket address -> transitions seen. Sized by userspace at load time.
 #[map(name = "NT_TCP_STATES")]

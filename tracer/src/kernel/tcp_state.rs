@@ -11,10 +11,9 @@ use aya::{
 use tracer_common::{
     names::{GLOBAL_INET_SOCK_SET_STATE, MAP_COUNTERS, MAP_TCP_STATES, PROG_TCP_STATE},
     tcp_state::{MAX_TRANSITIONS, TcpStateRecord},
-    tracepoint::InetSockSetStateFormat,
 };
 
-use super::{counters::KernelCounters, object, privileges, tracefs};
+use super::{counters::KernelCounters, layout, object, privileges, tracefs};
 use crate::{Error, Result};
 
 const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
@@ -105,7 +104,7 @@ impl TcpStateProbe {
         }
         privileges::require_bpf_privileges()?;
         let tracefs = tracefs::ensure_mounted()?;
-        let format = inet_sock_set_state_format(&tracefs)?;
+        let format = layout::inet_sock_set_state(&tracefs)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_INET_SOCK_SET_STATE, &format, true)
             .map_max_entries(MAP_TCP_STATES, config.max_sockets)
@@ -168,28 +167,6 @@ fn map_error(map: &'static str, e: aya::maps::MapError) -> Error {
         map,
         source: Box::new(e),
     }
-}
-
-/// The running kernel's layout of the tracepoint record.
-fn inet_sock_set_state_format(tracefs: &std::path::Path) -> Result<InetSockSetStateFormat> {
-    let name = "sock/inet_sock_set_state";
-    let format = tracefs::EventFormat::read(tracefs, TRACEPOINT.0, TRACEPOINT.1)?;
-    let offset = |field: &str| format.field(name, field).map(|f| f.offset);
-    let protocol = format.field(name, "protocol")?;
-    Ok(InetSockSetStateFormat {
-        skaddr: offset("skaddr")?,
-        oldstate: offset("oldstate")?,
-        newstate: offset("newstate")?,
-        sport: offset("sport")?,
-        dport: offset("dport")?,
-        family: offset("family")?,
-        protocol: protocol.offset,
-        protocol_size: protocol.size,
-        saddr: offset("saddr")?,
-        daddr: offset("daddr")?,
-        saddr_v6: offset("saddr_v6")?,
-        daddr_v6: offset("daddr_v6")?,
-    })
 }
 
 /// Turns a kernel record into addresses and states. Pure: unit-tested below.
