@@ -72,11 +72,7 @@ pub fn collect_closed(
 }
 
 /// The one record whose local and remote endpoints are these, or a panic listing what there is.
-pub fn the_one<'a>(
-    records: &'a [ClosedConn],
-    local: SocketAddr,
-    remote: SocketAddr,
-) -> &'a ConnStats {
+pub fn the_one(records: &[ClosedConn], local: SocketAddr, remote: SocketAddr) -> &ConnStats {
     let matching: Vec<&ClosedConn> = records
         .iter()
         .filter(|c| endpoints(&c.stats.tuple) == (local, remote))

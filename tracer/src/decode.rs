@@ -41,7 +41,7 @@ pub fn tuple(stats: &ConnStats) -> ConnectionTuple {
 /// A kernel record as a [`ConnectionStats`] (cookie re-hashed, derived fields filled).
 pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -> ConnectionStats {
     let tuple = tuple(stats);
-    let tcp = (tuple.protocol == Protocol::Tcp).then(|| KernelTcpStats {
+    let tcp = (tuple.protocol == Protocol::Tcp).then_some(KernelTcpStats {
         retransmits: stats.retransmits,
         srtt_us: stats.rtt_us,
         rttvar_us: stats.rtt_var_us,

@@ -2,6 +2,14 @@
 //! `--test-threads=1` (they load programs into the shared kernel), each in its own network
 //! namespace.
 
+// Tests and their helpers fail by panicking, with the reason (see tests/src/lib.rs).
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
 mod api;
 mod io_paths;
 mod lifecycle;

@@ -75,7 +75,7 @@ fn on_length(ctx: &RawTracePointContext, sending: bool) {
                 conn::on_recv(&key, IPPROTO_TCP, bytes, &layout.sock);
             }
         }
-        17 => udp::on_length(sk, ret, flags, sending, &layout),
+        17 => udp::on_length(sk, ret, flags, sending, layout),
         _ => {}
     }
 }

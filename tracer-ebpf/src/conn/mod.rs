@@ -100,6 +100,9 @@ pub fn entry(
     stats.updated_ns = now;
     stats.direction = origin.direction;
     // BPF_NOEXIST: when another CPU created the entry first, ours is dropped and theirs is used.
+    // Passed by reference on purpose: by value it would be copied onto the 512-byte stack,
+    // which is what the scratch slot is there to avoid.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     let created = NT_CONNS
         .insert(key, &*stats, u64::from(BPF_NOEXIST))
         .is_ok();
@@ -174,7 +177,7 @@ pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
         sk,
         ..ConnKey::default()
     };
-    let Some(stats) = NT_CONNS.get_ptr_mut(&key) else {
+    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
         return false;
     };
     // SAFETY: see `entry`.
@@ -262,7 +265,7 @@ pub fn set_owner(sk: u64, tgid: u32) {
         sk,
         ..ConnKey::default()
     };
-    if let Some(stats) = NT_CONNS.get_ptr_mut(&key) {
+    if let Some(stats) = NT_CONNS.get_ptr_mut(key) {
         // SAFETY: see `entry`.
         let stats = unsafe { &mut *stats };
         if stats.tuple.pid == 0 {
@@ -331,7 +334,7 @@ pub fn on_tcp_event(sk: u64, offsets: &SockOffsets) {
         sk,
         ..ConnKey::default()
     };
-    if let Some(stats) = NT_CONNS.get_ptr_mut(&key) {
+    if let Some(stats) = NT_CONNS.get_ptr_mut(key) {
         // SAFETY: see `entry`.
         let stats = unsafe { &mut *stats };
         if sock::refresh_tcp(sk, offsets, stats).is_err() {
@@ -405,12 +408,12 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
     if protocol == IPPROTO_TCP {
         let _ = sock::refresh_tcp(key.sk, offsets, stats);
         fill_source_port(key.sk, offsets, stats);
-        if let Ok(errno) = sock::sock_error(key.sk, offsets) {
-            if errno != 0 {
-                match reported_failure(errno) {
-                    Some(code) => stats.failure = code,
-                    None => bump(Counter::UnknownFailure),
-                }
+        if let Ok(errno) = sock::sock_error(key.sk, offsets)
+            && errno != 0
+        {
+            match reported_failure(errno) {
+                Some(code) => stats.failure = code,
+                None => bump(Counter::UnknownFailure),
             }
         }
     }

@@ -72,7 +72,7 @@ impl KernelConfig {
         let bytes = self.ring_buffer_bytes;
         if bytes == 0
             || bytes > MAX_RING_BUFFER_BYTES
-            || bytes % page != 0
+            || !bytes.is_multiple_of(page)
             || !(bytes / page).is_power_of_two()
         {
             return Err(Error::InvalidConfig(format!(
