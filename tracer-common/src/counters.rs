@@ -69,9 +69,13 @@ counters! {
     /// A zero-length UDP datagram was sent or received successfully: not counted as a packet
     /// (the connection table counts a datagram only with its bytes).
     UdpEmptyDatagram = 17 => "udp_empty_datagram",
+    /// kprobe backend: a call's kretprobe never ran (more calls of the function were in flight
+    /// than the kernel's return-probe instances for it, `maxactive`, e.g. blocked receives):
+    /// that call's bytes are lost. Counted when the same thread calls the function again.
+    ProbeReturnMissed = 18 => "probe_return_missed",
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 18;
+pub const COUNTER_COUNT: u32 = 19;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

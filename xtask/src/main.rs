@@ -53,6 +53,9 @@ enum Command {
         /// Skip the qemu runs on the VM kernels.
         #[arg(long)]
         host_only: bool,
+        /// Skip the runs on the host (only the VM kernels, e.g. with `XTASK_KERNELS=6.1`).
+        #[arg(long, conflicts_with = "host_only")]
+        vm_only: bool,
     },
     /// Run `cargo bench -p tracer-benches` and print target/xtask/bench-summary.json.
     Bench {
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Setup => setup::run().map(|()| true),
-        Command::Test { host_only } => test::run(host_only),
+        Command::Test { host_only, vm_only } => test::run(host_only, vm_only),
         Command::Bench { args } => bench::run(&args),
         Command::Demo { args } => demo::run(&args),
     };
@@ -97,6 +100,15 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "bench", "--", "--bench", "get_delta"]).unwrap();
         assert!(matches!(cli.command, Command::Bench { args } if args == ["--bench", "get_delta"]));
         let cli = Cli::try_parse_from(["xtask", "test", "--host-only"]).unwrap();
-        assert!(matches!(cli.command, Command::Test { host_only: true }));
+        assert!(matches!(
+            cli.command,
+            Command::Test {
+                host_only: true,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["xtask", "test", "--vm-only"]).unwrap();
+        assert!(matches!(cli.command, Command::Test { vm_only: true, .. }));
+        assert!(Cli::try_parse_from(["xtask", "test", "--vm-only", "--host-only"]).is_err());
     }
 }

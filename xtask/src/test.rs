@@ -24,7 +24,7 @@ pub fn timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
-pub fn run(host_only: bool) -> Result<bool> {
+pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     let root = paths::workspace_root();
     let mut summary = Summary::default();
 
@@ -55,7 +55,8 @@ pub fn run(host_only: bool) -> Result<bool> {
     };
     if let Some(binary) = binary {
         let host = host_release();
-        for backend in HOST_BACKENDS {
+        let host_backends: &[&str] = if vm_only { &[] } else { HOST_BACKENDS };
+        for backend in host_backends {
             println!("xtask: integration tests on the host ({host}), backend {backend}");
             summary.runs.push(host_run(&root, &binary, &host, backend));
         }

@@ -20,7 +20,9 @@
 //! Like the tracepoint backend, only sockets whose `sk_protocol` is UDP are counted by the UDP
 //! hooks (UDP-Lite shares them).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap,
+};
 use tracer_common::{
     conn::{AF_INET6, ConnKey, IPPROTO_TCP, IPPROTO_UDP},
     counters::Counter,
@@ -89,13 +91,24 @@ fn call_key(func: Func) -> CallKey {
 /// The current thread entered `func` with these arguments.
 #[inline(always)]
 pub fn enter(func: Func, sk: u64, msg: u64) {
-    if NT_PROBE_ARGS
-        .insert(call_key(func), CallArgs { sk, msg }, 0)
-        .is_err()
-    {
-        bump(Counter::ProbeArgsFull);
+    let key = call_key(func);
+    let args = CallArgs { sk, msg };
+    match NT_PROBE_ARGS.insert(key, args, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // Returns always remove their entry: this thread's previous call of `func` returned
+            // without its kretprobe (none of these functions recurse).
+            bump(Counter::ProbeReturnMissed);
+            if NT_PROBE_ARGS.insert(key, args, 0).is_err() {
+                bump(Counter::ProbeArgsFull);
+            }
+        }
+        Err(_) => bump(Counter::ProbeArgsFull),
     }
 }
+
+/// `-EEXIST`, as the map helpers return it.
+const EEXIST: i32 = -17;
 
 /// The current thread returns from `func`: its arguments, removed from the map. `None` when the
 /// entry was not seen (counted as `probe_args_missing` when `count_missing`).
@@ -129,34 +142,44 @@ pub fn int_ret(raw: u64) -> i32 {
     raw as u32 as i32
 }
 
-/// Whether a receive call's `flags` argument asks for a peek.
+/// `MSG_ERRQUEUE` (include/linux/socket.h).
+pub const MSG_ERRQUEUE: u64 = 0x2000;
+
+/// Whether a receive call with these `flags` moves no payload to count: a peek (the bytes are
+/// read again later) or a read of the socket's error queue (timestamps, ICMP errors, zerocopy
+/// notifications).
 #[inline(always)]
-pub fn is_peek(flags: u64) -> bool {
-    flags & MSG_PEEK != 0
+pub fn skipped_receive(flags: u64) -> bool {
+    flags & (MSG_PEEK | MSG_ERRQUEUE) != 0
 }
 
 /// `tcp_sendmsg`/`tcp_sendpage` on `sk` returned `ret`.
 #[inline(always)]
 pub fn tcp_sent(sk: u64, ret: i32) {
-    let layout = layout();
-    if ret > 0 {
-        conn::on_send(&sock_key(sk), IPPROTO_TCP, ret as u64, &layout.sock);
-    } else {
-        // A call that moved nothing (EAGAIN, EOF, an error) still refreshes the copied TCP
-        // counters of a tracked connection, like the tracepoint backend; it never creates an
-        // entry (the socket may be closed already).
-        conn::on_tcp_event(sk, &layout.sock);
-    }
+    tcp_io(sk, ret, true);
 }
 
 /// `tcp_recvmsg` (not peeking) or `tcp_splice_read` on `sk` returned `ret`.
 #[inline(always)]
 pub fn tcp_received(sk: u64, ret: i32) {
+    tcp_io(sk, ret, false);
+}
+
+#[inline(always)]
+fn tcp_io(sk: u64, ret: i32, sending: bool) {
+    let bytes = if ret > 0 { ret as u64 } else { 0 };
+    // Fast path, as in the tracepoint backend: a tracked socket is found by its address, and a
+    // call that moved nothing (EAGAIN, EOF, an error) refreshes its copied TCP counters.
+    if conn::on_tracked_io(sk, bytes, sending) || bytes == 0 {
+        // An untracked socket gets no entry from a call that moved nothing: it may be closed
+        // already (a receive after a reset), and its entry would never be closed.
+        return;
+    }
     let layout = layout();
-    if ret > 0 {
-        conn::on_recv(&sock_key(sk), IPPROTO_TCP, ret as u64, &layout.sock);
+    if sending {
+        conn::on_send(&sock_key(sk), IPPROTO_TCP, bytes, &layout.sock);
     } else {
-        conn::on_tcp_event(sk, &layout.sock);
+        conn::on_recv(&sock_key(sk), IPPROTO_TCP, bytes, &layout.sock);
     }
 }
 
@@ -179,18 +202,11 @@ pub enum UdpCall {
 /// source a receive filled in (kernel memory: the syscalls copy it in and out).
 #[inline(always)]
 pub fn udp_call(call: UdpCall, sk: u64, msg: u64, ret: i32) {
-    if ret <= 0 {
+    if ret < 0 {
         return;
     }
     let layout = layout();
     let offsets = &layout.sock;
-    let Ok(protocol) = read_kernel::<u16>(sk, offsets.sk_protocol) else {
-        bump(Counter::KernelReadFailed);
-        return;
-    };
-    if protocol != u16::from(IPPROTO_UDP) {
-        return;
-    }
     if call == UdpCall::SendV4 {
         if inside(Func::UdpSendpage, sk) {
             // Counted by the `udp_sendpage` this call is part of.
@@ -204,6 +220,23 @@ pub fn udp_call(call: UdpCall, sk: u64, msg: u64, ret: i32) {
                 return;
             }
         }
+    }
+    let sending = call != UdpCall::Recv;
+    // Fast path: a connected socket's flow is found by its address alone.
+    if ret > 0 && conn::on_tracked_io(sk, ret as u64, sending) {
+        return;
+    }
+    let Ok(protocol) = read_kernel::<u16>(sk, offsets.sk_protocol) else {
+        bump(Counter::KernelReadFailed);
+        return;
+    };
+    if protocol != u16::from(IPPROTO_UDP) {
+        return;
+    }
+    if ret == 0 {
+        // As in the tracepoint backend: a datagram is only counted with its bytes.
+        bump(Counter::UdpEmptyDatagram);
+        return;
     }
     // The peer is only read for an unconnected socket, and each branch ends in a key or a
     // return: no `Option<Peer>` is merged across paths, whose undefined `None` payload the
@@ -221,10 +254,10 @@ pub fn udp_call(call: UdpCall, sk: u64, msg: u64, ret: i32) {
         bump(Counter::UdpMissingPeer);
         return;
     };
-    if call == UdpCall::Recv {
-        conn::on_recv(&key, IPPROTO_UDP, ret as u64, offsets);
-    } else {
+    if sending {
         conn::on_send(&key, IPPROTO_UDP, ret as u64, offsets);
+    } else {
+        conn::on_recv(&key, IPPROTO_UDP, ret as u64, offsets);
     }
 }
 

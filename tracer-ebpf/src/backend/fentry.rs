@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use super::calls::{self, Func, UdpCall, int_ret, is_peek, ssize_ret};
+use super::calls::{self, Func, UdpCall, int_ret, skipped_receive, ssize_ret};
 
 /// Argument `n` of the hooked function (for an fexit, `n` = parameter count is the return value).
 #[inline(always)]
@@ -39,7 +39,7 @@ pub fn nt_fx_tcp_page(ctx: FExitContext) -> u32 {
 // int *addr_len)`
 #[fexit(function = "tcp_recvmsg")]
 pub fn nt_fx_tcp_rcv5(ctx: FExitContext) -> u32 {
-    if !is_peek(arg(&ctx, 3)) {
+    if !skipped_receive(arg(&ctx, 3)) {
         calls::tcp_received(arg(&ctx, 0), int_ret(arg(&ctx, 5)));
     }
     0
@@ -49,7 +49,7 @@ pub fn nt_fx_tcp_rcv5(ctx: FExitContext) -> u32 {
 // int flags, int *addr_len)`
 #[fexit(function = "tcp_recvmsg")]
 pub fn nt_fx_tcp_rcv6(ctx: FExitContext) -> u32 {
-    if !is_peek(arg(&ctx, 4)) {
+    if !skipped_receive(arg(&ctx, 4)) {
         calls::tcp_received(arg(&ctx, 0), int_ret(arg(&ctx, 6)));
     }
     0
@@ -139,7 +139,7 @@ pub fn nt_fx_udp6_rcv6(ctx: FExitContext) -> u32 {
 /// `ret` (both constants after inlining: the verifier only allows constant context offsets).
 #[inline(always)]
 fn udp_recv(ctx: &FExitContext, flags: usize, ret: usize) {
-    if !is_peek(arg(ctx, flags)) {
+    if !skipped_receive(arg(ctx, flags)) {
         calls::udp_call(
             UdpCall::Recv,
             arg(ctx, 0),

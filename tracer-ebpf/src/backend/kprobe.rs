@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::calls::{self, CallArgs, Func, UdpCall, enter, int_ret, is_peek};
+use super::calls::{self, CallArgs, Func, UdpCall, enter, int_ret, skipped_receive};
 
 /// The arguments the kprobe of `func` stashed for this thread (`None` for a skipped call, or
 /// counted when missing).
@@ -38,7 +38,7 @@ fn ret(ctx: &RetProbeContext) -> i32 {
 /// Stashes `sk` (and `msg`) unless `flags` asks for a peek.
 #[inline(always)]
 fn stash_recv(func: Func, ctx: &ProbeContext, flags: usize, with_msg: bool) {
-    let (sk, msg) = if is_peek(arg(ctx, flags)) {
+    let (sk, msg) = if skipped_receive(arg(ctx, flags)) {
         (0, 0)
     } else {
         (arg(ctx, 0), if with_msg { arg(ctx, 1) } else { 0 })
