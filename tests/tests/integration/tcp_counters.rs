@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::kernel::conn_tracer::KernelConfig;
+use tracer::kernel::conn_tracer::{ConnTracer, KernelConfig};
 use tracer_common::conn::ConnStats;
 use tracer_integration::{
     kernel_view::{TcpInfo, nft, poke, snmp, tcp_info},
@@ -60,6 +60,27 @@ fn assert_matches_kernel(ours: &ConnStats, kernel: &TcpInfo, side: &str) {
     assert_eq!(ours.rtt_var_us, kernel.rttvar, "{side} rttvar");
 }
 
+/// Lets the pair settle, makes every backend look at both sockets once more, then compares each
+/// side's open-connection record with its `TCP_INFO`. Returns (client, server) `TCP_INFO`.
+fn both_sides_match_kernel_at_rest(
+    tracer: &ConnTracer,
+    client: &TcpStream,
+    server: &TcpStream,
+    client_addr: SocketAddr,
+    server_addr: SocketAddr,
+) -> (TcpInfo, TcpInfo) {
+    settle(client, server);
+    poke(client);
+    poke(server);
+    let client_info = tcp_info(client).expect("info");
+    let server_info = tcp_info(server).expect("info");
+    let client_record = the_active(tracer, client_addr, server_addr);
+    assert_matches_kernel(&client_record, &client_info, "client");
+    let server_record = the_active(tracer, server_addr, client_addr);
+    assert_matches_kernel(&server_record, &server_info, "server");
+    (client_info, server_info)
+}
+
 /// A connected pair inside the current namespace.
 fn pair(ip: &str) -> (TcpStream, TcpStream, SocketAddr, SocketAddr) {
     let listener = TcpListener::bind((ip, 0)).expect("bind");
@@ -95,23 +116,8 @@ fn tcp_packets_retransmits_and_rtt_equal_tcp_info_at_rest() {
         };
         let (mut client, mut server, client_addr, server_addr) = pair("127.0.0.1");
         traffic(&mut client, &mut server, 2 << 20);
-        settle(&client, &server);
-        poke(&client);
-        poke(&server);
-        let (client_info, server_info) = (
-            tcp_info(&client).expect("info"),
-            tcp_info(&server).expect("info"),
-        );
-        assert_matches_kernel(
-            &the_active(&tracer, client_addr, server_addr),
-            &client_info,
-            "client",
-        );
-        assert_matches_kernel(
-            &the_active(&tracer, server_addr, client_addr),
-            &server_info,
-            "server",
-        );
+        let (client_info, _) =
+            both_sides_match_kernel_at_rest(&tracer, &client, &server, client_addr, server_addr);
         assert_eq!(client_info.total_retrans, 0, "no loss on a clean loopback");
     });
 }
@@ -138,23 +144,7 @@ fn tcp_retransmits_under_loss_equal_the_namespace_retrans_segs() {
             }
         }
         nft("delete table inet loss");
-        settle(&client, &server);
-        poke(&client);
-        poke(&server);
-        let (client_info, server_info) = (
-            tcp_info(&client).expect("info"),
-            tcp_info(&server).expect("info"),
-        );
-        assert_matches_kernel(
-            &the_active(&tracer, client_addr, server_addr),
-            &client_info,
-            "client",
-        );
-        assert_matches_kernel(
-            &the_active(&tracer, server_addr, client_addr),
-            &server_info,
-            "server",
-        );
+        both_sides_match_kernel_at_rest(&tracer, &client, &server, client_addr, server_addr);
         let namespace_retrans = snmp("Tcp", "RetransSegs") - retrans_before;
         assert!(
             namespace_retrans > 0,
