@@ -22,6 +22,7 @@ use super::{
     btf::Btf,
     capabilities::{Capabilities, VMLINUX_BTF},
     counters::KernelCounters,
+    kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
     plan::{self, BackendChoice, Hook, Plan},
     privileges, tracefs,
@@ -103,6 +104,8 @@ pub struct ConnTracer {
     /// slot, so a long-lived socket (a DNS server) keeps listing new peers.
     udp_peers: Mutex<HashMap<MapData, UdpPeerSlotKey, UdpPeerSlot>>,
     counters: PerCpuArray<MapData, u64>,
+    /// The kprobe backend's kretprobes (created with a large `maxactive`, see `kretprobe`).
+    _kretprobes: Vec<KretprobeLink>,
     plan: Plan,
 }
 
@@ -133,11 +136,13 @@ impl ConnTracer {
             .map_max_entries(MAP_TCP_STATES, 1)
             .load(object::bytes()?)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        // fentry/fexit programs are verified against the running kernel's BTF (aya's parser,
-        // which resolves the attach target's type id): parsed once, only when planned.
-        let mut kernel_btf = None;
+        let mut attached = Attached {
+            kernel_btf: None,
+            tracefs: tracefs.clone(),
+            kretprobes: Vec::new(),
+        };
         for probe in &plan.probes {
-            attach(&mut ebpf, probe.program, probe.hook, &mut kernel_btf)?;
+            attach(&mut ebpf, probe.program, probe.hook, &mut attached)?;
         }
         let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
@@ -167,6 +172,7 @@ impl ConnTracer {
             conns_fd,
             udp_peers: Mutex::new(udp_peers),
             counters,
+            _kretprobes: attached.kretprobes,
             plan,
         })
     }
@@ -302,11 +308,20 @@ fn read_btf(path: &Path) -> Result<Btf> {
     })
 }
 
+/// What attaching needs beyond the object, and the links it creates outside of aya.
+struct Attached {
+    /// The running kernel's BTF as aya parses it (fentry/fexit programs are verified against
+    /// their target's type): parsed once, only when planned.
+    kernel_btf: Option<aya::Btf>,
+    tracefs: PathBuf,
+    kretprobes: Vec<KretprobeLink>,
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     hook: Hook,
-    kernel_btf: &mut Option<aya::Btf>,
+    attached: &mut Attached,
 ) -> Result<()> {
     let prog = ebpf.program_mut(program).ok_or(Error::MissingObject {
         kind: "program",
@@ -330,24 +345,31 @@ fn attach(
         }
         (Hook::Fentry { function }, Program::FEntry(prog)) => {
             let prog: &mut FEntry = prog;
-            prog.load(function, aya_btf(kernel_btf)?).map_err(fail)?;
+            prog.load(function, aya_btf(&mut attached.kernel_btf)?)
+                .map_err(fail)?;
             prog.attach().map_err(fail)?;
         }
         (Hook::Fexit { function }, Program::FExit(prog)) => {
             let prog: &mut FExit = prog;
-            prog.load(function, aya_btf(kernel_btf)?).map_err(fail)?;
+            prog.load(function, aya_btf(&mut attached.kernel_btf)?)
+                .map_err(fail)?;
             prog.attach().map_err(fail)?;
         }
-        (Hook::Kprobe { function } | Hook::Kretprobe { function }, Program::KProbe(prog))
-            if matches!(
-                (hook, prog.kind()),
-                (Hook::Kprobe { .. }, aya::programs::ProbeKind::Entry)
-                    | (Hook::Kretprobe { .. }, aya::programs::ProbeKind::Return)
-            ) =>
+        (Hook::Kprobe { function }, Program::KProbe(prog))
+            if matches!(prog.kind(), aya::programs::ProbeKind::Entry) =>
         {
             let prog: &mut KProbe = prog;
             prog.load().map_err(fail)?;
             prog.attach(function, 0).map_err(fail)?;
+        }
+        (Hook::Kretprobe { function }, Program::KProbe(prog))
+            if matches!(prog.kind(), aya::programs::ProbeKind::Return) =>
+        {
+            let prog: &mut KProbe = prog;
+            prog.load().map_err(fail)?;
+            let fd = prog.fd().map_err(fail)?.as_fd();
+            let link = KretprobeLink::attach(&attached.tracefs, fd, function, MAXACTIVE)?;
+            attached.kretprobes.push(link);
         }
         (Hook::CgroupSockRelease, Program::CgroupSock(prog)) => {
             // The root of the cgroup v2 hierarchy: the program runs for the sockets of every
