@@ -153,7 +153,15 @@ fn unescape_mount_path(path: &str) -> String {
     let mut rest = path.as_bytes();
     while let Some((&first, tail)) = rest.split_first() {
         match (first, tail) {
-            (b'\\', [a @ b'0'..=b'7', b @ b'0'..=b'7', c @ b'0'..=b'7', after @ ..]) => {
+            (
+                b'\\',
+                [
+                    a @ b'0'..=b'7',
+                    b @ b'0'..=b'7',
+                    c @ b'0'..=b'7',
+                    after @ ..,
+                ],
+            ) => {
                 out.push(((a - b'0') << 6) | ((b - b'0') << 3) | (c - b'0'));
                 rest = after;
             }
