@@ -1,7 +1,8 @@
 //! The less common ways bytes move, counted exactly once: `sendfile` to TCP and UDP sockets
 //! (`tcp_sendpage`/`udp_sendpage` before 6.5, `sendmsg` with spliced pages since), `splice` from
-//! a TCP socket (`tcp_read_sock`), UDP `MSG_PEEK`, and IPv4-mapped datagrams of an IPv6 socket
-//! (`udpv6_sendmsg` hands them to `udp_sendmsg`).
+//! a TCP socket (`tcp_splice_read`), UDP `MSG_PEEK`, IPv4-mapped datagrams of an IPv6 socket
+//! (`udpv6_sendmsg` hands them to `udp_sendmsg`), and many receives blocked at once (the kprobe
+//! backend's kretprobes must have room for all of them).
 
 use std::{
     io::{Read, Write},
@@ -9,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use tracer::kernel::{conn_tracer::KernelConfig, plan::Backend};
+use tracer::kernel::{conn_tracer::KernelConfig, counters::Counter, plan::Backend};
 use tracer_common::conn::{AF_INET, FLAG_CLOSED, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
@@ -224,5 +225,66 @@ fn udp_v4_mapped_datagrams_of_an_ipv6_socket_are_counted_once() {
         assert_eq!((dual.recv_bytes, dual.recv_packets), (55, 1));
         let plain = the_one(&closed, v4_addr, v6_as_v4);
         assert_eq!((plain.sent_bytes, plain.recv_bytes), (55, 60));
+    });
+}
+
+/// A thread per connection, all blocked in a receive at once, then data for all of them: every
+/// receive is counted. kretprobes only see the returns of as many calls in flight as their
+/// `maxactive` (the kernel's default is max(10, 2 x CPUs)); the tracer asks for more.
+#[test]
+fn many_receives_blocked_at_once_are_all_counted() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        let before = tracer.counters().expect("counters");
+        const READERS: usize = 200;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut clients = Vec::new();
+        let mut readers = Vec::new();
+        for i in 0..READERS {
+            let client = TcpStream::connect(server_addr).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            let len = 100 + i;
+            readers.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; len];
+                server.read_exact(&mut buf).expect("read");
+            }));
+            clients.push((client, len));
+        }
+        // Give every reader time to block in its receive.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        for (client, len) in &mut clients {
+            client.write_all(&vec![4u8; *len]).expect("write");
+        }
+        for reader in readers {
+            reader.join().expect("reader");
+        }
+        let sent: Vec<(SocketAddr, usize)> = clients
+            .iter()
+            .map(|(c, len)| (c.local_addr().expect("addr"), *len))
+            .collect();
+        drop(clients);
+
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2 * READERS);
+        let after = tracer.counters().expect("counters");
+        let missed = after.get(Counter::ProbeReturnMissed) - before.get(Counter::ProbeReturnMissed);
+        let lost = after.get(Counter::ProbeArgsMissing) - before.get(Counter::ProbeArgsMissing);
+        assert_eq!(
+            (missed, lost),
+            (0, 0),
+            "kretprobe returns missed, stashed arguments lost"
+        );
+        for (client, len) in sent {
+            let server = the_one(&closed, server_addr, client);
+            assert_eq!(
+                server.recv_bytes, len as u64,
+                "received by the reader of {client}"
+            );
+            let client_side = the_one(&closed, client, server_addr);
+            assert_eq!(client_side.sent_bytes, len as u64, "sent by {client}");
+        }
     });
 }
