@@ -6,11 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::kernel::{
-    conn_tracer::{ConnTracer, KernelConfig},
-    plan::{Backend, BackendChoice},
+use tracer::{
+    KernelVersion,
+    kernel::{
+        capabilities::cgroup2_mount,
+        conn_tracer::{ConnTracer, KernelConfig},
+        plan::{Backend, BackendChoice, Hook},
+    },
 };
-use tracer_common::conn::{AF_INET6, ClosedConn, ConnStats, ConnTuple};
+use tracer_common::conn::{AF_INET6, ClosedConn, ConnStats, ConnTuple, FLAG_CLOSED_BY_SOCK_OPS};
 
 use crate::policy::{backend, loaded_or_skip};
 
@@ -30,6 +34,37 @@ pub fn load(config: KernelConfig) -> Option<ConnTracer> {
     let tracer = loaded_or_skip(ConnTracer::load(&config))?;
     assert_eq!(tracer.plan().backend, backend_under_test());
     Some(tracer)
+}
+
+/// Whether `tracer` closes TCP connections from the cgroup `sock_ops` state callback, after
+/// checking that it does exactly where it should: Linux 5.10+ (`bpf_sock_ops.sk`) with a
+/// cgroup v2 mount, whatever the backend.
+pub fn closes_by_sock_ops(tracer: &ConnTracer) -> bool {
+    let planned = tracer
+        .plan()
+        .probes
+        .iter()
+        .any(|p| p.hook == Hook::CgroupSockOps);
+    let kernel = KernelVersion::current().expect("kernel version");
+    let expected = kernel >= KernelVersion::new(5, 10, 0) && cgroup2_mount().is_some();
+    assert_eq!(
+        planned,
+        expected,
+        "cgroup/sock_ops planned on {kernel} (cgroup v2: {:?}): {}",
+        cgroup2_mount(),
+        tracer.plan().reason
+    );
+    planned
+}
+
+/// The flags a closed TCP connection of `tracer` carries: `base` (`FLAG_ESTABLISHED` and
+/// `FLAG_CLOSED` as the test expects), plus the sock_ops mark where that hook runs.
+pub fn tcp_close_flags(tracer: &ConnTracer, base: u8) -> u8 {
+    if closes_by_sock_ops(tracer) {
+        base | FLAG_CLOSED_BY_SOCK_OPS
+    } else {
+        base
+    }
 }
 
 /// Local and remote socket addresses of a tuple.
@@ -80,10 +115,44 @@ pub fn the_one(records: &[ClosedConn], local: SocketAddr, remote: SocketAddr) ->
     match matching.as_slice() {
         [one] => &one.stats,
         _ => panic!(
-            "expected exactly one closed connection {local} -> {remote}, found {}: {records:#?}",
-            matching.len()
+            "expected exactly one closed connection {local} -> {remote}, found {} among {} \
+             records: matching {:?}; records sharing a port with it: {:?}",
+            matching.len(),
+            records.len(),
+            matching
+                .iter()
+                .map(|c| summary(&c.stats))
+                .collect::<Vec<_>>(),
+            records
+                .iter()
+                .filter(|c| {
+                    let (l, r) = endpoints(&c.stats.tuple);
+                    [l.port(), r.port()].contains(&local.port())
+                        && [l.port(), r.port()].contains(&remote.port())
+                })
+                .map(|c| summary(&c.stats))
+                .collect::<Vec<_>>()
         ),
     }
+}
+
+/// One line per record in failure messages: a full `{:#?}` of hundreds of records buries the
+/// reason in output that CI logs truncate.
+pub fn summary(stats: &ConnStats) -> String {
+    let (local, remote) = endpoints(&stats.tuple);
+    format!(
+        "{local}->{remote} proto {} pid {} dir {} sent {}B/{}p recv {}B/{}p retrans {} flags {:#x} failure {}",
+        stats.tuple.protocol,
+        stats.tuple.pid,
+        stats.direction,
+        stats.sent_bytes,
+        stats.sent_packets,
+        stats.recv_bytes,
+        stats.recv_packets,
+        stats.retransmits,
+        stats.flags,
+        stats.failure
+    )
 }
 
 /// The one open connection whose endpoints are these, read from the kernel map now.

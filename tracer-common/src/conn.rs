@@ -25,6 +25,10 @@ pub const DIRECTION_OUTGOING: u8 = 2;
 pub const FLAG_ESTABLISHED: u8 = 1;
 /// `flags`: the connection closed while traced.
 pub const FLAG_CLOSED: u8 = 2;
+/// The close was seen by the cgroup `sock_ops` state callback, which no recursion guard can
+/// skip (tracer-ebpf/src/backend/sock_ops.rs), rather than by the `inet_sock_set_state`
+/// tracepoint alone.
+pub const FLAG_CLOSED_BY_SOCK_OPS: u8 = 4;
 
 /// Map key: the socket, plus the peer for unconnected UDP sockets (all zero otherwise).
 #[repr(C)]

@@ -73,9 +73,15 @@ counters! {
     /// than the kernel's return-probe instances for it, `maxactive`, e.g. blocked receives):
     /// that call's bytes are lost. Counted when the same thread calls the function again.
     ProbeReturnMissed = 18 => "probe_return_missed",
+    /// The kernel refused to turn on `sock_ops` state callbacks for a TCP socket: its close
+    /// relies on the `inet_sock_set_state` tracepoint alone, which the kernel may skip.
+    SockOpsFlagsRefused = 19 => "sock_ops_flags_refused",
+    /// An accepted TCP socket closed before its handshake completed (reset in SYN_RECV, or the
+    /// loser of two CPUs completing the same handshake): not reported as a connection.
+    EmbryonicClosed = 20 => "tcp_embryonic_closed",
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 19;
+pub const COUNTER_COUNT: u32 = 21;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -138,6 +138,9 @@ pub const PROG_TPX_RECVFROM: &str = "nt_tpx_recvfrom";
 pub const PROG_TPX_RECVMSG: &str = "nt_tpx_recvmsg";
 /// Tracepoint backend: `syscalls:sys_exit_recvmmsg`.
 pub const PROG_TPX_RECVMMSG: &str = "nt_tpx_recvmmsg";
+/// Every backend: cgroup `sock_ops` on the cgroup v2 root, the close of TCP sockets that no
+/// recursion guard can skip.
+pub const PROG_SOCK_OPS: &str = "nt_sock_ops";
 /// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
 pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
 /// Tracepoint backend: hash map pid_tgid -> the UDP send/receive syscall in progress.

@@ -14,13 +14,15 @@ pub struct InitSpec<'a> {
     pub test_binary: &'a str,
     /// Each backend's run is killed after this long, so one hung run still lets the others run.
     pub run_timeout_secs: u64,
+    /// A libtest name filter (XTASK_TEST_FILTER), or none to run every test.
+    pub filter: Option<&'a str>,
 }
 
 /// Every value spliced into the script is checked to be shell-safe instead of being quoted.
 fn shell_safe(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+:".contains(c))
 }
 
 pub fn render(spec: &InitSpec<'_>) -> Result<String> {
@@ -66,13 +68,20 @@ ip link set lo up
         shell_safe(spec.test_binary),
         "test binary path is not shell-safe"
     );
+    let filter = match spec.filter {
+        Some(f) => {
+            ensure!(shell_safe(f), "test filter {f:?} is not shell-safe");
+            format!(" {f}")
+        }
+        None => String::new(),
+    };
     s.push_str("cd /tmp\n");
     for backend in spec.backends {
         ensure!(shell_safe(backend), "backend {backend:?} is not shell-safe");
         s.push_str(&format!(
             "echo \"{begin}{backend}\"\n\
              TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND={backend} RUST_BACKTRACE=1 \
-             timeout -s KILL {secs} {bin} --test-threads=1\n\
+             timeout -s KILL {secs} {bin} --test-threads=1{filter}\n\
              echo \"{end}{backend} status=$?\"\n",
             begin = console::BEGIN,
             end = console::END,
@@ -96,6 +105,7 @@ mod tests {
             backends: &["fentry", "kprobe"],
             test_binary: "/xtask/integration",
             run_timeout_secs: 900,
+            filter: None,
         })
         .unwrap();
         assert!(script.starts_with("#!/bin/busybox sh\n"));
@@ -118,7 +128,29 @@ mod tests {
             backends: &["a b"],
             test_binary: "/x",
             run_timeout_secs: 1,
+            filter: None,
         });
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn passes_the_filter_after_the_test_threads() {
+        let script = render(&InitSpec {
+            modules: &[],
+            backends: &["tracepoint"],
+            test_binary: "/x",
+            run_timeout_secs: 1,
+            filter: Some("io_paths::many"),
+        })
+        .unwrap();
+        assert!(script.contains("/x --test-threads=1 io_paths::many\n"));
+        let hostile = render(&InitSpec {
+            modules: &[],
+            backends: &["tracepoint"],
+            test_binary: "/x",
+            run_timeout_secs: 1,
+            filter: Some("a;reboot"),
+        });
+        assert!(hostile.is_err());
     }
 }

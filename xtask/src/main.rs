@@ -8,6 +8,7 @@
 //!   result line).
 //! - `XTASK_SKIP_CHECKS=1`: skip fmt, both clippy passes and the unit tests.
 //! - `XTASK_KERNELS=5.10,6.12`: only boot these VM kernels (labels from src/kernels.rs).
+//! - `XTASK_TEST_FILTER=name`: only run the integration tests whose names contain `name`.
 //! - `XTASK_TIMEOUT_SECS=N`: timeout of each run of the test binary, on the host and in a VM
 //!   (default 900); a VM gets N per backend plus 300 s to boot.
 

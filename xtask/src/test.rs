@@ -24,6 +24,13 @@ pub fn timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// XTASK_TEST_FILTER: only the integration tests whose names contain this (a debugging aid).
+pub fn filter() -> Option<String> {
+    std::env::var("XTASK_TEST_FILTER")
+        .ok()
+        .filter(|f| !f.is_empty())
+}
+
 pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     let root = paths::workspace_root();
     let mut summary = Summary::default();
@@ -144,8 +151,11 @@ fn host_release() -> String {
 
 fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str) -> Run {
     let mut test = Command::new(binary);
-    test.arg("--test-threads=1")
-        .env("TRACER_TEST_STRICT", "1")
+    test.arg("--test-threads=1");
+    if let Some(filter) = filter() {
+        test.arg(filter);
+    }
+    test.env("TRACER_TEST_STRICT", "1")
         .env("TRACER_TEST_BACKEND", backend)
         .env("RUST_BACKTRACE", "1")
         // Where `cargo test` would run it: the package's directory.

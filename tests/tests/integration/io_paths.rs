@@ -14,7 +14,7 @@ use tracer::kernel::{conn_tracer::KernelConfig, counters::Counter, plan::Backend
 use tracer_common::conn::{AF_INET, FLAG_CLOSED, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{backend_under_test, collect_closed, load, the_one},
+    tracer::{backend_under_test, collect_closed, load, summary, tcp_close_flags, the_one},
 };
 
 /// A file of `len` bytes, opened for reading (unlinked: it goes away with the descriptor).
@@ -99,7 +99,10 @@ fn sendfile_and_splice(ip: &'static str, request: usize, reply: usize) {
         let client = the_one(&closed, client_addr, server_addr);
         assert_eq!(client.sent_bytes, request as u64, "client sent (sendfile)");
         assert_eq!(client.recv_bytes, reply as u64, "client received");
-        assert_eq!(client.flags, FLAG_ESTABLISHED | FLAG_CLOSED);
+        assert_eq!(
+            client.flags,
+            tcp_close_flags(&tracer, FLAG_ESTABLISHED | FLAG_CLOSED)
+        );
         let server = the_one(&closed, server_addr, client_addr);
         assert_eq!(server.sent_bytes, reply as u64, "server sent");
         let spliced = if backend_under_test() == Backend::Tracepoint {
@@ -270,6 +273,25 @@ fn many_receives_blocked_at_once_are_all_counted() {
 
         let closed = collect_closed(&tracer, netns, |c| c.len() >= 2 * READERS);
         let after = tracer.counters().expect("counters");
+        let moved: Vec<(&str, u64)> = after
+            .iter()
+            .zip(before.iter())
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| (name, a - b))
+            .collect();
+        let ours_open: Vec<String> = tracer
+            .connections()
+            .expect("open connections")
+            .iter()
+            .filter(|(_, s)| s.tuple.netns == netns)
+            .map(|(_, s)| summary(s))
+            .collect();
+        assert_eq!(
+            closed.len(),
+            2 * READERS,
+            "closed records of both sides of every connection; kernel counters that moved: \
+             {moved:?}; still open: {ours_open:?}"
+        );
         let missed = after.get(Counter::ProbeReturnMissed) - before.get(Counter::ProbeReturnMissed);
         let lost = after.get(Counter::ProbeArgsMissing) - before.get(Counter::ProbeArgsMissing);
         assert_eq!(

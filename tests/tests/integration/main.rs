@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod ownership;
 mod tcp_bytes;
+mod tcp_close;
 mod tcp_counters;
 mod tcp_failures;
 mod tcp_state;

@@ -11,7 +11,7 @@ use tracer::kernel::conn_tracer::KernelConfig;
 use tracer_common::conn::{DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, load, the_one},
+    tracer::{collect_closed, load, tcp_close_flags, the_one},
 };
 
 /// What one run of the exchange did, from the test's side.
@@ -87,7 +87,10 @@ fn exact_bytes(ip: &'static str, request: usize, chunk: usize, reply: usize) {
         assert_eq!(outgoing.recv_bytes, done.server_sent, "client received");
         assert_eq!(outgoing.direction, DIRECTION_OUTGOING);
         assert_eq!(outgoing.tuple.pid, pid);
-        assert_eq!(outgoing.flags, FLAG_ESTABLISHED | FLAG_CLOSED);
+        assert_eq!(
+            outgoing.flags,
+            tcp_close_flags(&tracer, FLAG_ESTABLISHED | FLAG_CLOSED)
+        );
         assert_eq!(outgoing.failure, 0);
 
         let incoming = the_one(&closed, server, client);
@@ -98,7 +101,10 @@ fn exact_bytes(ip: &'static str, request: usize, chunk: usize, reply: usize) {
         );
         assert_eq!(incoming.direction, DIRECTION_INCOMING);
         assert_eq!(incoming.tuple.pid, pid);
-        assert_eq!(incoming.flags, FLAG_ESTABLISHED | FLAG_CLOSED);
+        assert_eq!(
+            incoming.flags,
+            tcp_close_flags(&tracer, FLAG_ESTABLISHED | FLAG_CLOSED)
+        );
         assert_eq!(
             closed.len(),
             2,

@@ -4,4 +4,5 @@
 pub mod calls;
 pub mod fentry;
 pub mod kprobe;
+pub mod sock_ops;
 pub mod tracepoint;

@@ -308,21 +308,29 @@ pub fn on_tcp_state(sk: u64, old: i32, new: i32, offsets: &SockOffsets) {
                 direction: DIRECTION_UNKNOWN,
                 pid: 0,
             };
-            if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
-                stats.flags |= FLAG_ESTABLISHED;
-                // The source port of an outgoing connection is only assigned after SYN_SENT.
-                if let Ok(tuple) = sock::sock_tuple(sk, offsets, IPPROTO_TCP) {
-                    let pid = stats.tuple.pid;
-                    stats.tuple = tuple;
-                    stats.tuple.pid = pid;
-                }
-                let _ = sock::refresh_tcp(sk, offsets, stats);
-                stats.updated_ns = now_ns();
-            }
+            established(&key, origin, offsets);
         }
         TCP_CLOSE => close(&key, IPPROTO_TCP, offsets),
         TCP_LISTEN => {}
         _ => on_tcp_event(sk, offsets),
+    }
+}
+
+/// TCP socket `key` is established (state tracepoint, or `sock_ops`' established callbacks):
+/// created if missing with `origin`, marked established, its tuple taken now that it is
+/// complete (an outgoing connect's source port is assigned after SYN_SENT; an accepted child's
+/// remote end after SYN_RECV).
+#[inline(always)]
+pub fn established(key: &ConnKey, origin: Origin, offsets: &SockOffsets) {
+    if let Some(stats) = entry(key, IPPROTO_TCP, origin, offsets) {
+        stats.flags |= FLAG_ESTABLISHED;
+        if let Ok(tuple) = sock::sock_tuple(key.sk, offsets, IPPROTO_TCP) {
+            let pid = stats.tuple.pid;
+            stats.tuple = tuple;
+            stats.tuple.pid = pid;
+        }
+        let _ = sock::refresh_tcp(key.sk, offsets, stats);
+        stats.updated_ns = now_ns();
     }
 }
 
@@ -399,12 +407,29 @@ fn reported_failure(errno: i32) -> Option<u16> {
 /// same key finds nothing.
 #[inline(always)]
 pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
+    close_with_flags(key, protocol, offsets, 0);
+}
+
+/// [`close`], adding `flags` (`FLAG_*`, saying which hook saw the close) to the event.
+#[inline(always)]
+pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flags: u8) {
     let _ = NT_UNTRACKED.remove(key);
     let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: see `entry`.
     let stats = unsafe { &mut *stats };
+    if protocol == IPPROTO_TCP
+        && stats.direction == DIRECTION_INCOMING
+        && stats.flags & FLAG_ESTABLISHED == 0
+    {
+        // A listener's child that closes before its handshake completed (reset in SYN_RECV, or
+        // the loser of two CPUs completing the same handshake): no application ever saw it,
+        // and its tuple still has the listener's empty remote end.
+        let _ = NT_CONNS.remove(key);
+        bump(Counter::EmbryonicClosed);
+        return;
+    }
     if protocol == IPPROTO_TCP {
         let _ = sock::refresh_tcp(key.sk, offsets, stats);
         fill_source_port(key.sk, offsets, stats);
@@ -417,7 +442,7 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
             }
         }
     }
-    stats.flags |= FLAG_CLOSED;
+    stats.flags |= FLAG_CLOSED | flags;
     stats.updated_ns = now_ns();
     if stats.tuple.pid == 0 {
         bump(Counter::MissingPid);

@@ -376,14 +376,16 @@ fn attach(
             // cgroup below it, i.e. of every process. On 5.7+ (this hook needs 5.9) aya attaches
             // with a bpf_link: the kernel refuses attach flags there (EINVAL), a link never
             // displaces other programs of the cgroup, and dropping the tracer detaches it.
-            let root = super::capabilities::cgroup2_mount().ok_or(Error::NotSupported {
-                feature: "a cgroup v2 mount (for cgroup/sock_release)",
-                min_kernel: "5.9",
-                running: super::KernelVersion::current_release(),
-            })?;
-            let cgroup = std::fs::File::open(&root)
-                .map_err(|e| Error::io(format!("opening cgroup {}", root.display()), e))?;
+            let cgroup = open_cgroup2_root("a cgroup v2 mount (for cgroup/sock_release)", "5.9")?;
             let prog: &mut aya::programs::CgroupSock = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+                .map_err(fail)?;
+        }
+        (Hook::CgroupSockOps, Program::SockOps(prog)) => {
+            // Like sock_release: a bpf_link on the cgroup v2 root, for every process's sockets.
+            let cgroup = open_cgroup2_root("a cgroup v2 mount (for cgroup/sock_ops)", "5.10")?;
+            let prog: &mut aya::programs::SockOps = prog;
             prog.load().map_err(fail)?;
             prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
@@ -395,6 +397,18 @@ fn attach(
         }
     }
     Ok(())
+}
+
+/// The root of the cgroup v2 hierarchy, for a cgroup program that needs `feature` (a cgroup v2
+/// mount, named with the hook) from kernel `min` on.
+fn open_cgroup2_root(feature: &'static str, min: &'static str) -> Result<std::fs::File> {
+    let root = super::capabilities::cgroup2_mount().ok_or(Error::NotSupported {
+        feature,
+        min_kernel: min,
+        running: super::KernelVersion::current_release(),
+    })?;
+    std::fs::File::open(&root)
+        .map_err(|e| Error::io(format!("opening cgroup {}", root.display()), e))
 }
 
 /// The running kernel's BTF as aya parses it, read on first use.

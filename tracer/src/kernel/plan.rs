@@ -76,6 +76,9 @@ pub enum Hook {
     /// A `BPF_PROG_TYPE_CGROUP_SOCK` program on `BPF_CGROUP_INET_SOCK_RELEASE` (5.9+), attached
     /// to the cgroup v2 root so that it runs for every socket (needs a cgroup v2 mount).
     CgroupSockRelease,
+    /// A `BPF_PROG_TYPE_SOCK_OPS` program attached to the cgroup v2 root (5.10+ for
+    /// `bpf_sock_ops.sk`). Optional: without a cgroup v2 mount the plan leaves it out and says so.
+    CgroupSockOps,
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -99,6 +102,15 @@ const TRACEPOINT: &[Backend] = &[Backend::Tracepoint];
 /// every supported kernel and fire in the same places (state changes and retransmits), so only
 /// the send/receive hooks differ between backends.
 pub const PROBES: &[ProbeSpec] = &[
+    // First, so that sockets opened while the rest attaches already ask for state callbacks:
+    // the TCP close that no recursion guard can skip (tracer-ebpf/src/backend/sock_ops.rs).
+    ProbeSpec {
+        program: tracer_common::names::PROG_SOCK_OPS,
+        hook: Hook::CgroupSockOps,
+        backends: ALL,
+        min_kernel: KernelVersion::new(5, 10, 0),
+        max_kernel: None,
+    },
     ProbeSpec {
         program: tracer_common::names::PROG_TP_STATE,
         hook: Hook::Tracepoint {
@@ -348,6 +360,7 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
             let too_old: Vec<String> = PROBES
                 .iter()
                 .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
+                .filter(|p| p.hook != Hook::CgroupSockOps)
                 .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
                 .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
                 .collect();
@@ -390,6 +403,7 @@ fn target_name(hook: Hook) -> String {
         | Hook::Kprobe { function }
         | Hook::Kretprobe { function } => format!("kernel function {function}"),
         Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
+        Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
     }
 }
 
@@ -399,6 +413,18 @@ fn probes_for(backend: Backend, kernel: KernelVersion) -> impl Iterator<Item = &
             && p.min_kernel <= kernel
             && p.max_kernel.is_none_or(|max| kernel <= max)
     })
+}
+
+/// Hooks a backend runs without, when the kernel lacks them (not a reason to refuse the
+/// backend): each names what is lost instead.
+fn optional_hook_missing(hook: Hook, caps: &Capabilities) -> Option<&'static str> {
+    match hook {
+        Hook::CgroupSockOps if caps.cgroup2.is_none() => Some(
+            "no cgroup v2 mount: TCP closes rely on the inet_sock_set_state tracepoint alone, \
+             which the kernel skips when it interrupts another tracing program",
+        ),
+        _ => None,
+    }
 }
 
 /// Picks the backend and its probes. Pure: everything it needs is in `caps`.
@@ -418,8 +444,20 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
     for &backend in candidates {
         match unavailable_because(backend, caps) {
             None => {
-                let probes: Vec<ProbeSpec> = probes_for(backend, caps.kernel).copied().collect();
-                let reason = if skipped.is_empty() {
+                let mut probes: Vec<ProbeSpec> =
+                    probes_for(backend, caps.kernel).copied().collect();
+                let mut without: Vec<&str> = probes
+                    .iter()
+                    .filter_map(|p| optional_hook_missing(p.hook, caps))
+                    .collect();
+                probes.retain(|p| optional_hook_missing(p.hook, caps).is_none());
+                if caps.kernel < KernelVersion::new(5, 10, 0) {
+                    without.push(
+                        "Linux < 5.10 (no bpf_sock_ops.sk): TCP closes rely on the \
+                         inet_sock_set_state tracepoint alone",
+                    );
+                }
+                let mut reason = if skipped.is_empty() {
                     format!("{backend}: {}", describe(choice))
                 } else {
                     format!(
@@ -428,6 +466,12 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                         skipped.join("; ")
                     )
                 };
+                if !without.is_empty() {
+                    reason.push_str(&format!(
+                        "; without cgroup/sock_ops ({})",
+                        without.join("; ")
+                    ));
+                }
                 return Ok(Plan {
                     backend,
                     probes,
@@ -690,6 +734,50 @@ mod tests {
         assert!(
             plan.reason
                 .contains("fentry (missing kernel function tcp_splice_read)"),
+            "{}",
+            plan.reason
+        );
+    }
+
+    #[test]
+    fn every_backend_closes_tcp_through_sock_ops_from_5_10_with_a_cgroup2_mount() {
+        for backend in Backend::PREFERENCE {
+            let kernel = if backend == Backend::Tracepoint {
+                KernelVersion::new(6, 12, 0)
+            } else {
+                KernelVersion::new(5, 10, 0)
+            };
+            let caps = Capabilities::for_tests(kernel, true, true, true, true);
+            let plan = plan(BackendChoice::Force(backend), &caps).unwrap();
+            assert!(
+                plan.probes.iter().any(|p| p.hook == Hook::CgroupSockOps),
+                "{backend} on {kernel}"
+            );
+            assert!(
+                !plan.reason.contains("without cgroup/sock_ops"),
+                "{}",
+                plan.reason
+            );
+        }
+    }
+
+    #[test]
+    fn before_5_10_the_function_backends_load_without_sock_ops_and_say_so() {
+        let caps = Capabilities::for_tests(KernelVersion::new(5, 8, 0), true, true, true, false);
+        let plan = plan(BackendChoice::Force(Backend::Fentry), &caps).unwrap();
+        assert!(!plan.probes.iter().any(|p| p.hook == Hook::CgroupSockOps));
+        assert!(plan.reason.contains("Linux < 5.10"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn without_a_cgroup2_mount_the_function_backends_load_without_sock_ops_and_say_so() {
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 1, 0), true, true, true, false);
+        caps.cgroup2 = None;
+        let plan = plan(BackendChoice::Force(Backend::Kprobe), &caps).unwrap();
+        assert!(!plan.probes.iter().any(|p| p.hook == Hook::CgroupSockOps));
+        assert!(
+            plan.reason.contains("no cgroup v2 mount"),
             "{}",
             plan.reason
         );
