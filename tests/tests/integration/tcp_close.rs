@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, TcpListener, TcpStream},
 };
 
-use tracer::kernel::conn_tracer::KernelConfig;
+use tracer::{KernelVersion, kernel::conn_tracer::KernelConfig};
 use tracer_common::conn::{FLAG_CLOSED, FLAG_CLOSED_BY_SOCK_OPS, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
@@ -106,4 +106,30 @@ fn tcp_v6_closes_by_the_client_first_are_emitted_once_each() {
 #[test]
 fn tcp_v6_closes_by_the_server_first_are_emitted_once_each() {
     closes_are_emitted_once_each("::1", FirstToClose::Server);
+}
+
+/// Skipped runs are what the sock_ops close guards against; where the kernel counts them
+/// (`bpf_prog_info.recursion_misses`, 5.12+) the tracer reports them, and it says "unknown"
+/// (`None`) rather than 0 where the kernel does not.
+#[test]
+fn skipped_program_runs_are_reported_where_the_kernel_counts_them() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let kernel = KernelVersion::current().expect("kernel");
+        let counters = tracer.counters().expect("counters");
+        let skipped = counters.program_runs_skipped();
+        assert_eq!(
+            skipped.is_some(),
+            kernel >= KernelVersion::new(5, 12, 0),
+            "program_runs_skipped on {kernel}: {skipped:?}"
+        );
+        assert_eq!(
+            counters
+                .iter()
+                .any(|(name, _)| name == "program_runs_skipped"),
+            skipped.is_some()
+        );
+    });
 }

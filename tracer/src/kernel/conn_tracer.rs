@@ -5,7 +5,10 @@
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::{
@@ -25,7 +28,7 @@ use super::{
     kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
     plan::{self, BackendChoice, Hook, Plan},
-    privileges, tracefs,
+    privileges, skipped_runs, tracefs,
 };
 use crate::{Error, Result};
 
@@ -93,9 +96,9 @@ fn page_size() -> u32 {
 /// The loaded and attached connection tracker. Dropping it detaches every program and frees
 /// every map.
 pub struct ConnTracer {
-    /// Owns the programs and their links: dropping it detaches everything. Behind a mutex only
-    /// so that the tracer is `Sync`; nothing reads it after loading.
-    _ebpf: Mutex<Ebpf>,
+    /// Owns the programs and their links: dropping it detaches everything. Behind a mutex so
+    /// that the tracer is `Sync`; read only for the programs' skip counts.
+    ebpf: Mutex<Ebpf>,
     closed: Mutex<RingBuf<MapData>>,
     conns: Mutex<HashMap<MapData, ConnKey, ConnStats>>,
     /// A second descriptor of `NT_CONNS` for batched lookups (aya has no batch API).
@@ -107,6 +110,8 @@ pub struct ConnTracer {
     /// The kprobe backend's kretprobes (created with a large `maxactive`, see `kretprobe`).
     _kretprobes: Vec<KretprobeLink>,
     plan: Plan,
+    /// Ring records of the wrong size (cannot happen with a matching object), skipped.
+    closed_records_malformed: AtomicU64,
 }
 
 impl ConnTracer {
@@ -166,7 +171,7 @@ impl ConnTracer {
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
         Ok(Self {
-            _ebpf: Mutex::new(ebpf),
+            ebpf: Mutex::new(ebpf),
             closed: Mutex::new(closed),
             conns: Mutex::new(conns),
             conns_fd,
@@ -174,6 +179,7 @@ impl ConnTracer {
             counters,
             _kretprobes: attached.kretprobes,
             plan,
+            closed_records_malformed: AtomicU64::new(0),
         })
     }
 
@@ -188,9 +194,15 @@ impl ConnTracer {
         let mut ring = lock(&self.closed);
         let mut n = 0;
         while let Some(item) = ring.next() {
-            if let Some(event) = decode_closed(&item) {
-                out.push(event);
-                n += 1;
+            match decode_closed(&item) {
+                Some(event) => {
+                    out.push(event);
+                    n += 1;
+                }
+                None => {
+                    self.closed_records_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         n
@@ -268,7 +280,32 @@ impl ConnTracer {
 
     /// The kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
-        KernelCounters::read(&self.counters)
+        let counters = KernelCounters::read(&self.counters)?;
+        Ok(counters.with_program_counts(
+            self.program_runs_skipped(),
+            self.closed_records_malformed.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// `recursion_misses` summed over every loaded program, `None` where the kernel does not
+    /// count them (before 5.12) or a program's info cannot be read (logged).
+    fn program_runs_skipped(&self) -> Option<u64> {
+        let ebpf = lock(&self.ebpf);
+        let mut total = 0u64;
+        for (name, program) in ebpf.programs() {
+            let Ok(fd) = program.fd() else {
+                continue; // not loaded: not planned on this backend
+            };
+            match skipped_runs::recursion_misses(fd.as_fd()) {
+                Ok(Some(misses)) => total = total.saturating_add(misses),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(program = name, error = %e, "cannot read program info");
+                    return None;
+                }
+            }
+        }
+        Some(total)
     }
 }
 

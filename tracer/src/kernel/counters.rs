@@ -9,6 +9,11 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     values: Vec<(Counter, u64)>,
+    /// Runs of the programs the kernel skipped (`None` before Linux 5.12, which does not count
+    /// them), see `skipped_runs`.
+    program_runs_skipped: Option<u64>,
+    /// Closed-connection records of the wrong size, skipped instead of misread.
+    closed_records_malformed: u64,
 }
 
 impl KernelCounters {
@@ -23,7 +28,31 @@ impl KernelCounters {
             let total = per_cpu.iter().fold(0u64, |sum, v| sum.saturating_add(*v));
             values.push((counter, total));
         }
-        Ok(Self { values })
+        Ok(Self {
+            values,
+            program_runs_skipped: None,
+            closed_records_malformed: 0,
+        })
+    }
+
+    /// Adds what userspace knows about the programs and the ring buffer.
+    pub(crate) fn with_program_counts(
+        self,
+        program_runs_skipped: Option<u64>,
+        closed_records_malformed: u64,
+    ) -> Self {
+        Self {
+            program_runs_skipped,
+            closed_records_malformed,
+            ..self
+        }
+    }
+
+    /// Runs of the tracer's programs that the kernel skipped because another tracing program
+    /// was running on the same CPU (each one an event not seen): `bpf_prog_info.recursion_misses`
+    /// summed over the programs. `None` before Linux 5.12, where the kernel does not count them.
+    pub fn program_runs_skipped(&self) -> Option<u64> {
+        self.program_runs_skipped
     }
 
     /// The total of one counter.
@@ -34,8 +63,19 @@ impl KernelCounters {
             .map_or(0, |(_, v)| *v)
     }
 
-    /// Every counter with its name and total.
+    /// Every counter with its name and total (`program_runs_skipped` only where the kernel
+    /// counts it).
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        self.values.iter().map(|(c, v)| (c.name(), *v))
+        self.values
+            .iter()
+            .map(|(c, v)| (c.name(), *v))
+            .chain(
+                self.program_runs_skipped
+                    .map(|v| ("program_runs_skipped", v)),
+            )
+            .chain(std::iter::once((
+                "closed_records_malformed",
+                self.closed_records_malformed,
+            )))
     }
 }

@@ -12,6 +12,7 @@ pub mod map_reader;
 pub(crate) mod object;
 pub mod plan;
 pub(crate) mod privileges;
+mod skipped_runs;
 pub mod tcp_state;
 pub mod tracefs;
 pub mod version;
