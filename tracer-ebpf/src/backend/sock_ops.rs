@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use tracer_common::{
-    conn::{ConnKey, DIRECTION_INCOMING, FLAG_CLOSED_BY_SOCK_OPS, IPPROTO_TCP},
+    conn::{ConnKey, DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED_BY_SOCK_OPS, IPPROTO_TCP},
     counters::Counter,
 };
 
@@ -34,7 +34,19 @@ use crate::{
 #[sock_ops]
 pub fn nt_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => want_state(&ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => want_state(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            want_state(&ctx);
+            // Softirq (the SYN-ACK), like the ESTABLISHED tracepoint that this repeats: a
+            // skipped one would leave the connection unmarked and without its source port.
+            if let Some(sk) = socket(&ctx) {
+                let origin = Origin {
+                    direction: DIRECTION_OUTGOING,
+                    pid: 0,
+                };
+                conn::established(&key(sk), origin, &layout().sock);
+            }
+        }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             want_state(&ctx);
             // Softirq, like the SYN_RECV and ESTABLISHED tracepoints that this repeats: if
