@@ -35,31 +35,12 @@ use crate::{
 pub fn nt_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => want_state(&ctx),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            want_state(&ctx);
-            // Softirq (the SYN-ACK), like the ESTABLISHED tracepoint that this repeats: a
-            // skipped one would leave the connection unmarked and without its source port.
-            if let Some(sk) = socket(&ctx) {
-                let origin = Origin {
-                    direction: DIRECTION_OUTGOING,
-                    pid: 0,
-                };
-                conn::established(&key(sk), origin, &layout().sock);
-            }
-        }
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            want_state(&ctx);
-            // Softirq, like the SYN_RECV and ESTABLISHED tracepoints that this repeats: if
-            // those were skipped, the entry is created here with the right direction, and
-            // marked established (a child closed before that is not reported, see close).
-            if let Some(sk) = socket(&ctx) {
-                let origin = Origin {
-                    direction: DIRECTION_INCOMING,
-                    pid: 0,
-                };
-                conn::established(&key(sk), origin, &layout().sock);
-            }
-        }
+        // Softirq (the SYN-ACK, or the handshake's last ACK), like the SYN_RECV/ESTABLISHED
+        // tracepoints this repeats: if those were skipped, the entry still gets its direction,
+        // the established mark and its complete tuple (an accepted child closed before this is
+        // not reported, see `conn::close`).
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx, DIRECTION_OUTGOING),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_established(&ctx, DIRECTION_INCOMING),
         BPF_SOCK_OPS_STATE_CB => {
             // SAFETY: a context field read, rewritten by the verifier.
             let new_state = unsafe { (*ctx.ops).__bindgen_anon_1.args }[1] as i32;
@@ -74,6 +55,16 @@ pub fn nt_sock_ops(ctx: SockOpsContext) -> u32 {
     }
     // sock_ops return values only matter for ops that ask for a reply; 1 is "ok".
     1
+}
+
+/// A connection of this socket is established, in `direction` if it is new to the table.
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext, direction: u8) {
+    want_state(ctx);
+    if let Some(sk) = socket(ctx) {
+        let origin = Origin { direction, pid: 0 };
+        conn::established(&key(sk), origin, &layout().sock);
+    }
 }
 
 /// Asks for `BPF_SOCK_OPS_STATE_CB` on this socket from now on.
