@@ -42,7 +42,11 @@ pub struct ConnKey {
     pub peer_port: u16,
     /// Family of `peer_addr`, or 0.
     pub peer_family: u16,
-    pub _pad: u32,
+    /// Unconnected UDP flows: the generation of their socket (`NT_UDP_SOCKS`), drawn at random
+    /// when the socket's first peer flow is created, so that a new socket at a freed socket's
+    /// address never adds to the old socket's flows, and userspace can tell flows whose socket
+    /// is gone (their generation is no longer the socket's). 0 otherwise.
+    pub socket_gen: u32,
 }
 
 /// Who talks to whom.
@@ -106,6 +110,13 @@ pub struct ConnStats {
     pub tcp_refreshed_ns: u64,
 }
 
+/// `flags`, set by userspace only: the flow idled out (Datadog's expiry rules) and was ended by
+/// the tracer, not by the kernel.
+pub const FLAG_EXPIRED: u8 = 8;
+/// `flags`, set by userspace only: the flow's socket is gone but the kernel did not end the flow
+/// (an unconnected UDP flow past its socket's peer list), so the tracer ended it at read time.
+pub const FLAG_CLOSED_BY_SWEEP: u8 = 16;
+
 /// What the ring buffer carries for each closed connection: its key and final counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,8 +125,9 @@ pub struct ClosedConn {
     pub stats: ConnStats,
 }
 
-/// How many peer flows of one unconnected UDP socket are listed for closing with the socket;
-/// flows beyond it are counted in `udp_peers_overflow` and closed by userspace expiry.
+/// How many peer flows of one unconnected UDP socket are listed for closing with the socket by
+/// the kernel; flows beyond it are counted in `udp_peers_overflow` and closed by userspace at
+/// its next read, which finds their socket generation gone from `NT_UDP_SOCKS`.
 pub const MAX_UDP_PEERS: u32 = 16;
 
 /// Key of `NT_UDP_PEERS`: one of the peer-list slots of an unconnected UDP socket.

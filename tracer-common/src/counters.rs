@@ -46,7 +46,8 @@ counters! {
     /// A failed TCP connection's errno was not one of the five reported codes.
     UnknownFailure = 9 => "unknown_failure",
     /// An unconnected UDP socket talked to more peers than its peer list holds; flows beyond it
-    /// are closed by userspace expiry instead of the close event.
+    /// are closed by userspace at its next read after the socket closed (not lost: an activity
+    /// count).
     UdpPeersOverflow = 10 => "udp_peers_overflow",
     /// An unconnected UDP send or receive whose peer could not be determined.
     UdpMissingPeer = 11 => "udp_missing_peer",
@@ -79,9 +80,19 @@ counters! {
     /// An accepted TCP socket closed before its handshake completed (reset in SYN_RECV, or the
     /// loser of two CPUs completing the same handshake): not reported as a connection.
     EmbryonicClosed = 20 => "tcp_embryonic_closed",
+    /// A TCP send or receive on an untracked socket that moved no bytes, or whose socket was not
+    /// in a data state (closed after its close was emitted, listening, connecting): no entry was
+    /// created, so no second identity of an ended connection appears.
+    TcpIoNotTracked = 21 => "tcp_io_not_tracked",
+    /// An unconnected UDP socket got no generation because `NT_UDP_SOCKS` was full: its flows
+    /// are ended by expiry, not when the socket closes.
+    UdpSocksMapFull = 22 => "udp_socks_map_full",
+    /// A kernel close found that userspace had already ended the flow (expiry or sweep) and
+    /// discarded its own record: each flow is ended exactly once, by whoever removed it.
+    CloseAlreadyEnded = 23 => "close_already_ended",
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 21;
+pub const COUNTER_COUNT: u32 = 24;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

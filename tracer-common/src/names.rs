@@ -147,3 +147,6 @@ pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
 pub const MAP_UDP_CALLS: &str = "NT_UDP_CALLS";
 /// Hash map {socket, slot} -> peer: the peer flows of each unconnected UDP socket, closed with it.
 pub const MAP_UDP_PEERS: &str = "NT_UDP_PEERS";
+/// Hash map socket -> generation of each unconnected UDP socket with peer flows (see
+/// `ConnKey::socket_gen`).
+pub const MAP_UDP_SOCKS: &str = "NT_UDP_SOCKS";

@@ -3,14 +3,39 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::conn::{
-    AF_INET6, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED, FLAG_ESTABLISHED,
-    IPPROTO_TCP,
+    AF_INET6, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED,
+    FLAG_CLOSED_BY_SWEEP, FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP,
 };
 
 use crate::model::{
-    ConnectionStats, ConnectionTuple, Direction, EphemeralPortRange, KernelRecord, KernelTcpStats,
-    Protocol,
+    ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, KernelRecord,
+    KernelTcpStats, Protocol,
 };
+
+/// Whether an open kernel entry's identity is final, so that it may be reported before it
+/// closes. The identity of a connection is its tuple, pid included, and it must never change
+/// between the first report and the close; but the kernel completes some of it after the entry
+/// is created: an outgoing connect gets its source port after SYN_SENT, an accepted socket gets
+/// its owner when a process accepts or first uses it (the handshake ran in softirq, pid 0). So
+/// an open entry is held back until its tuple has both ports, a remote address and an owner;
+/// if it closes before that, it is reported once, at its close, as it is then. Past this point
+/// the kernel side never changes a tuple: the pid is only ever set from 0, a port only from 0.
+pub fn identity_complete(stats: &ConnStats) -> bool {
+    let t = &stats.tuple;
+    let has_remote = t.daddr != [0u8; 16];
+    t.pid != 0 && t.sport != 0 && t.dport != 0 && (has_remote || t.protocol != IPPROTO_TCP)
+}
+
+/// How a closed record ended, from the flags the kernel or the tracer set.
+fn end_reason(flags: u8) -> EndReason {
+    if flags & FLAG_EXPIRED != 0 {
+        EndReason::Expired
+    } else if flags & FLAG_CLOSED_BY_SWEEP != 0 {
+        EndReason::SocketGone
+    } else {
+        EndReason::Closed
+    }
+}
 
 /// The model tuple of a kernel record.
 pub fn tuple(stats: &ConnStats) -> ConnectionTuple {
@@ -65,6 +90,7 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
         recv_packets: stats.recv_packets,
         is_assured: stats.sent_packets > 0 && stats.recv_packets > 0,
         tcp,
+        end_reason: end_reason(stats.flags),
     }
     .into_stats(ports, closed)
 }

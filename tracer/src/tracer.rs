@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::conn::{ClosedConn, ConnKey, ConnStats, IPPROTO_TCP};
+use tracer_common::conn::{
+    ClosedConn, ConnKey, ConnStats, FLAG_CLOSED_BY_SWEEP, FLAG_EXPIRED, IPPROTO_TCP,
+};
 
 use crate::{
     Result,
@@ -19,7 +21,7 @@ use crate::{
     expiry::{self, ExpiryConfig},
     filter::Filters,
     kernel::{
-        conn_tracer::ConnTracer,
+        conn_tracer::{ConnTracer, flow_socket_gone},
         plan::{Backend, Plan},
     },
     model::{Connections, DnsStatsBatch, EphemeralPortRange, KernelCounters, UsmStats},
@@ -39,6 +41,11 @@ struct Counters {
     expired_tcp: AtomicU64,
     expired_udp: AtomicU64,
     map_read_duplicates: AtomicU64,
+    /// Unconnected UDP flows ended at read time because their socket was gone.
+    udp_flows_socket_gone: AtomicU64,
+    /// Open entries not reported in a call because their identity was not final yet (summed
+    /// over calls; see [`decode::identity_complete`]).
+    active_held_back: AtomicU64,
 }
 
 /// Everything the consumer thread and client calls share.
@@ -64,8 +71,14 @@ impl Shared {
         self.counters
             .closed_received
             .fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        self.store_closed(&buffer);
+    }
+
+    /// Stores ended connections (from the ring, or ended by the tracer itself) for every client:
+    /// one path, so an end is filtered and decoded the same way whoever saw it.
+    fn store_closed(&self, records: &[ClosedConn]) {
         let mut filtered = 0u64;
-        let conns: Vec<_> = buffer
+        let conns: Vec<_> = records
             .iter()
             .map(|c| decode::connection(&c.stats, &self.ports, true))
             .filter(|c| {
@@ -85,6 +98,16 @@ impl Shared {
 #[derive(Default)]
 struct ReadBuffers {
     entries: Vec<(ConnKey, ConnStats)>,
+    udp_gens: std::collections::HashMap<u64, u32>,
+    expired: Vec<ClosedConn>,
+    socket_gone: Vec<ClosedConn>,
+}
+
+/// What one read of the kernel map sorted out.
+struct Sorted {
+    active: Vec<crate::model::ConnectionStats>,
+    held_back: u64,
+    filtered: u64,
 }
 
 /// Where the time of one [`Tracer::get_active_connections`] call went.
@@ -221,22 +244,30 @@ impl Tracer {
 
         let now = expiry::monotonic_now_ns();
         let mut timings = CallTimings::default();
-        let (active, expired_keys, expired_cookies) = {
+        let active = {
             let mut reads = lock(&self.reads);
+            let reads = &mut *reads;
             let stats = shared.kernel.read_connections(&mut reads.entries)?;
             timings.entries = stats.entries;
             timings.batched = stats.batched;
-            timings.map_read = flushed.elapsed();
             shared
                 .counters
                 .map_read_duplicates
                 .fetch_add(stats.duplicates as u64, Ordering::Relaxed);
-            self.sort_entries(&reads.entries, now)
+            // After the map: a flow read above whose socket generation is missing here belongs
+            // to a socket that closed in between.
+            shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
+            timings.map_read = flushed.elapsed();
+            let sorted = self.sort_entries(reads, now);
+            self.end_connections(&mut reads.expired, FLAG_EXPIRED)?;
+            self.end_connections(&mut reads.socket_gone, FLAG_CLOSED_BY_SWEEP)?;
+            let c = &shared.counters;
+            c.active_filtered
+                .fetch_add(sorted.filtered, Ordering::Relaxed);
+            c.active_held_back
+                .fetch_add(sorted.held_back, Ordering::Relaxed);
+            sorted.active
         };
-        if !expired_keys.is_empty() {
-            shared.kernel.remove_connections(&expired_keys)?;
-            shared.state.remove_connections(&expired_cookies);
-        }
 
         let delta = shared.state.get_delta(
             &id,
@@ -261,41 +292,71 @@ impl Tracer {
         *lock(&self.last_timings)
     }
 
-    /// Splits the map's entries into active connections to report and expired keys to remove.
-    fn sort_entries(
-        &self,
-        entries: &[(ConnKey, ConnStats)],
-        now: u64,
-    ) -> (Vec<crate::model::ConnectionStats>, Vec<ConnKey>, Vec<u64>) {
+    /// Sorts the map's entries: flows whose UDP socket is gone and idle flows that expired go to
+    /// `reads.socket_gone` and `reads.expired` (to be ended), entries whose identity is not final
+    /// are held back, the rest are decoded as active unless a filter excludes them.
+    fn sort_entries(&self, reads: &mut ReadBuffers, now: u64) -> Sorted {
         let shared = &*self.shared;
-        let mut active = Vec::with_capacity(entries.len());
-        let mut expired_keys = Vec::new();
-        let mut expired_cookies = Vec::new();
-        let mut filtered = 0u64;
-        for (key, raw) in entries {
-            let conn = decode::connection(raw, &shared.ports, false);
+        let mut sorted = Sorted {
+            active: Vec::with_capacity(reads.entries.len()),
+            held_back: 0,
+            filtered: 0,
+        };
+        reads.expired.clear();
+        reads.socket_gone.clear();
+        for (key, raw) in &reads.entries {
+            if flow_socket_gone(key, &reads.udp_gens) {
+                reads.socket_gone.push(ClosedConn {
+                    key: *key,
+                    stats: *raw,
+                });
+                continue;
+            }
             if self.expiry.expired(raw, now, expiry::process_alive) {
-                let counter = if raw.tuple.protocol == IPPROTO_TCP {
-                    &shared.counters.expired_tcp
-                } else {
-                    &shared.counters.expired_udp
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                expired_keys.push(*key);
-                expired_cookies.push(conn.cookie);
+                reads.expired.push(ClosedConn {
+                    key: *key,
+                    stats: *raw,
+                });
                 continue;
             }
+            if !decode::identity_complete(raw) {
+                sorted.held_back += 1;
+                continue;
+            }
+            let conn = decode::connection(raw, &shared.ports, false);
             if shared.filters.excludes(&conn.tuple) {
-                filtered += 1;
+                sorted.filtered += 1;
                 continue;
             }
-            active.push(conn);
+            sorted.active.push(conn);
         }
-        shared
-            .counters
-            .active_filtered
-            .fetch_add(filtered, Ordering::Relaxed);
-        (active, expired_keys, expired_cookies)
+        sorted
+    }
+
+    /// Ends `records` from userspace (see [`ConnTracer::end_connections`]) and stores the ends
+    /// this call owns like any close, so they reach every client once, marked with `flag`.
+    fn end_connections(&self, records: &mut Vec<ClosedConn>, flag: u8) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let shared = &*self.shared;
+        shared.kernel.end_connections(records, flag)?;
+        let c = &shared.counters;
+        for record in records.iter() {
+            let counter = if flag == FLAG_CLOSED_BY_SWEEP {
+                &c.udp_flows_socket_gone
+            } else if record.stats.tuple.protocol == IPPROTO_TCP {
+                &c.expired_tcp
+            } else {
+                &c.expired_udp
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // Under the flush lock, as the ring's records: a client call that flushes after this
+        // one returns sees these ends stored.
+        let _flush = lock(&shared.flush);
+        shared.store_closed(records);
+        Ok(())
     }
 
     /// Totals since start of every kernel-side and userspace-side counter, by name.
@@ -310,6 +371,8 @@ impl Tracer {
             ("expired_tcp", &c.expired_tcp),
             ("expired_udp", &c.expired_udp),
             ("map_read_duplicates", &c.map_read_duplicates),
+            ("udp_flows_socket_gone", &c.udp_flows_socket_gone),
+            ("active_held_back", &c.active_held_back),
         ] {
             values.push((name, counter.load(Ordering::Relaxed)));
         }

@@ -170,9 +170,7 @@ fn tcp_io(sk: u64, ret: i32, sending: bool) {
     let bytes = if ret > 0 { ret as u64 } else { 0 };
     // Fast path, as in the tracepoint backend: a tracked socket is found by its address, and a
     // call that moved nothing (EAGAIN, EOF, an error) refreshes its copied TCP counters.
-    if conn::on_tracked_io(sk, bytes, sending) || bytes == 0 {
-        // An untracked socket gets no entry from a call that moved nothing: it may be closed
-        // already (a receive after a reset), and its entry would never be closed.
+    if conn::on_tracked_io(sk, bytes, sending) {
         return;
     }
     let layout = layout();

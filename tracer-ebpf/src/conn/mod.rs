@@ -49,8 +49,13 @@ static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
 pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_FIN_WAIT1: i32 = 4;
+pub const TCP_FIN_WAIT2: i32 = 5;
 pub const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE_WAIT: i32 = 8;
+pub const TCP_LAST_ACK: i32 = 9;
 pub const TCP_LISTEN: i32 = 10;
+pub const TCP_CLOSING: i32 = 11;
 
 /// How an entry is created when it does not exist yet.
 #[derive(Clone, Copy)]
@@ -233,8 +238,39 @@ fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     }
 }
 
+/// Whether an untracked TCP socket may get an entry from a send or receive: only a call that
+/// moved bytes on a socket in a data state (established or closing down, with both ports), i.e.
+/// a connection that existed before the tracer started. Anything else (a receive of EOF after
+/// the close was emitted, a socket whose port was released) would start a second identity of a
+/// connection that already ended, and nothing would ever end it.
+#[inline(always)]
+fn tcp_io_may_track(sk: u64, bytes: u64, offsets: &SockOffsets) -> bool {
+    if bytes == 0 {
+        return false;
+    }
+    let Ok(state) = layout::read_kernel::<u8>(sk, offsets.skc_state) else {
+        return false;
+    };
+    let data_state = matches!(
+        i32::from(state),
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    );
+    data_state
+        && layout::read_kernel::<u16>(sk, offsets.skc_num).is_ok_and(|port| port != 0)
+        && layout::read_kernel::<u16>(sk, offsets.skc_dport).is_ok_and(|port| port != 0)
+}
+
 #[inline(always)]
 fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockOffsets) {
+    if protocol == IPPROTO_TCP && !tcp_io_may_track(key.sk, bytes, offsets) {
+        bump(Counter::TcpIoNotTracked);
+        return;
+    }
     let tgid = sock::current_tgid();
     let direction = match (protocol, sending) {
         // A TCP socket first seen on a send/receive existed before the tracer started.
@@ -426,8 +462,9 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
         // A listener's child that closes before its handshake completed (reset in SYN_RECV, or
         // the loser of two CPUs completing the same handshake): no application ever saw it,
         // and its tuple still has the listener's empty remote end.
-        let _ = NT_CONNS.remove(key);
-        bump(Counter::EmbryonicClosed);
+        if NT_CONNS.remove(key).is_ok() {
+            bump(Counter::EmbryonicClosed);
+        }
         return;
     }
     if protocol == IPPROTO_TCP {
@@ -447,6 +484,9 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
     if stats.tuple.pid == 0 {
         bump(Counter::MissingPid);
     }
+    // Whoever removes the entry ends the flow: userspace removes entries too (expiry, and flows
+    // whose UDP socket is gone), so the record is copied first and submitted only if this
+    // remove succeeded; otherwise userspace already reported the end, and ours is discarded.
     match NT_CLOSED.reserve::<ClosedConn>(0) {
         Some(mut event) => {
             let slot = event.as_mut_ptr();
@@ -456,10 +496,20 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
                 (*slot).key = *key;
                 (*slot).stats = *stats;
             }
-            event.submit(0);
-            bump(Counter::ClosedEmitted);
+            if NT_CONNS.remove(key).is_ok() {
+                event.submit(0);
+                bump(Counter::ClosedEmitted);
+            } else {
+                event.discard(0);
+                bump(Counter::CloseAlreadyEnded);
+            }
         }
-        None => bump(Counter::RingBufFull),
+        None => {
+            if NT_CONNS.remove(key).is_ok() {
+                bump(Counter::RingBufFull);
+            } else {
+                bump(Counter::CloseAlreadyEnded);
+            }
+        }
     }
-    let _ = NT_CONNS.remove(key);
 }

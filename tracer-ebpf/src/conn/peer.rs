@@ -92,8 +92,9 @@ pub fn is_connected(sk: u64, offsets: &SockOffsets) -> bool {
     read_kernel::<u16>(sk, offsets.skc_dport).is_ok_and(|port| port != 0)
 }
 
-/// The key of a UDP datagram on `sk`: the socket itself when it is connected, else the socket
-/// and `peer`. `None` for an unconnected socket whose peer is unknown (the caller counts it).
+/// The key of a UDP datagram on `sk`: the socket itself when it is connected, else the socket,
+/// its generation and `peer`. `None` for an unconnected socket whose peer is unknown (the caller
+/// counts it).
 #[inline(always)]
 pub fn udp_key(sk: u64, peer: Option<Peer>, offsets: &SockOffsets) -> Option<ConnKey> {
     if is_connected(sk, offsets) {
@@ -108,6 +109,6 @@ pub fn udp_key(sk: u64, peer: Option<Peer>, offsets: &SockOffsets) -> Option<Con
         peer_addr: peer.addr,
         peer_port: peer.port,
         peer_family: peer.family,
-        _pad: 0,
+        socket_gen: super::udp_peers::socket_gen(sk),
     })
 }

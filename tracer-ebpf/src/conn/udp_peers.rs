@@ -6,11 +6,19 @@
 //! peers of one socket at the same time get different slots. (A `{count, peers[N]}` value would
 //! need an atomic fetch-add to claim a slot, which BPF only has from 5.12 on, or a spin lock.)
 //!
+//! Owner of `NT_UDP_SOCKS` too: `sk -> generation` of every unconnected UDP socket with peer
+//! flows. A flow's key carries its socket's generation, so a new socket at a freed socket's
+//! address starts new flows, and a flow whose generation is no longer in `NT_UDP_SOCKS` belongs
+//! to a closed socket.
+//!
 //! Flows beyond `MAX_UDP_PEERS` are counted in `udp_peers_overflow` and not listed: their entries
-//! stay in `NT_CONNS` after the socket closes, and userspace expiry closes them. Flows that find
-//! the map full are counted in `udp_peers_map_full` and are left to expiry the same way.
+//! stay in `NT_CONNS` after the socket closes, and userspace ends them at its next read (their
+//! generation is gone). Flows that find the peer map full (`udp_peers_map_full`) are ended the
+//! same way. So a server socket with any number of peers ends every flow exactly once.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::HashMap,
+};
 use tracer_common::{
     conn::{
         ConnKey, ConnTuple, IPPROTO_UDP, MAX_UDP_PEERS, UdpPeerSlot as PeerSlot,
@@ -29,6 +37,32 @@ const EEXIST: i32 = 17;
 /// sizes this like `NT_CONNS` at load time.
 #[map(name = "NT_UDP_PEERS")]
 static NT_UDP_PEERS: HashMap<PeerSlotKey, PeerSlot> = HashMap::with_max_entries(65_536, 0);
+
+/// Generations of unconnected UDP sockets with peer flows. Sized like `NT_UDP_PEERS`.
+#[map(name = "NT_UDP_SOCKS")]
+static NT_UDP_SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// The generation of unconnected UDP socket `sk`, drawn when its first peer flow is created.
+/// 0 when `NT_UDP_SOCKS` is full (counted): such flows are left to expiry.
+#[inline(always)]
+pub fn socket_gen(sk: u64) -> u32 {
+    if let Some(generation) = NT_UDP_SOCKS.get_ptr(sk) {
+        // SAFETY: a map value, valid for this program run.
+        return unsafe { *generation };
+    }
+    // SAFETY: no preconditions. `| 1`: 0 means "no generation".
+    let fresh = unsafe { bpf_get_prandom_u32() } | 1;
+    // BPF_NOEXIST: two CPUs creating the first flows of one socket agree on the first insert.
+    let _ = NT_UDP_SOCKS.insert(sk, fresh, u64::from(BPF_NOEXIST));
+    match NT_UDP_SOCKS.get_ptr(sk) {
+        // SAFETY: as above.
+        Some(generation) => unsafe { *generation },
+        None => {
+            bump(Counter::UdpSocksMapFull);
+            0
+        }
+    }
+}
 
 /// Lists the new peer flow `key` (`key.peer_family != 0`) under its socket. Called once per flow,
 /// by whoever created its `NT_CONNS` entry.
@@ -66,9 +100,17 @@ pub fn add(key: &ConnKey, tuple: &ConnTuple) {
     bump(Counter::UdpPeersOverflow);
 }
 
-/// Socket `sk` is closing: close (emit, once) every listed peer flow and delete the list.
+/// Socket `sk` is closing: forget its generation (userspace then ends the flows that are not
+/// listed), close (emit, once) every listed peer flow and delete the list.
 #[inline(always)]
 pub fn close_all(sk: u64, offsets: &SockOffsets) {
+    // 0: no peer flow was created, or only while `NT_UDP_SOCKS` was full (those flows carry 0).
+    let socket_gen = match NT_UDP_SOCKS.get_ptr(sk) {
+        // SAFETY: a map value, valid for this program run; copied out before the delete.
+        Some(generation) => unsafe { *generation },
+        None => 0,
+    };
+    let _ = NT_UDP_SOCKS.remove(sk);
     for slot in 0..MAX_UDP_PEERS {
         let slot_key = PeerSlotKey { sk, slot, _pad: 0 };
         let Some(peer) = NT_UDP_PEERS.get_ptr(slot_key) else {
@@ -83,7 +125,7 @@ pub fn close_all(sk: u64, offsets: &SockOffsets) {
             peer_addr: peer.addr,
             peer_port: peer.port,
             peer_family: peer.family,
-            _pad: 0,
+            socket_gen,
         };
         super::close(&key, IPPROTO_UDP, offsets);
         let _ = NT_UDP_PEERS.remove(slot_key);

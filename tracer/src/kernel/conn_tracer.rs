@@ -17,8 +17,14 @@ use aya::{
     programs::{FEntry, FExit, KProbe, Program, TracePoint},
 };
 use tracer_common::{
-    conn::{ClosedConn, ConnKey, ConnStats, MAX_UDP_PEERS, UdpPeerSlot, UdpPeerSlotKey},
-    names::{GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_TCP_STATES, MAP_UDP_PEERS},
+    conn::{
+        ClosedConn, ConnKey, ConnStats, FLAG_CLOSED, FLAG_EXPIRED, MAX_UDP_PEERS, UdpPeerSlot,
+        UdpPeerSlotKey,
+    },
+    names::{
+        GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_TCP_STATES, MAP_UDP_PEERS,
+        MAP_UDP_SOCKS,
+    },
 };
 
 use super::{
@@ -87,6 +93,14 @@ impl KernelConfig {
     }
 }
 
+/// Whether the unconnected UDP flow `key` belongs to a socket that no longer exists: its
+/// generation is not its socket's in `gens` (read after the flow). Connected sockets, TCP, and
+/// flows without a generation (`NT_UDP_SOCKS` was full) never are: the kernel or expiry ends
+/// them.
+pub fn flow_socket_gone(key: &ConnKey, gens: &std::collections::HashMap<u64, u32>) -> bool {
+    key.peer_family != 0 && key.socket_gen != 0 && gens.get(&key.sk) != Some(&key.socket_gen)
+}
+
 fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -106,6 +120,9 @@ pub struct ConnTracer {
     /// Peer lists of unconnected UDP sockets (`NT_UDP_PEERS`): an expired peer flow frees its
     /// slot, so a long-lived socket (a DNS server) keeps listing new peers.
     udp_peers: Mutex<HashMap<MapData, UdpPeerSlotKey, UdpPeerSlot>>,
+    /// Generations of unconnected UDP sockets (`NT_UDP_SOCKS`): a peer flow whose generation is
+    /// gone belongs to a closed socket.
+    udp_socks: Mutex<HashMap<MapData, u64, u32>>,
     counters: PerCpuArray<MapData, u64>,
     /// The kprobe backend's kretprobes (created with a large `maxactive`, see `kretprobe`).
     _kretprobes: Vec<KretprobeLink>,
@@ -137,6 +154,8 @@ impl ConnTracer {
             .map_max_entries(MAP_CLOSED, config.ring_buffer_bytes)
             // One peer-list slot per listed UDP peer flow, each an entry of NT_CONNS.
             .map_max_entries(MAP_UDP_PEERS, config.max_tracked_connections)
+            // At most one generation per socket with peer flows, each flow an entry of NT_CONNS.
+            .map_max_entries(MAP_UDP_SOCKS, config.max_tracked_connections)
             // The issue-2 state-transition probe's map is unused here: keep it tiny.
             .map_max_entries(MAP_TCP_STATES, 1)
             .load(object::bytes()?)
@@ -168,6 +187,8 @@ impl ConnTracer {
         let conns = HashMap::try_from(conns_map).map_err(|e| map_error(MAP_CONNS, e))?;
         let udp_peers = take_map(&mut ebpf, MAP_UDP_PEERS)
             .and_then(|map| HashMap::try_from(map).map_err(|e| map_error(MAP_UDP_PEERS, e)))?;
+        let udp_socks = take_map(&mut ebpf, MAP_UDP_SOCKS)
+            .and_then(|map| HashMap::try_from(map).map_err(|e| map_error(MAP_UDP_SOCKS, e)))?;
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
         Ok(Self {
@@ -176,6 +197,7 @@ impl ConnTracer {
             conns: Mutex::new(conns),
             conns_fd,
             udp_peers: Mutex::new(udp_peers),
+            udp_socks: Mutex::new(udp_socks),
             counters,
             _kretprobes: attached.kretprobes,
             plan,
@@ -248,6 +270,63 @@ impl ConnTracer {
             }
         }
         Ok(removed)
+    }
+
+    /// The generation of every unconnected UDP socket that has peer flows, into `out`. Read it
+    /// after the connection map: a flow read before it whose generation is absent here belongs
+    /// to a socket that closed in between ([`flow_socket_gone`]).
+    pub fn udp_socket_gens(&self, out: &mut std::collections::HashMap<u64, u32>) -> Result<()> {
+        out.clear();
+        let socks = lock(&self.udp_socks);
+        for item in socks.iter() {
+            match item {
+                Ok((sk, generation)) => {
+                    out.insert(sk, generation);
+                }
+                // Deleted by the kernel between two steps of the walk: that socket closed.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(MAP_UDP_SOCKS, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends open connections from userspace: removes each entry of `ended` from the kernel map
+    /// and keeps in `ended` only those this call removed (an entry the kernel closed meanwhile
+    /// is on the ring buffer instead: whoever removes an entry reports its end, see
+    /// `conn::close` in the eBPF crate). The kept records are marked closed with `flag`
+    /// (`FLAG_EXPIRED` or `FLAG_CLOSED_BY_SWEEP`). An expired peer flow also frees its slot in
+    /// its socket's peer list, so a long-lived socket keeps listing new peers.
+    pub fn end_connections(&self, ended: &mut Vec<ClosedConn>, flag: u8) -> Result<()> {
+        let mut failure = None;
+        {
+            let mut conns = lock(&self.conns);
+            ended.retain_mut(|conn| {
+                if failure.is_some() {
+                    return false;
+                }
+                match conns.remove(&conn.key) {
+                    Ok(()) => {
+                        conn.stats.flags |= FLAG_CLOSED | flag;
+                        true
+                    }
+                    Err(aya::maps::MapError::KeyNotFound) => false,
+                    Err(e) => {
+                        failure = Some(map_error(MAP_CONNS, e));
+                        false
+                    }
+                }
+            });
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if flag == FLAG_EXPIRED {
+            for conn in ended.iter().filter(|c| c.key.peer_family != 0) {
+                self.free_udp_peer_slot(&conn.key)?;
+            }
+        }
+        Ok(())
     }
 
     /// Frees the peer-list slot that names the (expired) unconnected UDP flow `key`.
@@ -505,6 +584,23 @@ mod tests {
                 "{config:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_flow_is_gone_exactly_when_its_socket_generation_is_not_the_sockets() {
+        let flow = |sk, socket_gen, peer_family| ConnKey {
+            sk,
+            socket_gen,
+            peer_family,
+            ..ConnKey::default()
+        };
+        let gens = std::collections::HashMap::from([(1u64, 7u32), (2, 9)]);
+        assert!(!flow_socket_gone(&flow(1, 7, 2), &gens), "live socket");
+        assert!(flow_socket_gone(&flow(1, 8, 2), &gens), "a new socket at the same address");
+        assert!(flow_socket_gone(&flow(3, 7, 2), &gens), "socket gone");
+        assert!(!flow_socket_gone(&flow(3, 0, 2), &gens), "no generation: left to expiry");
+        assert!(!flow_socket_gone(&flow(3, 0, 0), &gens), "connected socket");
+        assert!(!flow_socket_gone(&flow(3, 5, 0), &gens), "not a peer flow");
     }
 
     #[test]

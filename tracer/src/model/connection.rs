@@ -57,6 +57,19 @@ impl TcpFailures {
     }
 }
 
+/// How a closed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EndReason {
+    /// The kernel saw the socket (or the TCP connection) close.
+    #[default]
+    Closed,
+    /// The flow's socket no longer exists and the kernel did not end the flow itself (an
+    /// unconnected UDP flow past its socket's peer list): the tracer ended it at read time.
+    SocketGone,
+    /// The flow idled out under the expiry rules (UDP timeouts; TCP idle with its process gone).
+    Expired,
+}
+
 /// One connection: the record the kernel side decodes and the state pipeline hands to clients.
 ///
 /// Only [`ConnectionStats::last`] is meant to be shipped: it holds what happened since the same
@@ -88,6 +101,8 @@ pub struct ConnectionStats {
     pub intra_host: bool,
     /// The record came from the close path.
     pub is_closed: bool,
+    /// Why a closed connection ended (`None` while open).
+    pub end_reason: Option<EndReason>,
     /// UDP: traffic was seen both ways.
     pub is_assured: bool,
     /// NAT translation, if conntrack knows one.
@@ -120,6 +135,7 @@ impl ConnectionStats {
             sport_is_ephemeral: EphemeralPort::Unknown,
             intra_host: false,
             is_closed: false,
+            end_reason: None,
             is_assured: false,
             nat: None,
             containers: ContainerIds::default(),

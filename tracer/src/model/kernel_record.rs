@@ -5,7 +5,7 @@
 //! direction, ephemeral port, TCP flags, failure) lives here, once.
 
 use crate::model::{
-    connection::ConnectionStats,
+    connection::{ConnectionStats, EndReason},
     cookie::connection_cookie,
     counters::StatCounters,
     ephemeral::EphemeralPortRange,
@@ -54,6 +54,8 @@ pub struct KernelRecord {
     pub is_assured: bool,
     /// TCP fields (`None` for UDP).
     pub tcp: Option<KernelTcpStats>,
+    /// How the connection ended, used when it is decoded as closed.
+    pub end_reason: EndReason,
 }
 
 impl KernelRecord {
@@ -82,6 +84,7 @@ impl KernelRecord {
         stats.rtt_var_us = tcp.rttvar_us;
         stats.sport_is_ephemeral = ports.classify(self.tuple.sport);
         stats.is_closed = closed;
+        stats.end_reason = closed.then_some(self.end_reason);
         stats.is_assured = self.is_assured;
         if tcp.failure_errno != 0 {
             stats.tcp_failures.record(tcp.failure_errno, 1);
@@ -122,6 +125,7 @@ mod tests {
                 failure_errno: 111,
                 ..Default::default()
             }),
+            end_reason: EndReason::Expired,
         }
     }
 
@@ -137,6 +141,9 @@ mod tests {
             vec![(111, 1)]
         );
         assert!(stats.is_closed);
+        assert_eq!(stats.end_reason, Some(EndReason::Expired));
         assert!(stats.last.is_zero());
+        let open = record().into_stats(&EphemeralPortRange::default(), false);
+        assert_eq!(open.end_reason, None);
     }
 }

@@ -22,7 +22,7 @@ pub mod telemetry;
 pub mod tuple;
 pub mod usm;
 
-pub use connection::{ConnectionStats, ContainerIds, TcpFailures};
+pub use connection::{ConnectionStats, ContainerIds, EndReason, TcpFailures};
 pub use cookie::{connection_cookie, hash_cookie_bytes};
 pub use counters::{CounterDelta, PACKET_WRAP_MAX_DELTA, StatCounters};
 pub use delta::{Connections, Delta};

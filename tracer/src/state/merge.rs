@@ -18,8 +18,9 @@
 //!   the newer wins, the snapshot is dropped.
 //! - Closed connections leave the client's snapshot; connections absent from the call are
 //!   swept from it.
-//! - Connections whose `last` is zero are not reported (closed ones are, if they carry a TCP
-//!   failure).
+//! - Open connections whose `last` is zero are not reported. Closed connections always are,
+//!   with or without a delta since the client's previous call: an end is news in itself (a
+//!   UDP flow idle across a poll and then closed carries no counter that says so).
 //!
 //! Precondition (as in Datadog, where closed events are flushed before the map is read): the
 //! active list of a call was read after the client's previous call returned, so it cannot hold
@@ -81,7 +82,7 @@ fn apply_delta(conn: &mut ConnectionStats, prev: &StatCounters, telemetry: &mut 
 }
 
 fn reportable(conn: &ConnectionStats) -> bool {
-    !conn.last.is_zero() || (conn.is_closed && !conn.tcp_failures.is_empty())
+    conn.is_closed || !conn.last.is_zero()
 }
 
 /// Reusable buffers of one merge.
@@ -147,10 +148,6 @@ pub(crate) fn merge(
         let d = closed_conn.monotonic.delta_since(previous);
         if d.underflow {
             telemetry.stats_underflows += 1;
-        }
-        let has_failure = !closed_conn.tcp_failures.is_empty();
-        if d.last.is_zero() && !has_failure {
-            continue;
         }
         let mut conn = ConnectionStats::clone(closed_conn);
         conn.is_closed = true;

@@ -238,6 +238,21 @@ fn closed_connection_reports_only_what_it_did_after_its_last_active_report() {
 }
 
 #[test]
+fn a_connection_idle_across_a_call_and_then_closed_is_reported_closed_once_with_zero_delta() {
+    let s = state();
+    let a = id("a");
+    let mut udp = tcp(1, 100, 20);
+    udp.tuple.protocol = Protocol::Udp;
+    call(&s, &a, vec![udp.clone()]);
+    assert!(call(&s, &a, vec![udp.clone()]).conns.is_empty(), "idle");
+    s.store_closed(udp);
+    let d = call(&s, &a, vec![]);
+    assert_eq!(sent_by_cookie(&d), vec![(1, 0, true)]);
+    assert!(d.conns[0].last.is_zero());
+    assert!(call(&s, &a, vec![]).conns.is_empty(), "once");
+}
+
+#[test]
 fn active_connections_come_before_closed_ones() {
     let s = state();
     let a = id("a");
