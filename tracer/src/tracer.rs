@@ -234,14 +234,14 @@ impl Tracer {
     /// What happened since this client's previous call: every connection that moved (with its
     /// delta in `last`), every connection that closed (once), and telemetry deltas.
     ///
-    /// Every close emitted before the call is in the state before the kernel map is read.
+    /// The kernel map is read first, then the closes are drained: every connection missing from
+    /// the map read has closed before it, so its close is among those drained in this call
+    /// (drained first, a close between the drain and the read would be in neither, and the
+    /// client's snapshot would forget the connection before its close arrived).
     pub fn get_active_connections(&self, client_id: &str) -> Result<Connections> {
         let id = ClientId::new(client_id)?;
         let shared = &*self.shared;
         let call_started = Instant::now();
-        shared.flush_closed();
-        let flushed = Instant::now();
-
         let now = expiry::monotonic_now_ns();
         let mut timings = CallTimings::default();
         let active = {
@@ -257,7 +257,10 @@ impl Tracer {
             // After the map: a flow read above whose socket generation is missing here belongs
             // to a socket that closed in between.
             shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
-            timings.map_read = flushed.elapsed();
+            timings.map_read = call_started.elapsed();
+            let drain_started = Instant::now();
+            shared.flush_closed();
+            timings.flush = drain_started.elapsed();
             let sorted = self.sort_entries(reads, now);
             self.end_connections(&mut reads.expired, FLAG_EXPIRED)?;
             self.end_connections(&mut reads.socket_gone, FLAG_CLOSED_BY_SWEEP)?;
@@ -281,8 +284,9 @@ impl Tracer {
         shared.state.remove_expired_clients(now);
         let mut connections = Connections::from_delta(delta);
         connections.kernel_telemetry = kernel_delta;
-        timings.flush = flushed.duration_since(call_started);
-        timings.pipeline = flushed.elapsed().saturating_sub(timings.map_read);
+        timings.pipeline = call_started
+            .elapsed()
+            .saturating_sub(timings.map_read + timings.flush);
         *lock(&self.last_timings) = timings;
         Ok(connections)
     }

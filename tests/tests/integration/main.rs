@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod identity;
 mod io_paths;
 mod lifecycle;
 mod limits;

@@ -16,9 +16,7 @@
 //! generation is gone). Flows that find the peer map full (`udp_peers_map_full`) are ended the
 //! same way. So a server socket with any number of peers ends every flow exactly once.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::HashMap,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use tracer_common::{
     conn::{
         ConnKey, ConnTuple, IPPROTO_UDP, MAX_UDP_PEERS, UdpPeerSlot as PeerSlot,

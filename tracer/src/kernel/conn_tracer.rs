@@ -596,9 +596,15 @@ mod tests {
         };
         let gens = std::collections::HashMap::from([(1u64, 7u32), (2, 9)]);
         assert!(!flow_socket_gone(&flow(1, 7, 2), &gens), "live socket");
-        assert!(flow_socket_gone(&flow(1, 8, 2), &gens), "a new socket at the same address");
+        assert!(
+            flow_socket_gone(&flow(1, 8, 2), &gens),
+            "a new socket at the same address"
+        );
         assert!(flow_socket_gone(&flow(3, 7, 2), &gens), "socket gone");
-        assert!(!flow_socket_gone(&flow(3, 0, 2), &gens), "no generation: left to expiry");
+        assert!(
+            !flow_socket_gone(&flow(3, 0, 2), &gens),
+            "no generation: left to expiry"
+        );
         assert!(!flow_socket_gone(&flow(3, 0, 0), &gens), "connected socket");
         assert!(!flow_socket_gone(&flow(3, 5, 0), &gens), "not a peer flow");
     }

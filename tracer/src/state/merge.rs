@@ -22,9 +22,12 @@
 //!   with or without a delta since the client's previous call: an end is news in itself (a
 //!   UDP flow idle across a poll and then closed carries no counter that says so).
 //!
-//! Precondition (as in Datadog, where closed events are flushed before the map is read): the
-//! active list of a call was read after the client's previous call returned, so it cannot hold
-//! a connection whose close the client already received.
+//! Preconditions: the active list of a call was read after the client's previous call
+//! returned, so it cannot hold a connection whose close the client already received; and every
+//! connection that closed before the active list was read has its close among this call's
+//! closed connections (the caller drains closes after reading the list, not before as Datadog
+//! does: a connection that closes between a drain and the read would be missing from both, its
+//! snapshot entry swept, and its close would later report its whole counters a second time).
 
 use std::sync::Arc;
 
