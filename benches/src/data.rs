@@ -121,3 +121,98 @@ impl Workload {
         &self.active
     }
 }
+
+/// A churning workload for the memory benchmark: `active` connections stay open (10% of their
+/// counters move each round, as in [`Workload`]); each round `churn` of them close and as many
+/// new ones (fresh cookies) replace them, and short-lived connections that were never seen
+/// active close as well, so that exactly `closed_per_round` connections close per round. The
+/// number of identities seen grows by `closed_per_round` every round while the active set
+/// stays at `active`.
+pub struct Churn {
+    active: Vec<ConnectionStats>,
+    churn: usize,
+    closed_per_round: usize,
+    round: u64,
+    next_index: u64,
+}
+
+impl Churn {
+    /// `active` connections (indices `0..active`); `churn` of them (at most `closed_per_round`
+    /// and `active`) are replaced each round.
+    pub fn new(active: usize, churn: usize, closed_per_round: usize) -> Self {
+        let connections: Vec<ConnectionStats> = (0..active as u64).map(connection).collect();
+        Self {
+            next_index: connections.len() as u64,
+            active: connections,
+            churn: churn.min(closed_per_round).min(active),
+            closed_per_round,
+            round: 0,
+        }
+    }
+
+    /// Identities seen so far (active, replaced and short-lived).
+    pub fn identities(&self) -> u64 {
+        self.next_index
+    }
+
+    fn closing(c: &mut ConnectionStats, now: u64) {
+        c.last_update_ns = now;
+        if c.tuple.protocol == Protocol::Tcp {
+            c.monotonic.tcp_closed = 1;
+        }
+        c.is_closed = true;
+    }
+
+    /// Advances one round; returns the connections that closed during it.
+    pub fn advance(&mut self) -> Vec<ConnectionStats> {
+        self.round += 1;
+        let len = self.active.len();
+        let now = 1_000_000 + self.round * 1_000_000_000;
+        let window = len.div_ceil(10);
+        let start = (self.round as usize % 10) * window;
+        for c in self.active.iter_mut().skip(start).take(window) {
+            c.monotonic.sent_bytes += 1_400;
+            c.monotonic.recv_bytes += 9_000;
+            c.monotonic.sent_packets += 3;
+            c.monotonic.recv_packets += 7;
+            c.last_update_ns = now;
+        }
+        let mut closed = Vec::with_capacity(self.closed_per_round);
+        // The replaced connections: a sliding window over the active set, so every one of the
+        // original connections is eventually replaced.
+        let churn_start = (self.round as usize * self.churn) % len.max(1);
+        for offset in 0..self.churn {
+            let position = (churn_start + offset) % len;
+            let index = self.next_index;
+            self.next_index += 1;
+            let mut fresh = connection(index);
+            fresh.created_ns = now;
+            fresh.last_update_ns = now;
+            if let Some(slot) = self.active.get_mut(position) {
+                let mut old = std::mem::replace(slot, fresh);
+                old.monotonic.sent_bytes += 100;
+                Self::closing(&mut old, now);
+                closed.push(old);
+            }
+        }
+        // Short-lived connections opened and closed between two calls.
+        while closed.len() < self.closed_per_round {
+            let mut c = connection(self.next_index);
+            self.next_index += 1;
+            c.created_ns = now - 5_000_000;
+            Self::closing(&mut c, now);
+            closed.push(c);
+        }
+        closed
+    }
+
+    /// Number of active connections.
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// What one client's call reads from the kernel map this round (a fresh copy).
+    pub fn read_map(&self) -> Vec<ConnectionStats> {
+        self.active.clone()
+    }
+}

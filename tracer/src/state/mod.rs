@@ -260,6 +260,7 @@ impl NetworkState {
         telemetry.usm_stats_dropped = lock(&self.usm).read(handle.reader, &mut scratch.usm);
 
         let mut conns = active;
+        reserve_for_closed(&mut conns, scratch.closed.len(), state.snapshot.len() == 0);
         merge::merge(
             &mut state.snapshot,
             &mut conns,
@@ -413,6 +414,22 @@ impl NetworkState {
             .map(CallScratch::allocated_bytes)
             .sum();
         lock(&self.closed).allocated_bytes() + scratch
+    }
+}
+
+/// Makes room in the active list for the `closed` connections the merge appends, when the
+/// room idle connections leave cannot suffice: more closed than the list's capacity, or the
+/// client's first call (`first_call`: every active connection is reported, nothing is left
+/// out). The merge would then push past the capacity and `Vec` would double it: 10k active +
+/// 50k closed ended in an 80k-slot list (24 MB of 300-byte connections, plus the 12 MB it grew
+/// from); 100k active on a first call in a 200k-slot one. Reserving the exact upper bound
+/// (every active connection kept, every closed one reported) costs one copy, as the doubling
+/// did, and never a second one. Otherwise nothing is reserved: the merge fills the room in place.
+fn reserve_for_closed(conns: &mut Vec<ConnectionStats>, closed: usize, first_call: bool) {
+    let spare = conns.capacity().saturating_sub(conns.len());
+    let room = if first_call { spare } else { conns.capacity() };
+    if closed > room {
+        conns.reserve_exact(closed);
     }
 }
 

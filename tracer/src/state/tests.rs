@@ -596,3 +596,30 @@ fn closed_connections_stored_concurrently_with_calls_each_arrive_exactly_once() 
     count(call(&s, &a, vec![]));
     assert!(seen.iter().all(|&n| n == 1));
 }
+
+#[test]
+fn delta_list_is_not_doubled_when_closed_outnumber_its_room() {
+    // 10 active + 40 closed: the closed outnumber the list's capacity, so the list is
+    // reserved for all 50 at once instead of doubling past them.
+    let s = state();
+    let client = id("mem");
+    s.register_client(&client, 0).unwrap();
+    call(&s, &client, (1..=10).map(|c| tcp(c, 5, 5)).collect());
+    s.store_closed_batch((100..140).map(|c| tcp(c, 7, 7)));
+    let mut active = Vec::with_capacity(10);
+    active.extend((1..=10).map(|c| tcp(c, 6, 5)));
+    let delta = call(&s, &client, active);
+    assert_eq!(delta.conns.len(), 50);
+    assert_eq!(delta.conns.capacity(), 50);
+
+    // A first call reports every active connection: room is only the spare capacity.
+    let mut list = Vec::with_capacity(8);
+    list.extend((1..=8).map(|c| tcp(c, 1, 1)));
+    reserve_for_closed(&mut list, 3, true);
+    assert_eq!(list.capacity(), 11);
+    // Later calls: the idle connections' room may do; nothing is reserved.
+    let mut list = Vec::with_capacity(8);
+    list.extend((1..=8).map(|c| tcp(c, 1, 1)));
+    reserve_for_closed(&mut list, 3, false);
+    assert_eq!(list.capacity(), 8);
+}
