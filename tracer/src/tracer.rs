@@ -78,19 +78,20 @@ impl Shared {
     /// one path, so an end is filtered and decoded the same way whoever saw it.
     fn store_closed(&self, records: &[ClosedConn]) {
         let mut filtered = 0u64;
-        let conns: Vec<_> = records
+        // Decoded as they are stored, not collected first: a batch of decoded copies beside the
+        // stored ones was the peak of userspace memory under churn.
+        let conns = records
             .iter()
             .map(|c| decode::connection(&c.stats, &self.ports, true))
             .filter(|c| {
                 let excluded = self.filters.excludes(&c.tuple);
                 filtered += u64::from(excluded);
                 !excluded
-            })
-            .collect();
+            });
+        self.state.store_closed_batch(conns);
         self.counters
             .closed_filtered
             .fetch_add(filtered, Ordering::Relaxed);
-        self.state.store_closed_batch(conns);
     }
 }
 

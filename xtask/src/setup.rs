@@ -27,6 +27,11 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // The integration tests drive veths, routes and nftables rules with `ip`, `tc` and `nft`.
     ("iproute2", false),
     ("nftables", false),
+    // Real servers and clients the host tests compare against (ground truth nobody here wrote):
+    // nginx and its access log, curl, iperf3.
+    ("nginx-light", true),
+    ("curl", true),
+    ("iperf3", true),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -152,6 +152,9 @@ fn host_release() -> String {
 fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str) -> Run {
     let mut test = Command::new(binary);
     test.arg("--test-threads=1");
+    // The host run is where real servers (nginx, iperf3) are installed: tests that drive them
+    // must find them there, and leave the VM runs to the project's own servers.
+    test.env("TRACER_TEST_HOST", "1");
     if let Some(filter) = filter() {
         test.arg(filter);
     }

@@ -16,6 +16,7 @@ mod io_paths;
 mod lifecycle;
 mod limits;
 mod ownership;
+mod real_servers;
 mod tcp_bytes;
 mod tcp_close;
 mod tcp_counters;
