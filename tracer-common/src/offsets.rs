@@ -39,6 +39,8 @@ pub struct SockOffsets {
     pub tcp_segs_out: u16,
     /// `tcp_sock.total_retrans`
     pub tcp_total_retrans: u16,
+    /// `sock.__sk_common.skc_state` (a `u8`; the TCP iterator skips request and timewait socks)
+    pub skc_state: u16,
 }
 
 /// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).

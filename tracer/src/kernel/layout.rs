@@ -41,6 +41,7 @@ pub fn sock_offsets(btf: &Btf, btf_path: &Path) -> Result<SockOffsets> {
         tcp_segs_in: offset("tcp_sock", "segs_in")?,
         tcp_segs_out: offset("tcp_sock", "segs_out")?,
         tcp_total_retrans: offset("tcp_sock", "total_retrans")?,
+        skc_state: offset("sock", "__sk_common.skc_state")?,
     })
 }
 
