@@ -186,12 +186,21 @@ fn assert_tcp_iterator_planned(tracer: &ConnTracer) {
     );
 }
 
+/// How one tracer read compares with the kernel.
+struct Comparison {
+    /// One line per difference (TCP_INFO or ss).
+    wrong: Vec<String>,
+    /// Sockets with any difference.
+    sockets_wrong: usize,
+    /// Sockets whose sent and received packets equal TCP_INFO's.
+    packets_equal: usize,
+    /// Sockets whose RTT equals TCP_INFO's.
+    rtt_equal: usize,
+}
+
 /// Mismatches of one tracer read against the kernel's `TCP_INFO` (and `ss -tin` where `ss` is
 /// installed), for each socket: `(socket, local, peer)`.
-fn mismatches(
-    tracer: &ConnTracer,
-    sockets: &[(&TcpStream, SocketAddr, SocketAddr)],
-) -> (Vec<String>, usize) {
+fn mismatches(tracer: &ConnTracer, sockets: &[(&TcpStream, SocketAddr, SocketAddr)]) -> Comparison {
     // One read of the tracer, then the kernel's view: the sockets are idle, nothing moves.
     let open = tracer.connections().expect("read connections");
     let kernel: Vec<TcpInfo> = sockets
@@ -204,8 +213,9 @@ fn mismatches(
         .map(|(_, s)| (endpoints(&s.tuple), *s))
         .collect();
     let mut wrong = Vec::new();
-    let mut packets_equal = 0;
+    let (mut packets_equal, mut rtt_equal, mut sockets_wrong) = (0, 0, 0);
     for ((_, local, peer), info) in sockets.iter().zip(&kernel) {
+        let before = wrong.len();
         let Some(stats) = ours.get(&(*local, *peer)) else {
             wrong.push(format!("{local} -> {peer}: not tracked"));
             continue;
@@ -227,6 +237,9 @@ fn mismatches(
         if (got.0, got.1) == (want.0, want.1) {
             packets_equal += 1;
         }
+        if got.3 == want.3 {
+            rtt_equal += 1;
+        }
         if got != want {
             wrong.push(format!(
                 "{local} -> {peer}: ours (segs_out, segs_in, retrans, rtt, rttvar) {got:?}, TCP_INFO {want:?}"
@@ -246,8 +259,16 @@ fn mismatches(
                 wrong.push(format!("{local} -> {peer}: ours {got:?}, ss -tin {line:?}"));
             }
         }
+        if wrong.len() > before {
+            sockets_wrong += 1;
+        }
     }
-    (wrong, packets_equal)
+    Comparison {
+        wrong,
+        sockets_wrong,
+        packets_equal,
+        rtt_equal,
+    }
 }
 
 #[test]
@@ -271,12 +292,15 @@ fn idle_connections_match_tcp_info_and_ss_without_being_touched() {
             .iter()
             .flat_map(|(c, s, ca, sa)| [(c, *ca, *sa), (s, *sa, *ca)])
             .collect();
-        let (wrong, packets_equal) = mismatches(&tracer, &sockets);
+        let c = mismatches(&tracer, &sockets);
         assert!(
-            wrong.is_empty(),
-            "{} of {} sockets differ from the kernel (packets equal on {packets_equal}): {wrong:#?}",
-            wrong.len(),
-            sockets.len()
+            c.wrong.is_empty(),
+            "{} of {} sockets differ from the kernel (packets equal on {}, RTT on {}): {:#?}",
+            c.sockets_wrong,
+            sockets.len(),
+            c.packets_equal,
+            c.rtt_equal,
+            c.wrong
         );
     });
 }
@@ -303,8 +327,8 @@ fn a_connection_matches_tcp_info_right_after_a_burst() {
                 (&client, client_addr, server_addr),
                 (&server, server_addr, client_addr),
             ];
-            let (wrong, _) = mismatches(&tracer, &sockets);
-            assert!(wrong.is_empty(), "round {round}: {wrong:#?}");
+            let c = mismatches(&tracer, &sockets);
+            assert!(c.wrong.is_empty(), "round {round}: {:#?}", c.wrong);
         }
     });
 }

@@ -815,4 +815,30 @@ mod tests {
             plan.reason
         );
     }
+
+    #[test]
+    fn every_backend_plans_the_tcp_iterator_from_5_9_and_says_so_below() {
+        for backend in Backend::PREFERENCE {
+            let kernel = if backend == Backend::Tracepoint {
+                KernelVersion::new(6, 12, 0)
+            } else {
+                KernelVersion::new(5, 10, 0)
+            };
+            let caps = Capabilities::for_tests(kernel, true, true, true, true);
+            let plan = plan(BackendChoice::Force(backend), &caps).unwrap();
+            assert!(
+                plan.probes.iter().any(|p| p.hook == Hook::IterTcp),
+                "{backend} on {kernel}"
+            );
+            assert!(!plan.reason.contains("without iter/tcp"), "{}", plan.reason);
+        }
+        let caps = Capabilities::for_tests(KernelVersion::new(5, 8, 0), true, true, true, false);
+        let plan = plan(BackendChoice::Force(Backend::Kprobe), &caps).unwrap();
+        assert!(!plan.probes.iter().any(|p| p.hook == Hook::IterTcp));
+        assert!(
+            plan.reason.contains("without iter/tcp (Linux < 5.9.0)"),
+            "{}",
+            plan.reason
+        );
+    }
 }
