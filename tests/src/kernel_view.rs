@@ -126,3 +126,70 @@ pub fn poke(socket: &impl AsRawFd) {
         "poke expected EAGAIN, got {n} ({err})"
     );
 }
+
+/// What `ss -tin` prints for one socket: its counters as `ss` formats them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SsInfo {
+    pub segs_out: u64,
+    pub segs_in: u64,
+    /// `retrans:<now>/<total>`: the total (absent, i.e. 0, when both are 0).
+    pub total_retrans: u32,
+    /// `rtt:<rtt>/<rttvar>` in milliseconds (`tcpi_rtt / 1000`, printed with `%g`).
+    pub rtt_ms: f64,
+    pub rttvar_ms: f64,
+}
+
+/// `ss -tin` in the calling thread's network namespace, per (local, peer) address pair; `None`
+/// where the `ss` binary is missing (the qemu images carry busybox only).
+pub fn ss_tcp_info() -> Option<std::collections::HashMap<(String, String), SsInfo>> {
+    let output = std::process::Command::new("ss")
+        .args(["-tinH"])
+        .output()
+        .ok()?;
+    assert!(output.status.success(), "ss -tin failed");
+    Some(parse_ss(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Parses `ss -tinH`: a header line per socket (`State Recv-Q Send-Q Local Peer`), then an
+/// indented line of `key:value` items.
+pub fn parse_ss(text: &str) -> std::collections::HashMap<(String, String), SsInfo> {
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            current = match fields.as_slice() {
+                [_, _, _, local, peer, ..] => Some(((*local).to_owned(), (*peer).to_owned())),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(key) = current.take() else { continue };
+        let mut info = SsInfo::default();
+        for item in line.split_whitespace() {
+            let Some((name, value)) = item.split_once(':') else {
+                continue;
+            };
+            let pair = || {
+                value
+                    .split_once('/')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            };
+            match name {
+                "segs_out" => info.segs_out = value.parse().expect("segs_out"),
+                "segs_in" => info.segs_in = value.parse().expect("segs_in"),
+                "rtt" => {
+                    let (a, b) = pair().expect("rtt");
+                    info.rtt_ms = a.parse().expect("rtt");
+                    info.rttvar_ms = b.parse().expect("rttvar");
+                }
+                "retrans" => {
+                    info.total_retrans = pair().expect("retrans").1.parse().expect("retrans")
+                }
+                _ => {}
+            }
+        }
+        out.insert(key, info);
+    }
+    out
+}

@@ -141,6 +141,9 @@ pub const PROG_TPX_RECVMMSG: &str = "nt_tpx_recvmmsg";
 /// Every backend: cgroup `sock_ops` on the cgroup v2 root, the close of TCP sockets that no
 /// recursion guard can skip.
 pub const PROG_SOCK_OPS: &str = "nt_sock_ops";
+/// Every backend, Linux 5.9+: the `iter/tcp` iterator that refreshes the tracked TCP connections'
+/// copied counters at read time.
+pub const PROG_ITER_TCP: &str = "nt_iter_tcp";
 /// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
 pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
 /// Tracepoint backend: hash map pid_tgid -> the UDP send/receive syscall in progress.

@@ -39,7 +39,8 @@ pub struct SockOffsets {
     pub tcp_segs_out: u16,
     /// `tcp_sock.total_retrans`
     pub tcp_total_retrans: u16,
-    /// `sock.__sk_common.skc_state` (one byte: a TCP state)
+    /// `sock.__sk_common.skc_state` (a `u8`: a TCP state; new TCP entries need a data state,
+    /// the TCP iterator skips request and timewait socks)
     pub skc_state: u16,
 }
 

@@ -12,6 +12,7 @@
 mod backend;
 mod conn;
 mod counters;
+mod iter;
 mod tcp_state;
 
 #[cfg(not(test))]

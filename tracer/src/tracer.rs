@@ -381,6 +381,9 @@ impl Tracer {
         ] {
             values.push((name, counter.load(Ordering::Relaxed)));
         }
+        let refresh = shared.kernel.iter_stats();
+        values.push(("tcp_refresh_sockets", refresh.sockets_refreshed));
+        values.push(("tcp_refresh_netns_failed", refresh.netns_failed));
         values.push((
             "closed_discarded_without_clients",
             shared.state.closed_discarded_without_clients(),

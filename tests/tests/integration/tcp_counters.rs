@@ -1,19 +1,29 @@
 //! TCP packets, retransmits and RTT equal what the kernel itself reports: `TCP_INFO` (what
 //! `ss -ti` shows) per socket, and the namespace's `TcpRetransSegs`, with loss induced by an
 //! nftables rule that drops a share of the packets in the test's namespace.
+//!
+//! Nothing touches the sockets between the transfers and the comparison: the counters must be
+//! those of the moment of the read (the read-time `iter/tcp` refresh), not of the latest call.
 
 use std::{
+    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
-use tracer::kernel::conn_tracer::{ConnTracer, KernelConfig};
+use tracer::{
+    KernelVersion,
+    kernel::{
+        conn_tracer::{ConnTracer, KernelConfig},
+        plan::Hook,
+    },
+};
 use tracer_common::conn::ConnStats;
 use tracer_integration::{
-    kernel_view::{TcpInfo, nft, poke, snmp, tcp_info},
+    kernel_view::{TcpInfo, nft, snmp, ss_tcp_info, tcp_info},
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, load, the_active, the_one},
+    tracer::{collect_closed, endpoints, load, the_active, the_one},
 };
 
 /// Waits (bounded) until neither socket has unacknowledged data and their segment counters have
@@ -60,8 +70,8 @@ fn assert_matches_kernel(ours: &ConnStats, kernel: &TcpInfo, side: &str) {
     assert_eq!(ours.rtt_var_us, kernel.rttvar, "{side} rttvar");
 }
 
-/// Lets the pair settle, makes every backend look at both sockets once more, then compares each
-/// side's open-connection record with its `TCP_INFO`. Returns (client, server) `TCP_INFO`.
+/// Lets the pair settle, then (without touching the sockets) compares each side's
+/// open-connection record with its `TCP_INFO`. Returns (client, server) `TCP_INFO`.
 fn both_sides_match_kernel_at_rest(
     tracer: &ConnTracer,
     client: &TcpStream,
@@ -70,8 +80,6 @@ fn both_sides_match_kernel_at_rest(
     server_addr: SocketAddr,
 ) -> (TcpInfo, TcpInfo) {
     settle(client, server);
-    poke(client);
-    poke(server);
     let client_info = tcp_info(client).expect("info");
     let server_info = tcp_info(server).expect("info");
     let client_record = the_active(tracer, client_addr, server_addr);
@@ -162,5 +170,165 @@ fn tcp_retransmits_under_loss_equal_the_namespace_retrans_segs() {
             snmp("Tcp", "RetransSegs") - retrans_before,
             "sum of retransmits vs TcpRetransSegs"
         );
+    });
+}
+
+/// The read-time refresh is planned wherever the kernel has TCP iterators (5.9+: every test
+/// kernel), whatever the backend.
+fn assert_tcp_iterator_planned(tracer: &ConnTracer) {
+    let kernel = KernelVersion::current().expect("kernel version");
+    let planned = tracer.plan().probes.iter().any(|p| p.hook == Hook::IterTcp);
+    assert_eq!(
+        planned,
+        kernel >= KernelVersion::new(5, 9, 0),
+        "iter/tcp planned on {kernel}: {}",
+        tracer.plan().reason
+    );
+}
+
+/// How one tracer read compares with the kernel.
+struct Comparison {
+    /// One line per difference (TCP_INFO or ss).
+    wrong: Vec<String>,
+    /// Sockets with any difference.
+    sockets_wrong: usize,
+    /// Sockets whose sent and received packets equal TCP_INFO's.
+    packets_equal: usize,
+    /// Sockets whose RTT equals TCP_INFO's.
+    rtt_equal: usize,
+}
+
+/// Mismatches of one tracer read against the kernel's `TCP_INFO` (and `ss -tin` where `ss` is
+/// installed), for each socket: `(socket, local, peer)`.
+fn mismatches(tracer: &ConnTracer, sockets: &[(&TcpStream, SocketAddr, SocketAddr)]) -> Comparison {
+    // One read of the tracer, then the kernel's view: the sockets are idle, nothing moves.
+    let open = tracer.connections().expect("read connections");
+    let kernel: Vec<TcpInfo> = sockets
+        .iter()
+        .map(|(s, _, _)| tcp_info(*s).expect("info"))
+        .collect();
+    let ss = ss_tcp_info();
+    let ours: HashMap<(SocketAddr, SocketAddr), ConnStats> = open
+        .iter()
+        .map(|(_, s)| (endpoints(&s.tuple), *s))
+        .collect();
+    let mut wrong = Vec::new();
+    let (mut packets_equal, mut rtt_equal, mut sockets_wrong) = (0, 0, 0);
+    for ((_, local, peer), info) in sockets.iter().zip(&kernel) {
+        let before = wrong.len();
+        let Some(stats) = ours.get(&(*local, *peer)) else {
+            wrong.push(format!("{local} -> {peer}: not tracked"));
+            continue;
+        };
+        let got = (
+            stats.sent_packets,
+            stats.recv_packets,
+            stats.retransmits,
+            stats.rtt_us,
+            stats.rtt_var_us,
+        );
+        let want = (
+            u64::from(info.segs_out),
+            u64::from(info.segs_in),
+            info.total_retrans,
+            info.rtt,
+            info.rttvar,
+        );
+        if (got.0, got.1) == (want.0, want.1) {
+            packets_equal += 1;
+        }
+        if got.3 == want.3 {
+            rtt_equal += 1;
+        }
+        if got != want {
+            wrong.push(format!(
+                "{local} -> {peer}: ours (segs_out, segs_in, retrans, rtt, rttvar) {got:?}, TCP_INFO {want:?}"
+            ));
+        }
+        if let Some(ss) = &ss {
+            let line = ss.get(&(local.to_string(), peer.to_string()));
+            let Some(line) = line else {
+                wrong.push(format!("{local} -> {peer}: not in ss -tin"));
+                continue;
+            };
+            let ms = |us: u32| f64::from(us) / 1000.0;
+            if (line.segs_out, line.segs_in, line.total_retrans) != (got.0, got.1, got.2)
+                || (line.rtt_ms - ms(got.3)).abs() > 0.0005
+                || (line.rttvar_ms - ms(got.4)).abs() > 0.0005
+            {
+                wrong.push(format!("{local} -> {peer}: ours {got:?}, ss -tin {line:?}"));
+            }
+        }
+        if wrong.len() > before {
+            sockets_wrong += 1;
+        }
+    }
+    Comparison {
+        wrong,
+        sockets_wrong,
+        packets_equal,
+        rtt_equal,
+    }
+}
+
+#[test]
+fn idle_connections_match_tcp_info_and_ss_without_being_touched() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        assert_tcp_iterator_planned(&tracer);
+        let mut pairs: Vec<(TcpStream, TcpStream, SocketAddr, SocketAddr)> = Vec::new();
+        for i in 0..20 {
+            let (mut client, mut server, client_addr, server_addr) = pair("127.0.0.1");
+            // Known transfers: request/response rounds, one bulk send of 1 MiB, others smaller.
+            let bulk = if i == 0 { 1 << 20 } else { 1000 * (i + 1) };
+            traffic(&mut client, &mut server, bulk);
+            pairs.push((client, server, client_addr, server_addr));
+        }
+        // Idle: trailing segments and ACKs land after the applications' last calls.
+        std::thread::sleep(Duration::from_secs(2));
+        let sockets: Vec<(&TcpStream, SocketAddr, SocketAddr)> = pairs
+            .iter()
+            .flat_map(|(c, s, ca, sa)| [(c, *ca, *sa), (s, *sa, *ca)])
+            .collect();
+        let c = mismatches(&tracer, &sockets);
+        assert!(
+            c.wrong.is_empty(),
+            "{} of {} sockets differ from the kernel (packets equal on {}, RTT on {}): {:#?}",
+            c.sockets_wrong,
+            sockets.len(),
+            c.packets_equal,
+            c.rtt_equal,
+            c.wrong
+        );
+    });
+}
+
+#[test]
+fn a_connection_matches_tcp_info_right_after_a_burst() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        assert_tcp_iterator_planned(&tracer);
+        let (mut client, mut server, client_addr, server_addr) = pair("127.0.0.1");
+        for round in 0..3 {
+            traffic(&mut client, &mut server, 256 << 10);
+            // Idle right after the burst: as soon as nothing is unacknowledged on either side.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while tcp_info(&client).expect("info").unacked != 0
+                || tcp_info(&server).expect("info").unacked != 0
+            {
+                assert!(Instant::now() < deadline, "data never acknowledged");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let sockets = [
+                (&client, client_addr, server_addr),
+                (&server, server_addr, client_addr),
+            ];
+            let c = mismatches(&tracer, &sockets);
+            assert!(c.wrong.is_empty(), "round {round}: {:#?}", c.wrong);
+        }
     });
 }

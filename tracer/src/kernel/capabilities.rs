@@ -60,7 +60,7 @@ impl Capabilities {
                         functions.insert(function.to_owned());
                     }
                 }
-                Hook::CgroupSockRelease | Hook::CgroupSockOps => {}
+                Hook::CgroupSockRelease | Hook::CgroupSockOps | Hook::IterTcp => {}
             }
         }
         let fentry = btf.is_some()
@@ -113,7 +113,7 @@ impl Capabilities {
                 | Hook::Kretprobe { function } => {
                     functions.insert(function.to_owned());
                 }
-                Hook::CgroupSockRelease | Hook::CgroupSockOps => {}
+                Hook::CgroupSockRelease | Hook::CgroupSockOps | Hook::IterTcp => {}
             }
         }
         Self {

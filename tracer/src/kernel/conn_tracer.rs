@@ -31,6 +31,7 @@ use super::{
     btf::Btf,
     capabilities::{Capabilities, VMLINUX_BTF},
     counters::KernelCounters,
+    iter::{IterStats, TcpIter},
     kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
     plan::{self, BackendChoice, Hook, Plan},
@@ -129,6 +130,10 @@ pub struct ConnTracer {
     plan: Plan,
     /// Ring records of the wrong size (cannot happen with a matching object), skipped.
     closed_records_malformed: AtomicU64,
+    /// The read-time refresh of TCP counters (`iter/tcp`), where planned and loaded.
+    tcp_iter: Option<TcpIter>,
+    /// Totals of every read-time refresh so far.
+    iter_stats: Mutex<IterStats>,
 }
 
 impl ConnTracer {
@@ -144,7 +149,7 @@ impl ConnTracer {
             .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
         let btf = read_btf(&btf_path)?;
         let caps = Capabilities::probe(&tracefs, Some(&btf));
-        let plan = plan::plan(config.backend, &caps)?;
+        let mut plan = plan::plan(config.backend, &caps)?;
         tracing::info!(backend = %plan.backend, reason = %plan.reason, "attach backend chosen");
         let layout = layout::resolve(&btf, &btf_path, &tracefs)?;
 
@@ -164,9 +169,17 @@ impl ConnTracer {
             kernel_btf: None,
             tracefs: tracefs.clone(),
             kretprobes: Vec::new(),
+            tcp_iter: None,
+            tcp_iter_refused: None,
         };
         for probe in &plan.probes {
             attach(&mut ebpf, probe.program, probe.hook, &mut attached)?;
+        }
+        if let Some(why) = attached.tcp_iter_refused.take() {
+            // Optional: run without it, and say so where the plan says what it runs without.
+            plan.probes.retain(|p| p.hook != Hook::IterTcp);
+            plan.reason
+                .push_str(&format!("; {}", plan::without_tcp_iterator(&why)));
         }
         let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
@@ -202,6 +215,8 @@ impl ConnTracer {
             _kretprobes: attached.kretprobes,
             plan,
             closed_records_malformed: AtomicU64::new(0),
+            tcp_iter: attached.tcp_iter,
+            iter_stats: Mutex::new(IterStats::default()),
         })
     }
 
@@ -237,10 +252,8 @@ impl ConnTracer {
 
     /// Every open connection in the kernel map, each key once (see [`map_reader`]).
     pub fn connections(&self) -> Result<Vec<(ConnKey, ConnStats)>> {
-        let conns = lock(&self.conns);
         let mut out = Vec::new();
-        map_reader::read_all(&conns, self.conns_fd.as_fd(), &mut out)
-            .map_err(|e| map_error(MAP_CONNS, e))?;
+        self.read_connections(&mut out)?;
         Ok(out)
     }
 
@@ -249,9 +262,44 @@ impl ConnTracer {
         &self,
         out: &mut Vec<(ConnKey, ConnStats)>,
     ) -> Result<map_reader::ReadStats> {
+        self.refresh_tcp_counters(out)?;
         let conns = lock(&self.conns);
         map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
             .map_err(|e| map_error(MAP_CONNS, e))
+    }
+
+    /// Refreshes the copied TCP counters of every tracked connection from the kernel (the
+    /// `iter/tcp` program in each network namespace that has tracked connections), so that the
+    /// next read of the map reports them as of now. Needs the namespaces first: one read of the
+    /// map into `scratch`. Returns what was done, `None` without the iterator.
+    pub fn refresh_tcp_counters(
+        &self,
+        scratch: &mut Vec<(ConnKey, ConnStats)>,
+    ) -> Result<Option<IterStats>> {
+        let Some(tcp_iter) = &self.tcp_iter else {
+            return Ok(None);
+        };
+        {
+            let conns = lock(&self.conns);
+            map_reader::read_all(&conns, self.conns_fd.as_fd(), scratch)
+                .map_err(|e| map_error(MAP_CONNS, e))?;
+        }
+        let netns: std::collections::HashSet<u32> = scratch
+            .iter()
+            .filter(|(_, stats)| stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP)
+            .map(|(_, stats)| stats.tuple.netns)
+            .collect();
+        let stats = tcp_iter.refresh(&netns);
+        let mut totals = lock(&self.iter_stats);
+        totals.netns_visited += stats.netns_visited;
+        totals.netns_failed += stats.netns_failed;
+        totals.sockets_refreshed += stats.sockets_refreshed;
+        Ok(Some(stats))
+    }
+
+    /// Totals of every read-time TCP refresh so far (see [`ConnTracer::refresh_tcp_counters`]).
+    pub fn iter_stats(&self) -> IterStats {
+        *lock(&self.iter_stats)
     }
 
     /// Removes entries (expired connections) from the kernel map. A key already gone (closed by
@@ -431,6 +479,10 @@ struct Attached {
     kernel_btf: Option<aya::Btf>,
     tracefs: PathBuf,
     kretprobes: Vec<KretprobeLink>,
+    /// The TCP iterator, when it loaded.
+    tcp_iter: Option<TcpIter>,
+    /// Why the (optional) TCP iterator did not load.
+    tcp_iter_refused: Option<String>,
 }
 
 fn attach(
@@ -505,6 +557,18 @@ fn attach(
             prog.load().map_err(fail)?;
             prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
+        }
+        (Hook::IterTcp, Program::Iter(prog)) => {
+            // Optional: a refusal is recorded (the plan's reason names it), not fatal.
+            match aya_btf(&mut attached.kernel_btf)
+                .and_then(|btf| TcpIter::load(prog, btf, program))
+            {
+                Ok(tcp_iter) => attached.tcp_iter = Some(tcp_iter),
+                Err(e) => {
+                    tracing::warn!(program, error = %e, "TCP iterator refused: running without it");
+                    attached.tcp_iter_refused = Some(e.to_string());
+                }
+            }
         }
         (hook, _) => {
             return Err(Error::InvalidConfig(format!(

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod capabilities;
 pub mod conn_tracer;
 pub mod counters;
+pub mod iter;
 pub(crate) mod kretprobe;
 pub mod layout;
 pub mod map_reader;

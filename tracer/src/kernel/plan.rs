@@ -79,6 +79,11 @@ pub enum Hook {
     /// A `BPF_PROG_TYPE_SOCK_OPS` program attached to the cgroup v2 root (5.10+ for
     /// `bpf_sock_ops.sk`). Optional: without a cgroup v2 mount the plan leaves it out and says so.
     CgroupSockOps,
+    /// A BPF iterator over the TCP sockets of a network namespace (`iter/tcp`, 5.9+), run at read
+    /// time rather than attached to an event. Optional: below 5.9, or when the kernel refuses it,
+    /// the tracer runs without it and says so (TCP packets, retransmits and RTT are then as of
+    /// each connection's latest application I/O).
+    IterTcp,
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -109,6 +114,15 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::CgroupSockOps,
         backends: ALL,
         min_kernel: KernelVersion::new(5, 10, 0),
+        max_kernel: None,
+    },
+    // Run at read time, not on events: refreshes the tracked TCP connections' copied counters
+    // (tracer/src/kernel/iter.rs).
+    ProbeSpec {
+        program: tracer_common::names::PROG_ITER_TCP,
+        hook: Hook::IterTcp,
+        backends: ALL,
+        min_kernel: ITER_MIN_KERNEL,
         max_kernel: None,
     },
     ProbeSpec {
@@ -332,6 +346,18 @@ const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
     }
 }
 
+/// The first kernel with BPF iterators over TCP sockets (`iter/tcp`).
+pub const ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 9, 0);
+
+/// What the plan's reason says when the TCP iterator is left out, `why` (a kernel below 5.9, or
+/// the error that refused it at load time).
+pub fn without_tcp_iterator(why: &str) -> String {
+    format!(
+        "without iter/tcp ({why}): TCP packets, retransmits and RTT are as of each connection's \
+         latest application I/O, not of the read"
+    )
+}
+
 /// The tracer's floor: the ring buffer of closed connections.
 pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 
@@ -360,7 +386,7 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
             let too_old: Vec<String> = PROBES
                 .iter()
                 .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
-                .filter(|p| p.hook != Hook::CgroupSockOps)
+                .filter(|p| p.hook != Hook::CgroupSockOps && p.hook != Hook::IterTcp)
                 .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
                 .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
                 .collect();
@@ -404,6 +430,7 @@ fn target_name(hook: Hook) -> String {
         | Hook::Kretprobe { function } => format!("kernel function {function}"),
         Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
         Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
+        Hook::IterTcp => "iter/tcp".to_owned(),
     }
 }
 
@@ -470,6 +497,12 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                     reason.push_str(&format!(
                         "; without cgroup/sock_ops ({})",
                         without.join("; ")
+                    ));
+                }
+                if caps.kernel < ITER_MIN_KERNEL {
+                    reason.push_str(&format!(
+                        "; {}",
+                        without_tcp_iterator(&format!("Linux < {ITER_MIN_KERNEL}"))
                     ));
                 }
                 return Ok(Plan {
@@ -778,6 +811,32 @@ mod tests {
         assert!(!plan.probes.iter().any(|p| p.hook == Hook::CgroupSockOps));
         assert!(
             plan.reason.contains("no cgroup v2 mount"),
+            "{}",
+            plan.reason
+        );
+    }
+
+    #[test]
+    fn every_backend_plans_the_tcp_iterator_from_5_9_and_says_so_below() {
+        for backend in Backend::PREFERENCE {
+            let kernel = if backend == Backend::Tracepoint {
+                KernelVersion::new(6, 12, 0)
+            } else {
+                KernelVersion::new(5, 10, 0)
+            };
+            let caps = Capabilities::for_tests(kernel, true, true, true, true);
+            let plan = plan(BackendChoice::Force(backend), &caps).unwrap();
+            assert!(
+                plan.probes.iter().any(|p| p.hook == Hook::IterTcp),
+                "{backend} on {kernel}"
+            );
+            assert!(!plan.reason.contains("without iter/tcp"), "{}", plan.reason);
+        }
+        let caps = Capabilities::for_tests(KernelVersion::new(5, 8, 0), true, true, true, false);
+        let plan = plan(BackendChoice::Force(Backend::Kprobe), &caps).unwrap();
+        assert!(!plan.probes.iter().any(|p| p.hook == Hook::IterTcp));
+        assert!(
+            plan.reason.contains("without iter/tcp (Linux < 5.9.0)"),
             "{}",
             plan.reason
         );
