@@ -102,6 +102,16 @@ pub fn flow_socket_gone(key: &ConnKey, gens: &std::collections::HashMap<u64, u32
     key.peer_family != 0 && key.socket_gen != 0 && gens.get(&key.sk) != Some(&key.socket_gen)
 }
 
+/// Whether a map operation failed only because the key is not there: aya reports a missing
+/// key as `KeyNotFound` on lookups but as the syscall's ENOENT on deletes.
+fn not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -310,7 +320,7 @@ impl ConnTracer {
         for key in keys {
             match conns.remove(key) {
                 Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_error(MAP_CONNS, e)),
             }
             if key.peer_family != 0 {
@@ -332,7 +342,7 @@ impl ConnTracer {
                     out.insert(sk, generation);
                 }
                 // Deleted by the kernel between two steps of the walk: that socket closed.
-                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_error(MAP_UDP_SOCKS, e)),
             }
         }
@@ -358,7 +368,7 @@ impl ConnTracer {
                         conn.stats.flags |= FLAG_CLOSED | flag;
                         true
                     }
-                    Err(aya::maps::MapError::KeyNotFound) => false,
+                    Err(e) if not_found(&e) => false,
                     Err(e) => {
                         failure = Some(map_error(MAP_CONNS, e));
                         false
@@ -394,11 +404,13 @@ impl ConnTracer {
             match peers.get(&slot_key, 0) {
                 Ok(peer) if peer == wanted => {
                     return match peers.remove(&slot_key) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                        Ok(()) => Ok(()),
+                        Err(e) if not_found(&e) => Ok(()),
                         Err(e) => Err(map_error(MAP_UDP_PEERS, e)),
                     };
                 }
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(_) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_error(MAP_UDP_PEERS, e)),
             }
         }
