@@ -349,15 +349,32 @@ fn a_udp_server_socket_with_10000_peers_gets_10000_exact_flows_each_ending_once(
             netns,
         );
         ids.check_every_identity_ended_once();
+        // Identities by endpoints, once (a scan per peer would be quadratic).
+        let mut by_ends: HashMap<(SocketAddr, SocketAddr), Vec<ConnectionTuple>> = HashMap::new();
+        for t in ids.seen.keys() {
+            by_ends
+                .entry((
+                    SocketAddr::new(t.src, t.sport),
+                    SocketAddr::new(t.dst, t.dport),
+                ))
+                .or_default()
+                .push(*t);
+        }
         let mut reasons: HashMap<Option<EndReason>, usize> = HashMap::new();
         for i in 0..PEERS {
             let peer: SocketAddr = ([127, 0, 0, 1], 20_000 + i).into();
-            let found = ids.by_endpoints(server_addr, peer);
+            let found = by_ends
+                .get(&(server_addr, peer))
+                .cloned()
+                .unwrap_or_default();
             assert_eq!(found.len(), 1, "server flow to {peer}: {found:?}");
             let (sent, received, _, reason) = ids.seen[&found[0]];
             assert_eq!((sent, received), (16, 32), "server flow to {peer}");
             *reasons.entry(reason).or_default() += 1;
-            let client = ids.by_endpoints(peer, server_addr);
+            let client = by_ends
+                .get(&(peer, server_addr))
+                .cloned()
+                .unwrap_or_default();
             assert_eq!(client.len(), 1, "client flow {peer}");
             assert_eq!(ids.seen[&client[0]].0, 32, "client flow {peer} sent");
         }

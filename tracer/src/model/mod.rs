@@ -8,6 +8,15 @@
 //! - [`kernel_record`]: decoding what the kernel reports into a [`ConnectionStats`].
 //! - [`nat`], [`protocol`], [`dns`], [`usm`]: enrichment types.
 //! - [`telemetry`], [`delta`]: what a client gets back.
+//!
+//! # Identity
+//! A connection's identity is its [`ConnectionTuple`], the owner pid included, and its
+//! [`ConnectionStats::cookie`] (the kernel entry's random cookie hashed with that tuple). A
+//! client sees one identity per connection from the first report to the close: open entries
+//! whose tuple the kernel has not completed yet (no owner before `accept()`, no source port
+//! before a connect's SYN is sent) are held back ([`crate::decode::identity_complete`]), and the
+//! kernel never changes a complete tuple. Each identity a client was shown ends exactly once
+//! ([`ConnectionStats::end_reason`]).
 
 pub mod connection;
 pub mod cookie;
