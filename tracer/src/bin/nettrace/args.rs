@@ -9,7 +9,17 @@ pub const USAGE: &str = "\
 usage: nettrace [OPTIONS]
 
 Shows the host's TCP and UDP connections live: every interval, each connection that moved,
-sorted by throughput. Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN).
+sorted by throughput.
+
+privileges: root, or a non-root user holding exactly these capabilities
+  tracepoint backend  CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_READ_SEARCH
+  fentry backend      the same
+  kprobe backend      the same plus CAP_DAC_OVERRIDE (it writes tracefs kprobe_events)
+  Linux < 5.11        plus CAP_SYS_RESOURCE (maps are charged to RLIMIT_MEMLOCK), unless
+                      the memlock limit is already unlimited
+  tracefs or cgroup2 not mounted in this mount namespace: plus CAP_SYS_ADMIN (to mount them)
+e.g. setpriv --reuid=USER --init-groups --inh-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search \\
+       --ambient-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search nettrace
 
 options:
   --interval SECS   time between snapshots, fractional allowed (default 2, 0.1 to 86400)
