@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod environment;
 mod io_paths;
 mod lifecycle;
 mod limits;
