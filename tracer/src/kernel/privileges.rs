@@ -26,8 +26,31 @@ pub fn require_bpf_privileges() -> Result<()> {
         Error::NotPermitted("cannot read CapEff from /proc/self/status".to_owned())
     })?;
     check_caps(effective)?;
+    let paranoid = std::fs::read_to_string(PERF_EVENT_PARANOID)
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    check_perf_event_paranoid(effective, paranoid)?;
     warn_on_memlock(effective);
     Ok(())
+}
+
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+/// Debian's (and Android's) kernels carry a patch that adds `kernel.perf_event_paranoid` level 3,
+/// their default: every `perf_event_open` then needs CAP_SYS_ADMIN, CAP_PERFMON is not enough
+/// (measured on Debian 5.10 and 6.12: EACCES). Every backend attaches tracepoints through
+/// perf events. Mainline kernels treat values above 2 like 2.
+fn check_perf_event_paranoid(effective: u64, paranoid: Option<i32>) -> Result<()> {
+    match paranoid {
+        Some(level) if level > 2 && !has(effective, CAP_SYS_ADMIN) => {
+            Err(Error::NotPermitted(format!(
+                "kernel.perf_event_paranoid is {level}: this kernel's perf_event_open then needs \
+                 CAP_SYS_ADMIN (a Debian patch; CAP_PERFMON is not enough); add CAP_SYS_ADMIN or \
+                 set the sysctl to 2"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Below 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK: aya raises it to unlimited on the
@@ -113,6 +136,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn debian_paranoid_level_3_needs_sys_admin() {
+        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        match check_perf_event_paranoid(caps, Some(3)) {
+            Err(Error::NotPermitted(why)) => {
+                assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
+                assert!(why.contains("perf_event_paranoid is 3"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(check_perf_event_paranoid(caps | (1 << CAP_SYS_ADMIN), Some(3)).is_ok());
+        assert!(check_perf_event_paranoid(caps, Some(2)).is_ok());
+        assert!(check_perf_event_paranoid(caps, None).is_ok());
     }
 
     #[test]
