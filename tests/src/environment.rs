@@ -24,16 +24,56 @@ pub const NOBODY: u32 = 65_534;
 /// The capability set the README and `nettrace --help` document for `backend` on `kernel`, as
 /// setpriv names them (CAP_ prefix dropped, lower case).
 pub fn documented_caps(backend: Backend, kernel: KernelVersion) -> Vec<&'static str> {
-    let mut caps = vec!["bpf", "perfmon", "net_admin", "dac_read_search"];
+    let mut caps = vec!["bpf", "perfmon", "net_admin"];
     if backend == Backend::Kprobe {
-        // The kretprobes are created by writing tracefs kprobe_events (mode 0640 root).
+        // The kretprobes are created by writing tracefs kprobe_events (mode 0640 root); the
+        // capability also grants reading the root-only tracefs.
         caps.push("dac_override");
+    } else {
+        // Reading the root-only (mode 700) tracefs.
+        caps.push("dac_read_search");
     }
     if kernel < KernelVersion::new(5, 11, 0) {
         // Maps are charged to RLIMIT_MEMLOCK; aya raises it, which needs this capability.
         caps.push("sys_resource");
     }
+    if perf_event_paranoid() > 2 {
+        // Debian's paranoid level 3 (its default): perf_event_open needs CAP_SYS_ADMIN.
+        caps.push("sys_admin");
+    }
     caps
+}
+
+/// Sets `kernel.perf_event_paranoid` to `level` until dropped, then restores it.
+pub struct ParanoidLevel {
+    previous: i32,
+}
+
+impl ParanoidLevel {
+    pub fn set(level: i32) -> Self {
+        let previous = perf_event_paranoid();
+        write_paranoid(level);
+        Self { previous }
+    }
+}
+
+impl Drop for ParanoidLevel {
+    fn drop(&mut self) {
+        write_paranoid(self.previous);
+    }
+}
+
+fn write_paranoid(level: i32) {
+    std::fs::write("/proc/sys/kernel/perf_event_paranoid", level.to_string())
+        .expect("write kernel.perf_event_paranoid");
+}
+
+/// `kernel.perf_event_paranoid` (2, mainline's default, when unreadable).
+pub fn perf_event_paranoid() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(2)
 }
 
 /// Capability numbers (include/uapi/linux/capability.h) of the names [`documented_caps`] uses.
