@@ -12,13 +12,13 @@ Shows the host's TCP and UDP connections live: every interval, each connection t
 sorted by throughput.
 
 privileges: root, or a non-root user holding exactly these capabilities
-  tracepoint backend  CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_READ_SEARCH
-  fentry backend      the same
-  kprobe backend      the same plus CAP_DAC_OVERRIDE (it writes tracefs kprobe_events)
-  Linux < 5.11        plus CAP_SYS_RESOURCE (maps are charged to RLIMIT_MEMLOCK), unless
-                      the memlock limit is already unlimited
-  tracefs or cgroup2 not mounted in this mount namespace: plus CAP_SYS_ADMIN (to mount them)
-e.g. setpriv --reuid=USER --init-groups --inh-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search \\
+  tracepoint, fentry  CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_READ_SEARCH (tracefs is root-only)
+  kprobe              CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_OVERRIDE (writes kprobe_events)
+  plus, Linux < 5.11  CAP_SYS_RESOURCE (maps charged to RLIMIT_MEMLOCK), unless it is unlimited
+  plus, Debian        CAP_SYS_ADMIN while kernel.perf_event_paranoid is 3 (Debian's default)
+  plus, no tracefs or cgroup2 mount in this mount namespace (ip netns exec): CAP_SYS_ADMIN
+e.g. setpriv --reuid=nobody --regid=nogroup --clear-groups \\
+       --inh-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search \\
        --ambient-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search nettrace
 
 options:
