@@ -14,7 +14,8 @@ pub enum Error {
     /// CAP_PERFMON and CAP_NET_ADMIN (or CAP_SYS_ADMIN, which implies all three).
     #[error(
         "insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN \
-         and CAP_DAC_READ_SEARCH; see the README's capabilities section)"
+         and CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE for the kprobe backend; see the README's \
+         capabilities section)"
     )]
     NotPermitted(String),
 

@@ -450,6 +450,32 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_reason_says_where_the_cgroup2_root_came_from() {
+        use crate::kernel::plan::{Backend, BackendChoice, plan};
+
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 12, 0), true, true, true, true);
+        let cases = [
+            (
+                Cgroup2Root::Mounted(PathBuf::from("/sys/fs/cgroup")),
+                "cgroup v2 root /sys/fs/cgroup (mounted here)",
+            ),
+            (
+                Cgroup2Root::ViaPid1(PathBuf::from("/proc/1/root/sys/fs/cgroup")),
+                "cgroup v2 root /proc/1/root/sys/fs/cgroup (pid 1's mount",
+            ),
+            (Cgroup2Root::PrivateMount, "from a private cgroup2 mount"),
+        ];
+        for (root, expected) in cases {
+            caps.cgroup2 = Some(root);
+            for backend in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
+                let planned = plan(BackendChoice::Force(backend), &caps).unwrap();
+                assert!(planned.reason.contains(expected), "{}", planned.reason);
+            }
+        }
+    }
+
+    #[test]
     fn no_cgroup2_mount_is_none() {
         // What `ip netns exec` leaves: a fresh sysfs, no cgroup mounts under it.
         let mounts = "\
