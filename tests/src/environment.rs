@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
+    os::unix::process::CommandExt,
     path::Path,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -18,6 +19,8 @@ use tracer::{KernelVersion, kernel::plan::Backend};
 pub const CHILD_ENV: &str = "TRACER_ENV_CHILD";
 /// Prefix of the child's result line: `key=value` pairs follow, separated by spaces.
 pub const RESULT: &str = "ENV-CHILD-RESULT";
+/// RLIMIT_MEMLOCK of every child.
+pub const CHILD_MEMLOCK_BYTES: libc::rlim_t = 64 * 1024;
 /// The unprivileged user the children run as (`nobody`).
 pub const NOBODY: u32 = 65_534;
 
@@ -160,6 +163,24 @@ pub fn run_child(wrapper: &[String], mode: &str, env: &[(&str, OsString)]) -> Ou
         .env(CHILD_ENV, mode);
     for (key, value) in env {
         command.env(key, value);
+    }
+    // The child starts from a fixed RLIMIT_MEMLOCK (64 KiB, the kernel's default before 5.16)
+    // rather than this process's: aya raises ours to unlimited once this process has loaded a
+    // tracer below 5.11, and a child inheriting that would not show what CAP_SYS_RESOURCE is
+    // needed for. From 5.11 on the limit does not apply to BPF.
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: CHILD_MEMLOCK_BYTES,
+                rlim_max: CHILD_MEMLOCK_BYTES,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
     let output = command
         .output()
