@@ -9,7 +9,7 @@ use std::{
 use tracer::{
     KernelVersion,
     kernel::{
-        capabilities::cgroup2_mount,
+        capabilities::find_cgroup2_root,
         conn_tracer::{ConnTracer, KernelConfig},
         plan::{Backend, BackendChoice, Hook},
     },
@@ -38,7 +38,8 @@ pub fn load(config: KernelConfig) -> Option<ConnTracer> {
 
 /// Whether `tracer` closes TCP connections from the cgroup `sock_ops` state callback, after
 /// checking that it does exactly where it should: Linux 5.10+ (`bpf_sock_ops.sk`) with a
-/// cgroup v2 mount, whatever the backend.
+/// cgroup v2 hierarchy the tracer can reach (mounted here, pid 1's, or a private mount),
+/// whatever the backend.
 pub fn closes_by_sock_ops(tracer: &ConnTracer) -> bool {
     let planned = tracer
         .plan()
@@ -46,12 +47,13 @@ pub fn closes_by_sock_ops(tracer: &ConnTracer) -> bool {
         .iter()
         .any(|p| p.hook == Hook::CgroupSockOps);
     let kernel = KernelVersion::current().expect("kernel version");
-    let expected = kernel >= KernelVersion::new(5, 10, 0) && cgroup2_mount().is_some();
+    let cgroup2 = find_cgroup2_root();
+    let expected = kernel >= KernelVersion::new(5, 10, 0) && cgroup2.is_some();
     assert_eq!(
         planned,
         expected,
         "cgroup/sock_ops planned on {kernel} (cgroup v2: {:?}): {}",
-        cgroup2_mount(),
+        cgroup2,
         tracer.plan().reason
     );
     planned

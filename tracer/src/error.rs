@@ -10,9 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The process lacks the privileges to load eBPF programs (root or CAP_BPF + CAP_PERFMON).
+    /// The process lacks the privileges to load and attach the programs: root, or CAP_BPF,
+    /// CAP_PERFMON and CAP_NET_ADMIN (or CAP_SYS_ADMIN, which implies all three).
     #[error(
-        "insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+        "insufficient privileges: {0} (run as root, or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN \
+         and CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE for the kprobe backend; see the README's \
+         capabilities section)"
     )]
     NotPermitted(String),
 
@@ -38,9 +41,35 @@ pub enum Error {
         reasons: String,
     },
 
-    /// tracefs is not mounted and could not be mounted.
-    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
+    /// tracefs is not mounted and could not be mounted (mounting needs CAP_SYS_ADMIN).
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0} (mounting \
+         needs CAP_SYS_ADMIN; or mount it beforehand: mount -t tracefs tracefs /sys/kernel/tracing)"
+    )]
     TracefsUnavailable(#[source] io::Error),
+
+    /// tracefs is mounted but this process may not read it: its directory is root-only (mode
+    /// 700 on most systems) and the process is neither its owner nor holds CAP_DAC_READ_SEARCH.
+    #[error(
+        "tracefs is mounted at {path} but this process cannot read it: {source} (the directory \
+         is mode {mode:o}, owner uid {owner}; this process runs as uid {uid} without \
+         {missing}: run as root or add {missing})"
+    )]
+    TracefsUnreadable {
+        /// The tracefs mount point.
+        path: PathBuf,
+        /// Permission bits of the mount point.
+        mode: u32,
+        /// Owner of the mount point.
+        owner: u32,
+        /// The process's effective uid.
+        uid: u32,
+        /// The capability that lets a non-owner read it: `CAP_DAC_READ_SEARCH`.
+        missing: &'static str,
+        /// The error reading it returned.
+        #[source]
+        source: io::Error,
+    },
 
     /// A tracepoint's format file could not be read or lacks a field the programs need.
     #[error("tracepoint {tracepoint}: {reason}")]

@@ -1,5 +1,5 @@
-//! The initramfs a VM kernel boots into: busybox, the test binary, `ip`/`nft`/`tc`, the shared
-//! libraries of all of them, the kernel modules the tests may need and a generated /init.
+//! The initramfs a VM kernel boots into: busybox, the test binary, `ip`/`nft`/`tc`/`setpriv`, the
+//! shared libraries of all of them, the kernel modules the tests may need and a generated /init.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -29,8 +29,9 @@ pub const WANTED_MODULES: &[&str] = &[
 ];
 
 /// Real tools shipped instead of busybox's applets of the same name (busybox's `ip` lacks veth and
-/// netns support, and it has no `nft`).
-const TOOLS: &[&str] = &["ip", "nft", "tc"];
+/// netns support, and it has no `nft`; busybox's `setpriv` lacks `--reuid` and `--bounding-set`, which the
+/// capability tests use to run the tracer as a non-root user holding an exact set).
+const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv"];
 
 /// busybox-static's binary: static, so it needs no libraries.
 const BUSYBOX: &str = "/bin/busybox";
@@ -74,7 +75,9 @@ pub fn build(
     archive.file(TEST_BINARY_IN_IMAGE, Data::File(test_binary.into()), 0o755);
     for tool in TOOLS {
         let path = cmd::find_program(tool).with_context(|| {
-            format!("`{tool}` not found on the host (Debian packages iproute2, nftables)")
+            format!(
+                "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux)"
+            )
         })?;
         archive.file(&format!("usr/sbin/{tool}"), Data::File(path.clone()), 0o755);
         binaries.push(path);

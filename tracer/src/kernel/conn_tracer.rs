@@ -592,15 +592,17 @@ fn attach(
 }
 
 /// The root of the cgroup v2 hierarchy, for a cgroup program that needs `feature` (a cgroup v2
-/// mount, named with the hook) from kernel `min` on.
+/// mount, named with the hook) from kernel `min` on: this mount namespace's cgroup2 mount, else
+/// pid 1's, else a private mount (see [`super::capabilities::find_cgroup2_root`]).
 fn open_cgroup2_root(feature: &'static str, min: &'static str) -> Result<std::fs::File> {
-    let root = super::capabilities::cgroup2_mount().ok_or(Error::NotSupported {
+    let root = super::capabilities::find_cgroup2_root().ok_or(Error::NotSupported {
         feature,
         min_kernel: min,
         running: super::KernelVersion::current_release(),
     })?;
-    std::fs::File::open(&root)
-        .map_err(|e| Error::io(format!("opening cgroup {}", root.display()), e))
+    tracing::debug!(%root, "attaching a cgroup program");
+    root.open()
+        .map_err(|e| Error::io(format!("opening the {root}"), e))
 }
 
 /// The running kernel's BTF as aya parses it, read on first use.

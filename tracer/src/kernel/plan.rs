@@ -505,6 +505,14 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                         without_tcp_iterator(&format!("Linux < {ITER_MIN_KERNEL}"))
                     ));
                 }
+                if let (Some(root), true) = (
+                    &caps.cgroup2,
+                    probes
+                        .iter()
+                        .any(|p| matches!(p.hook, Hook::CgroupSockOps | Hook::CgroupSockRelease)),
+                ) {
+                    reason.push_str(&format!("; cgroup programs on the {root}"));
+                }
                 return Ok(Plan {
                     backend,
                     probes,

@@ -13,23 +13,69 @@ use crate::{Error, Result};
 /// Where tracefs lives on every kernel the tracer supports.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Makes sure tracefs is mounted at [`TRACEFS`], mounting it when the `events` directory is
-/// missing (it is not mounted at boot on some hosts). Needs CAP_SYS_ADMIN to mount.
+/// Makes sure tracefs is mounted at [`TRACEFS`] and readable, mounting it when it is not
+/// mounted (it is not mounted at boot on some hosts, nor under `ip netns exec`, which mounts a
+/// fresh /sys). Mounting needs CAP_SYS_ADMIN ([`Error::TracefsUnavailable`]); reading a mounted
+/// tracefs whose directory is root-only (mode 700) needs root or CAP_DAC_READ_SEARCH
+/// ([`Error::TracefsUnreadable`]).
 pub fn ensure_mounted() -> Result<PathBuf> {
     let root = PathBuf::from(TRACEFS);
-    if root.join("events").is_dir() {
-        return Ok(root);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| is_tracefs_mount(&text, &root))
+        .unwrap_or(false);
+    if mounted {
+        return readable(&root);
+    }
+    match std::fs::metadata(root.join("events")) {
+        // Mounted in a way mountinfo does not show at this path (e.g. an older debugfs layout
+        // bind-mounted there): usable as it is.
+        Ok(meta) if meta.is_dir() => return Ok(root),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(unreadable(&root, err));
+        }
+        _ => {}
     }
     tracing::info!(path = TRACEFS, "tracefs not mounted, mounting it");
     mount_tracefs(&root).map_err(Error::TracefsUnavailable)?;
-    if root.join("events").is_dir() {
-        Ok(root)
-    } else {
-        Err(Error::TracefsUnavailable(io::Error::new(
-            io::ErrorKind::NotFound,
-            "mounted tracefs has no events directory",
-        )))
+    readable(&root)
+}
+
+/// `root` if its `events` directory can be listed, else the typed error saying why not.
+fn readable(root: &Path) -> Result<PathBuf> {
+    match std::fs::read_dir(root.join("events")) {
+        Ok(_) => Ok(root.to_path_buf()),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => Err(unreadable(root, err)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Err(Error::TracefsUnavailable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the tracefs at {} has no events directory", root.display()),
+            )))
+        }
+        Err(err) => Err(Error::io(format!("reading {}/events", root.display()), err)),
     }
+}
+
+fn unreadable(root: &Path, source: io::Error) -> Error {
+    use std::os::unix::fs::MetadataExt;
+    let (mode, owner) = std::fs::metadata(root)
+        .map(|m| (m.mode() & 0o7777, m.uid()))
+        .unwrap_or((0, 0));
+    Error::TracefsUnreadable {
+        path: root.to_path_buf(),
+        mode,
+        owner,
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        uid: unsafe { libc::geteuid() },
+        missing: "CAP_DAC_READ_SEARCH",
+        source,
+    }
+}
+
+/// Whether a mountinfo text has a tracefs mounted at `path`.
+fn is_tracefs_mount(mountinfo: &str, path: &Path) -> bool {
+    super::capabilities::parse_mountinfo(mountinfo)
+        .iter()
+        .any(|m| m.fstype == "tracefs" && m.mount_point == path)
 }
 
 fn mount_tracefs(target: &Path) -> io::Result<()> {
@@ -195,6 +241,38 @@ print fmt: \"family=%s ...\"
             .field("sock/inet_sock_set_state", "nosuch")
             .unwrap_err();
         assert!(err.to_string().contains("nosuch"), "{err}");
+    }
+
+    #[test]
+    fn tracefs_mount_is_found_at_its_path_only() {
+        let mountinfo = "\
+42 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs tracefs rw
+43 23 0:14 / /sys/kernel/debug rw,relatime - debugfs debugfs rw
+";
+        assert!(is_tracefs_mount(mountinfo, Path::new(TRACEFS)));
+        assert!(!is_tracefs_mount(mountinfo, Path::new("/sys/kernel/debug")));
+        // `ip netns exec`'s fresh sysfs: no tracefs under it.
+        let netns = "90 28 0:55 / /sys rw,relatime - sysfs ip-netns rw\n";
+        assert!(!is_tracefs_mount(netns, Path::new(TRACEFS)));
+    }
+
+    #[test]
+    fn unreadable_error_names_the_capability_and_the_mode() {
+        let err = unreadable(Path::new("/"), io::Error::from_raw_os_error(libc::EACCES));
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::TracefsUnreadable {
+                    missing: "CAP_DAC_READ_SEARCH",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(text.contains("CAP_DAC_READ_SEARCH"), "{text}");
+        assert!(text.contains("is mounted"), "{text}");
+        assert!(!text.contains("not mounted"), "{text}");
     }
 
     #[test]

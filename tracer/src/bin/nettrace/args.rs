@@ -9,7 +9,17 @@ pub const USAGE: &str = "\
 usage: nettrace [OPTIONS]
 
 Shows the host's TCP and UDP connections live: every interval, each connection that moved,
-sorted by throughput. Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN).
+sorted by throughput.
+
+privileges: root, or a non-root user holding exactly these capabilities
+  tracepoint, fentry  CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_READ_SEARCH (tracefs is root-only)
+  kprobe              CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_OVERRIDE (writes kprobe_events)
+  plus, Linux < 5.11  CAP_SYS_RESOURCE (maps charged to RLIMIT_MEMLOCK), unless it is unlimited
+  plus, Debian        CAP_SYS_ADMIN while kernel.perf_event_paranoid is 3 (Debian's default)
+  plus, no tracefs or cgroup2 mount in this mount namespace (ip netns exec): CAP_SYS_ADMIN
+e.g. setpriv --reuid=nobody --regid=nogroup --clear-groups \\
+       --inh-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search \\
+       --ambient-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search nettrace
 
 options:
   --interval SECS   time between snapshots, fractional allowed (default 2, 0.1 to 86400)
