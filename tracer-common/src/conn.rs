@@ -110,6 +110,12 @@ pub struct ConnStats {
     pub tcp_refreshed_ns: u64,
 }
 
+/// `flags`: the TCP connection reached CLOSE while its application still had received bytes
+/// to read (a client that shut down its sending side first, then got the reply and the peer's
+/// FIN): its end is emitted once those bytes are read (or at EOF, or when the application
+/// releases the socket), so they are counted.
+pub const FLAG_CLOSE_PENDING: u8 = 32;
+
 /// `flags`, set by userspace only: the flow idled out (Datadog's expiry rules) and was ended by
 /// the tracer, not by the kernel.
 pub const FLAG_EXPIRED: u8 = 8;

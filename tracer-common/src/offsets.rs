@@ -42,6 +42,12 @@ pub struct SockOffsets {
     /// `sock.__sk_common.skc_state` (a `u8`: a TCP state; new TCP entries need a data state,
     /// the TCP iterator skips request and timewait socks)
     pub skc_state: u16,
+    /// `tcp_sock.rcv_nxt`: the next sequence number expected from the peer
+    pub tcp_rcv_nxt: u16,
+    /// `tcp_sock.copied_seq`: the first byte the application has not read yet
+    pub tcp_copied_seq: u16,
+    /// `sock.sk_socket`: the user's `struct socket`, NULL once the application closed it
+    pub sk_socket: u16,
 }
 
 /// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).

@@ -33,7 +33,7 @@ const _: () = assert!(core::mem::size_of::<crate::conn::ConnTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8);
 const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 128);
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 34 + 24 + 8 + 4 + 12 + 4 + 18);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 40 + 24 + 8 + 4 + 12 + 4 + 18);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

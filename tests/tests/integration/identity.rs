@@ -503,3 +503,50 @@ fn a_tcp_connection_opened_before_the_tracer_ends_once_on_both_sides() {
         }
     });
 }
+
+#[test]
+fn a_client_that_shuts_down_first_and_reads_the_reply_after_the_close_counts_every_byte() {
+    in_fresh_netns(|| {
+        let Some(tracer) = new_tracer(ExpiryConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        tracer.register_client("a").expect("register");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut ids = Identities::default();
+        const REPLY: usize = 70_001;
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("local");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.write_all(&[1u8; 3_000]).expect("request");
+        // The client is done sending (like `nc -N` or an HTTP/1.0 client): FIN_WAIT.
+        client.shutdown(Shutdown::Write).expect("shutdown");
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).expect("request and EOF");
+        assert_eq!(request.len(), 3_000);
+        server.write_all(&vec![2u8; REPLY]).expect("reply");
+        drop(server);
+        // The reply and the server's FIN arrive before the client reads: the client socket goes
+        // through TIME_WAIT to CLOSE with the whole reply still unread.
+        std::thread::sleep(Duration::from_millis(300));
+        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).expect("reply and EOF");
+        assert_eq!(reply.len(), REPLY);
+        drop(client);
+        std::thread::sleep(Duration::from_millis(100));
+        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
+        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
+        ids.check_every_identity_ended_once();
+        for (local, remote, sent, received) in [
+            (client_addr, server_addr, 3_000, REPLY as u64),
+            (server_addr, client_addr, REPLY as u64, 3_000),
+        ] {
+            let found = ids.by_endpoints(local, remote);
+            assert_eq!(found.len(), 1, "{local} -> {remote}: {found:?}");
+            let (s, r, _, _) = ids.seen[&found[0]];
+            assert_eq!((s, r), (sent, received), "{local} -> {remote}");
+        }
+    });
+}

@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracer_common::{
     conn::{
         ClosedConn, ConnKey, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, DIRECTION_UNKNOWN,
-        FLAG_CLOSED, FLAG_ESTABLISHED, IPPROTO_TCP,
+        FLAG_CLOSE_PENDING, FLAG_CLOSED, FLAG_ESTABLISHED, IPPROTO_TCP,
     },
     counters::Counter,
     offsets::SockOffsets,
@@ -190,6 +190,14 @@ pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
     let stats = unsafe { &mut *stats };
     let protocol = stats.tuple.protocol;
     account(stats, protocol, bytes, sending);
+    if stats.flags & FLAG_CLOSE_PENDING != 0 {
+        // Closed while bytes were still to be read: end it once they are (or at EOF).
+        let offsets = layout::layout().sock;
+        if bytes == 0 || !sock::has_unread_bytes(sk, &offsets) {
+            finish_pending(sk, &offsets);
+        }
+        return true;
+    }
     let now = now_ns();
     if protocol == IPPROTO_TCP
         && (bytes == 0 || now.wrapping_sub(stats.tcp_refreshed_ns) >= TCP_REFRESH_NS)
@@ -448,6 +456,10 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
 }
 
 /// [`close`], adding `flags` (`FLAG_*`, saying which hook saw the close) to the event.
+///
+/// A TCP connection whose application still has received bytes to read is not emitted yet: it
+/// is marked `FLAG_CLOSE_PENDING` and [`finish_pending`] emits it once they are read, at EOF,
+/// or when the application releases the socket, so that those bytes are counted.
 #[inline(always)]
 pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flags: u8) {
     let _ = NT_UNTRACKED.remove(key);
@@ -456,6 +468,49 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
     };
     // SAFETY: see `entry`.
     let stats = unsafe { &mut *stats };
+    if protocol == IPPROTO_TCP {
+        if stats.flags & FLAG_CLOSE_PENDING != 0 {
+            // A second hook saw the same close (sock_ops, then the tracepoint).
+            stats.flags |= flags;
+            return;
+        }
+        if stats.flags & FLAG_ESTABLISHED != 0 && sock::has_unread_bytes(key.sk, offsets) {
+            let _ = sock::refresh_tcp(key.sk, offsets, stats);
+            fill_source_port(key.sk, offsets, stats);
+            stats.flags |= FLAG_CLOSE_PENDING | flags;
+            stats.updated_ns = now_ns();
+            return;
+        }
+    }
+    emit_close(key, protocol, offsets, stats, flags);
+}
+
+/// Emits the end of TCP socket `sk` if its close is pending (see [`close_with_flags`]); called
+/// after reads and when the application releases the socket.
+#[inline(always)]
+pub fn finish_pending(sk: u64, offsets: &SockOffsets) {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: see `entry`.
+    let stats = unsafe { &mut *stats };
+    if stats.flags & FLAG_CLOSE_PENDING != 0 {
+        emit_close(&key, IPPROTO_TCP, offsets, stats, 0);
+    }
+}
+
+#[inline(always)]
+fn emit_close(
+    key: &ConnKey,
+    protocol: u8,
+    offsets: &SockOffsets,
+    stats: &mut ConnStats,
+    flags: u8,
+) {
     if protocol == IPPROTO_TCP
         && stats.direction == DIRECTION_INCOMING
         && stats.flags & FLAG_ESTABLISHED == 0

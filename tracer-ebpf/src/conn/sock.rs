@@ -97,6 +97,22 @@ pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Res
     Ok(())
 }
 
+/// Whether TCP socket `sk` holds received bytes its application has not read yet and still
+/// can (the socket is not orphaned).
+#[inline(always)]
+pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
+    let (Ok(rcv_nxt), Ok(copied)) = (
+        read_kernel::<u32>(sk, offsets.tcp_rcv_nxt),
+        read_kernel::<u32>(sk, offsets.tcp_copied_seq),
+    ) else {
+        return false;
+    };
+    // The peer's FIN takes one sequence number too, consumed when the application reads EOF.
+    let unread = rcv_nxt.wrapping_sub(copied);
+    let owned = read_kernel::<u64>(sk, offsets.sk_socket).is_ok_and(|socket| socket != 0);
+    owned && unread > 0
+}
+
 /// Thread-group id of the current task (the process, not the thread).
 #[inline(always)]
 pub fn current_tgid() -> u32 {

@@ -42,6 +42,9 @@ pub fn sock_offsets(btf: &Btf, btf_path: &Path) -> Result<SockOffsets> {
         tcp_segs_out: offset("tcp_sock", "segs_out")?,
         tcp_total_retrans: offset("tcp_sock", "total_retrans")?,
         skc_state: offset("sock", "__sk_common.skc_state")?,
+        tcp_rcv_nxt: offset("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: offset("tcp_sock", "copied_seq")?,
+        sk_socket: offset("sock", "sk_socket")?,
     })
 }
 

@@ -388,9 +388,13 @@ pub fn on_length(sk: u64, ret: i32, flags: i32, sending: bool, layout: &KernelLa
 pub fn nt_udp_release(ctx: SockContext) -> i32 {
     // SAFETY: context field reads are rewritten by the verifier into reads of the socket.
     let protocol = unsafe { (*ctx.sock).protocol };
+    let sk = ctx.sock as u64;
     if protocol == u32::from(IPPROTO_UDP) {
-        let sk = ctx.sock as u64;
         conn::close_socket(sk, IPPROTO_UDP, &layout().sock);
+    } else if protocol == u32::from(tracer_common::conn::IPPROTO_TCP) {
+        // A TCP connection that closed while bytes were still to be read ends when its
+        // application lets go of the socket, read or not.
+        conn::finish_pending(sk, &layout().sock);
     }
     // The return value of sock_release programs is ignored; 1 is "allow" for the others.
     1
