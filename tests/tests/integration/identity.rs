@@ -36,6 +36,9 @@ fn new_tracer(expiry: ExpiryConfig) -> Option<Tracer> {
     }))
 }
 
+/// One record of an identity: (call number, cookie, closed, last sent, last received).
+type Record = (u32, u64, bool, u64, u64);
+
 /// Everything one client was told about the connections of one namespace, by identity.
 #[derive(Default)]
 struct Identities {
@@ -45,8 +48,8 @@ struct Identities {
     shown_open: HashSet<ConnectionTuple>,
     /// Problems found while recording (reported all at once by the test).
     problems: Vec<String>,
-    /// Every record, by identity: (call number, cookie, closed, last sent, last received).
-    history: HashMap<ConnectionTuple, Vec<(u32, u64, bool, u64, u64)>>,
+    /// Every record, by identity.
+    history: HashMap<ConnectionTuple, Vec<Record>>,
     calls: u32,
 }
 
@@ -530,14 +533,23 @@ fn a_client_that_shuts_down_first_and_reads_the_reply_after_the_close_counts_eve
         // The reply and the server's FIN arrive before the client reads: the client socket goes
         // through TIME_WAIT to CLOSE with the whole reply still unread.
         std::thread::sleep(Duration::from_millis(300));
-        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).expect("reply and EOF");
         assert_eq!(reply.len(), REPLY);
         drop(client);
         std::thread::sleep(Duration::from_millis(100));
-        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
-        ids.add(&tracer.get_active_connections("a").expect("poll").conns, netns);
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
         ids.check_every_identity_ended_once();
         for (local, remote, sent, received) in [
             (client_addr, server_addr, 3_000, REPLY as u64),
