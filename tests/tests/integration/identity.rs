@@ -562,3 +562,50 @@ fn a_client_that_shuts_down_first_and_reads_the_reply_after_the_close_counts_eve
         }
     });
 }
+
+#[test]
+fn a_connection_closed_with_unread_bytes_that_are_never_read_ends_when_the_socket_is_released() {
+    in_fresh_netns(|| {
+        let Some(tracer) = new_tracer(ExpiryConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        tracer.register_client("a").expect("register");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("local");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.write_all(&[1u8; 100]).expect("request");
+        client.shutdown(Shutdown::Write).expect("shutdown");
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).expect("request and EOF");
+        server.write_all(&[2u8; 5_000]).expect("reply");
+        drop(server);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ids = Identities::default();
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
+        // The client never reads the reply: its close is pending until it lets go of the socket.
+        drop(client);
+        std::thread::sleep(Duration::from_millis(100));
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
+        ids.add(
+            &tracer.get_active_connections("a").expect("poll").conns,
+            netns,
+        );
+        ids.check_every_identity_ended_once();
+        let found = ids.by_endpoints(client_addr, server_addr);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (ids.seen[&found[0]].0, ids.seen[&found[0]].1),
+            (100, 0),
+            "nothing was read"
+        );
+    });
+}

@@ -210,11 +210,15 @@ pub const PROBES: &[ProbeSpec] = &[
     udp_syscall(tracer_common::names::PROG_TP_RECVFROM, "sys_enter_recvfrom"),
     udp_syscall(tracer_common::names::PROG_TP_RECVMSG, "sys_enter_recvmsg"),
     udp_syscall(tracer_common::names::PROG_TP_RECVMMSG, "sys_enter_recvmmsg"),
-    // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does.
+    // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does
+    // (required by the tracepoint backend). The same hook ends a TCP connection that closed while
+    // its application still had bytes to read, when the application lets go of the socket, read
+    // or not (`conn::finish_pending`): optional on the fentry and kprobe backends, whose UDP
+    // closes come from udp_destroy_sock.
     ProbeSpec {
         program: tracer_common::names::PROG_UDP_RELEASE,
         hook: Hook::CgroupSockRelease,
-        backends: TRACEPOINT,
+        backends: ALL,
         min_kernel: KernelVersion::new(5, 9, 0),
         max_kernel: None,
     },
@@ -387,6 +391,7 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                 .iter()
                 .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
                 .filter(|p| p.hook != Hook::CgroupSockOps && p.hook != Hook::IterTcp)
+                .filter(|p| !(p.hook == Hook::CgroupSockRelease && backend != Backend::Tracepoint))
                 .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
                 .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
                 .collect();
@@ -406,7 +411,9 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                     {
                         Some(format!("kernel function {function}"))
                     }
-                    Hook::CgroupSockRelease if caps.cgroup2.is_none() => {
+                    Hook::CgroupSockRelease
+                        if caps.cgroup2.is_none() && backend == Backend::Tracepoint =>
+                    {
                         Some("a cgroup v2 mount (for cgroup/sock_release)".to_owned())
                     }
                     _ => None,
@@ -450,6 +457,12 @@ fn optional_hook_missing(hook: Hook, caps: &Capabilities) -> Option<&'static str
             "no cgroup v2 mount: TCP closes rely on the inet_sock_set_state tracepoint alone, \
              which the kernel skips when it interrupts another tracing program",
         ),
+        // Only reached by the function backends: the tracepoint backend needs the hook for its
+        // UDP closes and is refused without a cgroup v2 mount (`unavailable_because`).
+        Hook::CgroupSockRelease if caps.cgroup2.is_none() => Some(
+            "no cgroup v2 mount: a TCP connection that closed while its application still had \
+             bytes to read ends when they are read or at EOF, not when the socket is released",
+        ),
         _ => None,
     }
 }
@@ -475,6 +488,12 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                     probes_for(backend, caps.kernel).copied().collect();
                 let mut without: Vec<&str> = probes
                     .iter()
+                    .filter(|p| p.hook == Hook::CgroupSockOps)
+                    .filter_map(|p| optional_hook_missing(p.hook, caps))
+                    .collect();
+                let release_missing: Vec<&str> = probes
+                    .iter()
+                    .filter(|p| p.hook == Hook::CgroupSockRelease)
                     .filter_map(|p| optional_hook_missing(p.hook, caps))
                     .collect();
                 probes.retain(|p| optional_hook_missing(p.hook, caps).is_none());
@@ -498,6 +517,9 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                         "; without cgroup/sock_ops ({})",
                         without.join("; ")
                     ));
+                }
+                if let Some(why) = release_missing.first() {
+                    reason.push_str(&format!("; without cgroup/sock_release ({why})"));
                 }
                 if caps.kernel < ITER_MIN_KERNEL {
                     reason.push_str(&format!(
@@ -822,6 +844,46 @@ mod tests {
             "{}",
             plan.reason
         );
+    }
+
+    #[test]
+    fn function_backends_release_pending_tcp_closes_from_5_9_with_a_cgroup2_mount_and_say_so_without()
+     {
+        for backend in [Backend::Fentry, Backend::Kprobe] {
+            let caps =
+                Capabilities::for_tests(KernelVersion::new(5, 10, 0), true, true, true, false);
+            let with = plan(BackendChoice::Force(backend), &caps).unwrap();
+            assert!(
+                with.probes
+                    .iter()
+                    .any(|p| p.hook == Hook::CgroupSockRelease),
+                "{backend}"
+            );
+            assert!(
+                !with.reason.contains("without cgroup/sock_release"),
+                "{}",
+                with.reason
+            );
+            let mut caps = caps;
+            caps.cgroup2 = None;
+            let without = plan(BackendChoice::Force(backend), &caps).unwrap();
+            assert!(
+                !without
+                    .probes
+                    .iter()
+                    .any(|p| p.hook == Hook::CgroupSockRelease)
+            );
+            assert!(
+                without
+                    .reason
+                    .contains("without cgroup/sock_release (no cgroup v2 mount"),
+                "{}",
+                without.reason
+            );
+            let old = Capabilities::for_tests(KernelVersion::new(5, 8, 0), true, true, true, false);
+            let old = plan(BackendChoice::Force(backend), &old).unwrap();
+            assert!(!old.probes.iter().any(|p| p.hook == Hook::CgroupSockRelease));
+        }
     }
 
     #[test]
