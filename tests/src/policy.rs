@@ -41,3 +41,16 @@ pub fn loaded_or_skip<T>(result: Result<T, Error>) -> Option<T> {
         Err(other) => panic!("load failed: {other} ({other:?})"),
     }
 }
+
+/// Whether this run is the kernel's first backend run (`TRACER_TEST_FIRST_BACKEND=1`, set by
+/// `cargo xtask test`; unset counts as first, so a run by hand runs everything). Tests whose
+/// subject does not depend on the attach backend (userspace rules, the environment the tracer
+/// starts in) run once per kernel, not once per backend: otherwise they print a SKIP line and
+/// return.
+pub fn first_backend_of_kernel(what: &str) -> bool {
+    let first = std::env::var("TRACER_TEST_FIRST_BACKEND").map_or(true, |v| v != "0");
+    if !first {
+        eprintln!("SKIP: {what} does not depend on the backend: run with the kernel's first one");
+    }
+    first
+}

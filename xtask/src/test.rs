@@ -63,9 +63,11 @@ pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     if let Some(binary) = binary {
         let host = host_release();
         let host_backends: &[&str] = if vm_only { &[] } else { HOST_BACKENDS };
-        for backend in host_backends {
+        for (i, backend) in host_backends.iter().enumerate() {
             println!("xtask: integration tests on the host ({host}), backend {backend}");
-            summary.runs.push(host_run(&root, &binary, &host, backend));
+            summary
+                .runs
+                .push(host_run(&root, &binary, &host, backend, i == 0));
         }
         if !host_only {
             vm::run_all(&binary, &mut summary);
@@ -149,9 +151,11 @@ fn host_release() -> String {
         .unwrap_or_else(|_| "host".to_owned())
 }
 
-fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str) -> Run {
+fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str, first: bool) -> Run {
     let mut test = Command::new(binary);
     test.arg("--test-threads=1");
+    // Tests that do not depend on the attach backend run with the kernel's first one only.
+    test.env("TRACER_TEST_FIRST_BACKEND", if first { "1" } else { "0" });
     // The host run is where real servers (nginx, iperf3) are installed: tests that drive them
     // must find them there, and leave the VM runs to the project's own servers.
     test.env("TRACER_TEST_HOST", "1");

@@ -35,6 +35,7 @@ use tracer_integration::{
         setpriv_args,
     },
     netns::{current_netns_inode, in_fresh_netns, loopback_up},
+    policy::first_backend_of_kernel,
     tracer::{backend_under_test, collect_closed, the_one},
 };
 
@@ -267,6 +268,9 @@ fn each_documented_capability_is_needed() {
 
 #[test]
 fn on_debian_paranoid_level_3_the_check_names_sys_admin() {
+    if !first_backend_of_kernel("the perf_event_paranoid check") {
+        return;
+    }
     let paranoid = perf_event_paranoid();
     let caps: Vec<&str> = documented_caps(backend_under_test(), kernel())
         .into_iter()
@@ -334,6 +338,9 @@ fn pid1_cgroup2_reachable() -> bool {
 
 #[test]
 fn under_ip_netns_exec_as_root_the_cgroup2_root_comes_from_pid_1_or_a_private_mount() {
+    if !first_backend_of_kernel("finding the cgroup v2 root") {
+        return;
+    }
     // The premise: this process sees the cgroup v2 hierarchy.
     assert!(
         find_cgroup2_root().is_some(),
@@ -359,6 +366,9 @@ fn under_ip_netns_exec_as_root_the_cgroup2_root_comes_from_pid_1_or_a_private_mo
 
 #[test]
 fn under_ip_netns_exec_without_access_to_pid_1_a_private_cgroup2_mount_is_used() {
+    if !first_backend_of_kernel("the private cgroup2 mount") {
+        return;
+    }
     let netns = NamedNetns::add();
     let mut caps = documented_caps(backend_under_test(), kernel());
     // Mounting tracefs and cgroup2 in ip netns exec's fresh /sys.

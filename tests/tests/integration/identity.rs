@@ -24,7 +24,7 @@ use tracer::{
 use tracer_common::conn::MAX_UDP_PEERS;
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    policy::loaded_or_skip,
+    policy::{first_backend_of_kernel, loaded_or_skip},
     tracer::backend_under_test,
 };
 
@@ -108,6 +108,25 @@ impl Identities {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+
+    /// One call of `client`, recorded.
+    fn poll(&mut self, tracer: &Tracer, client: &str, netns: u32) {
+        let delta = tracer.get_active_connections(client).expect("poll");
+        self.add(&delta.conns, netns);
+    }
+
+    /// Both sides of the TCP connection between `a` and `b` were seen as one identity each,
+    /// with `a` having sent `a_sent` and received `a_received` (and `b` the reverse).
+    fn assert_pair(&self, a: SocketAddr, b: SocketAddr, a_sent: u64, a_received: u64) {
+        for (local, remote, sent, received) in
+            [(a, b, a_sent, a_received), (b, a, a_received, a_sent)]
+        {
+            let found = self.by_endpoints(local, remote);
+            assert_eq!(found.len(), 1, "{local} -> {remote}: {found:?}");
+            let (s, r, _, _) = self.seen[&found[0]];
+            assert_eq!((s, r), (sent, received), "{local} -> {remote}");
+        }
     }
 
     fn by_endpoints(&self, local: SocketAddr, remote: SocketAddr) -> Vec<ConnectionTuple> {
@@ -264,10 +283,7 @@ fn a_udp_flow_idle_across_a_poll_and_then_closed_is_reported_closed_once() {
         client.send(&[5u8; 100]).expect("send");
         let mut buf = [0u8; 200];
         server.recv_from(&mut buf).expect("recv");
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         // Idle across this poll: nothing moved.
         let idle = tracer.get_active_connections("a").expect("poll");
         let client_flow = (
@@ -299,10 +315,7 @@ fn a_udp_flow_idle_across_a_poll_and_then_closed_is_reported_closed_once() {
         );
         assert_eq!(ended[0].end_reason, Some(EndReason::Closed));
         ids.add(&delta.conns, netns);
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
         let (sent, _, _, _) = ids.seen[&ids.by_endpoints(client_flow.0, client_flow.1)[0]];
         assert_eq!(sent, 100);
@@ -311,6 +324,9 @@ fn a_udp_flow_idle_across_a_poll_and_then_closed_is_reported_closed_once() {
 
 #[test]
 fn a_udp_server_socket_with_10000_peers_gets_10000_exact_flows_each_ending_once() {
+    if !first_backend_of_kernel("the peer-list and generation sweep (shared by every backend)") {
+        return;
+    }
     in_fresh_netns(|| {
         let Some(tracer) = new_tracer(ExpiryConfig::default()) else {
             return;
@@ -331,26 +347,14 @@ fn a_udp_server_socket_with_10000_peers_gets_10000_exact_flows_each_ending_once(
             server.send_to(&[2u8; 16], from).expect("reply");
             client.recv_from(&mut buf).expect("client recv");
             if i % 2_000 == 0 {
-                ids.add(
-                    &tracer.get_active_connections("a").expect("poll").conns,
-                    netns,
-                );
+                ids.poll(&tracer, "a", netns);
             }
         }
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         drop(server);
         std::thread::sleep(Duration::from_millis(100));
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
         // Identities by endpoints, once (a scan per peer would be quadratic).
         let mut by_ends: HashMap<(SocketAddr, SocketAddr), Vec<ConnectionTuple>> = HashMap::new();
@@ -401,6 +405,9 @@ fn a_udp_server_socket_with_10000_peers_gets_10000_exact_flows_each_ending_once(
 
 #[test]
 fn an_idle_udp_flow_that_expires_is_reported_as_an_end_once() {
+    if !first_backend_of_kernel("expiry (a userspace rule)") {
+        return;
+    }
     in_fresh_netns(|| {
         let expiry = ExpiryConfig {
             udp: Duration::from_millis(500),
@@ -420,10 +427,7 @@ fn an_idle_udp_flow_that_expires_is_reported_as_an_end_once() {
         let mut buf = [0u8; 64];
         server.recv_from(&mut buf).expect("recv");
         let mut ids = Identities::default();
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         let started = Instant::now();
         let mut expired = Vec::new();
         while started.elapsed() < Duration::from_secs(5) && expired.len() < 2 {
@@ -444,10 +448,7 @@ fn an_idle_udp_flow_that_expires_is_reported_as_an_end_once() {
             expired.iter().all(|(_, r)| *r == Some(EndReason::Expired)),
             "{expired:?}"
         );
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
         let client_flow = ids.by_endpoints(
             client.local_addr().expect("local"),
@@ -476,35 +477,41 @@ fn a_tcp_connection_opened_before_the_tracer_ends_once_on_both_sides() {
         let mut back = [0u8; 700];
         client.read_exact(&mut back).expect("read");
         let mut ids = Identities::default();
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         // The client closes first, then the server sees EOF and closes.
         drop(client);
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).expect("EOF");
         drop(server);
         std::thread::sleep(Duration::from_millis(200));
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
-        for (local, remote, sent, received) in [
-            (client_addr, server_addr, 500, 700),
-            (server_addr, client_addr, 700, 500),
-        ] {
-            let found = ids.by_endpoints(local, remote);
-            assert_eq!(found.len(), 1, "{local} -> {remote}: {found:?}");
-            let (s, r, _, _) = ids.seen[&found[0]];
-            assert_eq!((s, r), (sent, received), "{local} -> {remote}");
-        }
+        ids.assert_pair(client_addr, server_addr, 500, 700);
     });
+}
+
+/// A TCP exchange where the client sends `request` bytes and shuts down its sending side first,
+/// the server reads them to EOF, replies `reply` bytes and closes; returns once the reply and the
+/// server's FIN had time to arrive, the reply still unread: (client, its address, server address).
+fn client_shuts_down_first(request: usize, reply: usize) -> (TcpStream, SocketAddr, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server_addr = listener.local_addr().expect("addr");
+    let mut client = TcpStream::connect(server_addr).expect("connect");
+    let client_addr = client.local_addr().expect("local");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(&vec![1u8; request]).expect("request");
+    // The client is done sending (like `nc -N` or an HTTP/1.0 client): FIN_WAIT.
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let mut received = Vec::new();
+    server.read_to_end(&mut received).expect("request and EOF");
+    assert_eq!(received.len(), request);
+    server.write_all(&vec![2u8; reply]).expect("reply");
+    drop(server);
+    // The reply and the server's FIN arrive before the client reads: the client socket goes
+    // through TIME_WAIT to CLOSE with the whole reply still unread.
+    std::thread::sleep(Duration::from_millis(300));
+    (client, client_addr, server_addr)
 }
 
 #[test]
@@ -515,51 +522,19 @@ fn a_client_that_shuts_down_first_and_reads_the_reply_after_the_close_counts_eve
         };
         let netns = current_netns_inode().expect("netns") as u32;
         tracer.register_client("a").expect("register");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let server_addr = listener.local_addr().expect("addr");
         let mut ids = Identities::default();
         const REPLY: usize = 70_001;
-        let mut client = TcpStream::connect(server_addr).expect("connect");
-        let client_addr = client.local_addr().expect("local");
-        let (mut server, _) = listener.accept().expect("accept");
-        client.write_all(&[1u8; 3_000]).expect("request");
-        // The client is done sending (like `nc -N` or an HTTP/1.0 client): FIN_WAIT.
-        client.shutdown(Shutdown::Write).expect("shutdown");
-        let mut request = Vec::new();
-        server.read_to_end(&mut request).expect("request and EOF");
-        assert_eq!(request.len(), 3_000);
-        server.write_all(&vec![2u8; REPLY]).expect("reply");
-        drop(server);
-        // The reply and the server's FIN arrive before the client reads: the client socket goes
-        // through TIME_WAIT to CLOSE with the whole reply still unread.
-        std::thread::sleep(Duration::from_millis(300));
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        let (mut client, client_addr, server_addr) = client_shuts_down_first(3_000, REPLY);
+        ids.poll(&tracer, "a", netns);
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).expect("reply and EOF");
         assert_eq!(reply.len(), REPLY);
         drop(client);
         std::thread::sleep(Duration::from_millis(100));
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
-        for (local, remote, sent, received) in [
-            (client_addr, server_addr, 3_000, REPLY as u64),
-            (server_addr, client_addr, REPLY as u64, 3_000),
-        ] {
-            let found = ids.by_endpoints(local, remote);
-            assert_eq!(found.len(), 1, "{local} -> {remote}: {found:?}");
-            let (s, r, _, _) = ids.seen[&found[0]];
-            assert_eq!((s, r), (sent, received), "{local} -> {remote}");
-        }
+        ids.assert_pair(client_addr, server_addr, 3_000, REPLY as u64);
     });
 }
 
@@ -571,34 +546,14 @@ fn a_connection_closed_with_unread_bytes_that_are_never_read_ends_when_the_socke
         };
         let netns = current_netns_inode().expect("netns") as u32;
         tracer.register_client("a").expect("register");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let server_addr = listener.local_addr().expect("addr");
-        let mut client = TcpStream::connect(server_addr).expect("connect");
-        let client_addr = client.local_addr().expect("local");
-        let (mut server, _) = listener.accept().expect("accept");
-        client.write_all(&[1u8; 100]).expect("request");
-        client.shutdown(Shutdown::Write).expect("shutdown");
-        let mut request = Vec::new();
-        server.read_to_end(&mut request).expect("request and EOF");
-        server.write_all(&[2u8; 5_000]).expect("reply");
-        drop(server);
-        std::thread::sleep(Duration::from_millis(300));
+        let (client, client_addr, server_addr) = client_shuts_down_first(100, 5_000);
         let mut ids = Identities::default();
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
         // The client never reads the reply: its close is pending until it lets go of the socket.
         drop(client);
         std::thread::sleep(Duration::from_millis(100));
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
-        ids.add(
-            &tracer.get_active_connections("a").expect("poll").conns,
-            netns,
-        );
+        ids.poll(&tracer, "a", netns);
+        ids.poll(&tracer, "a", netns);
         ids.check_every_identity_ended_once();
         let found = ids.by_endpoints(client_addr, server_addr);
         assert_eq!(found.len(), 1, "{found:?}");

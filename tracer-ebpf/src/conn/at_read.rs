@@ -5,27 +5,18 @@
 //! `tcp_refreshed_ns`, the time of the latest copy). `updated_ns` does not: it is the connection's
 //! last activity, which drives idle expiry, and a read is no activity.
 
-use tracer_common::{
-    conn::{ConnKey, IPPROTO_TCP},
-    counters::Counter,
-};
+use tracer_common::{conn::IPPROTO_TCP, counters::Counter};
 
-use super::{NT_CONNS, layout, now_ns, sock};
+use super::{layout, now_ns, sock};
 use crate::counters::bump;
 
 /// If TCP socket `sk` is tracked (under its own address), copies its `tcp_sock` counters into
 /// its entry now and returns true. Never creates an entry.
 #[inline(always)]
 pub fn refresh_tracked_tcp(sk: u64) -> bool {
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
+    let Some(stats) = super::tracked(sk) else {
         return false;
     };
-    // SAFETY: map values stay valid for the program's run; fields are plain integers.
-    let stats = unsafe { &mut *stats };
     if stats.tuple.protocol != IPPROTO_TCP {
         return false;
     }

@@ -173,21 +173,28 @@ pub fn on_recv(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
     on_io(key, protocol, bytes, false, offsets);
 }
 
+/// The entry of a socket tracked under its own address (a TCP socket or a connected UDP
+/// socket), if any.
+#[inline(always)]
+pub fn tracked(sk: u64) -> Option<&'static mut ConnStats> {
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    let stats = NT_CONNS.get_ptr_mut(key)?;
+    // SAFETY: map values stay valid for the program's run; fields are plain integers.
+    Some(unsafe { &mut *stats })
+}
+
 /// The data path's fast path: if `sk` is tracked under its own address (a TCP socket or a
 /// connected UDP socket), account `bytes` and return true; otherwise the caller resolves the
 /// protocol and peer and takes the slow path. One map lookup, one atomic add, no kernel reads
 /// (TCP counters are refreshed at most every [`TCP_REFRESH_NS`], and on every zero-byte call).
 #[inline(always)]
 pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
+    let Some(stats) = tracked(sk) else {
         return false;
     };
-    // SAFETY: see `entry`.
-    let stats = unsafe { &mut *stats };
     let protocol = stats.tuple.protocol;
     account(stats, protocol, bytes, sending);
     if stats.flags & FLAG_CLOSE_PENDING != 0 {
@@ -306,16 +313,10 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
 /// process-context event already named an owner. Never creates an entry.
 #[inline(always)]
 pub fn set_owner(sk: u64, tgid: u32) {
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    if let Some(stats) = NT_CONNS.get_ptr_mut(key) {
-        // SAFETY: see `entry`.
-        let stats = unsafe { &mut *stats };
-        if stats.tuple.pid == 0 {
-            stats.tuple.pid = tgid;
-        }
+    if let Some(stats) = tracked(sk)
+        && stats.tuple.pid == 0
+    {
+        stats.tuple.pid = tgid;
     }
 }
 
@@ -383,13 +384,7 @@ pub fn established(key: &ConnKey, origin: Origin, offsets: &SockOffsets) {
 /// counters of a tracked connection. Never creates an entry.
 #[inline(always)]
 pub fn on_tcp_event(sk: u64, offsets: &SockOffsets) {
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    if let Some(stats) = NT_CONNS.get_ptr_mut(key) {
-        // SAFETY: see `entry`.
-        let stats = unsafe { &mut *stats };
+    if let Some(stats) = tracked(sk) {
         if sock::refresh_tcp(sk, offsets, stats).is_err() {
             bump(Counter::KernelReadFailed);
         }
@@ -489,16 +484,14 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
 /// after reads and when the application releases the socket.
 #[inline(always)]
 pub fn finish_pending(sk: u64, offsets: &SockOffsets) {
-    let key = ConnKey {
-        sk,
-        ..ConnKey::default()
-    };
-    let Some(stats) = NT_CONNS.get_ptr_mut(key) else {
+    let Some(stats) = tracked(sk) else {
         return;
     };
-    // SAFETY: see `entry`.
-    let stats = unsafe { &mut *stats };
     if stats.flags & FLAG_CLOSE_PENDING != 0 {
+        let key = ConnKey {
+            sk,
+            ..ConnKey::default()
+        };
         emit_close(&key, IPPROTO_TCP, offsets, stats, 0);
     }
 }
