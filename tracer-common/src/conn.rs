@@ -108,6 +108,10 @@ pub struct ConnStats {
     pub failure: u16,
     /// TCP: `bpf_ktime_get_ns` when the copied `tcp_sock` counters were last refreshed.
     pub tcp_refreshed_ns: u64,
+    /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id`, the inode of its cgroup
+    /// directory), taken in process context together with `tuple.pid`; 0 until the owner is
+    /// known.
+    pub cgroup_id: u64,
 }
 
 /// `flags`: the TCP connection reached CLOSE while its application still had received bytes

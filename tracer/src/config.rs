@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::{
     Result,
+    enrich::EnrichConfig,
     expiry::ExpiryConfig,
     filter::Filters,
     kernel::{conn_tracer::KernelConfig, plan::BackendChoice},
@@ -30,6 +31,8 @@ pub struct Config {
     pub filters: Filters,
     /// When connections whose close was missed are given up on.
     pub expiry: ExpiryConfig,
+    /// Containers, NAT and routes: each on or off, with its sizes and TTLs.
+    pub enrich: EnrichConfig,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             state,
             filters: Filters::default(),
             expiry: ExpiryConfig::from_system(),
+            enrich: EnrichConfig::default(),
         }
     }
 }
@@ -65,7 +69,8 @@ impl Config {
     /// Checks every size and limit (zero, absurd, not a power-of-two number of pages).
     pub fn validate(&self) -> Result<()> {
         self.kernel().validate()?;
-        self.state.validate()
+        self.state.validate()?;
+        self.enrich.validate()
     }
 }
 

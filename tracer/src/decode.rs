@@ -74,7 +74,7 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
         closed: stats.flags & FLAG_CLOSED != 0,
         failure_errno: stats.failure,
     });
-    KernelRecord {
+    let mut conn = KernelRecord {
         tuple,
         direction: match stats.direction {
             DIRECTION_INCOMING => Direction::Incoming,
@@ -92,7 +92,9 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
         tcp,
         end_reason: end_reason(stats.flags),
     }
-    .into_stats(ports, closed)
+    .into_stats(ports, closed);
+    conn.cgroup_id = stats.cgroup_id;
+    conn
 }
 
 #[cfg(test)]

@@ -6,18 +6,22 @@
 //!   the embedded eBPF object, loading and attaching programs, reading maps.
 //! - [`model`]: the userspace data model handed to callers (`ConnectionTuple`, `ConnectionStats`, ...).
 //! - [`state`]: the per-client delta / merge / aggregate pipeline (pure Rust, no kernel access).
+//! - [`enrich`]: one module per enrichment (containers, conntrack NAT, routes), one seam.
+//! - [`telemetry`]: the typed counter set (name, kind, doc of every counter).
 //! - [`error`]: the library's one error type.
 //! - [`Tracer`] (with [`Config`], [`filter`], [`expiry`], [`decode`]): the public entry point.
 
 pub mod config;
 mod consumer;
 pub mod decode;
+pub mod enrich;
 pub mod error;
 pub mod expiry;
 pub mod filter;
 pub mod kernel;
 pub mod model;
 pub mod state;
+pub mod telemetry;
 mod tracer;
 
 pub use config::Config;

@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     consumer::Consumer,
     decode,
+    enrich::Enrichers,
     expiry::{self, ExpiryConfig},
     filter::Filters,
     kernel::{
@@ -55,6 +56,11 @@ struct Shared {
     filters: Filters,
     ports: EphemeralPortRange,
     counters: Counters,
+    /// Containers, NAT, routes.
+    enrich: Enrichers,
+    /// The network namespaces of the latest map read: where the enrichments' event sources
+    /// (conntrack) must listen.
+    netns: Mutex<std::collections::HashSet<u32>>,
     /// Held across draining the ring and storing what was drained, so that once a flush
     /// returns, every close emitted before it is in the state.
     flush: Mutex<Vec<ClosedConn>>,
@@ -68,6 +74,7 @@ impl Shared {
         if buffer.is_empty() {
             return;
         }
+        self.enrich.sync(&lock(&self.netns));
         self.counters
             .closed_received
             .fetch_add(buffer.len() as u64, Ordering::Relaxed);
@@ -82,7 +89,11 @@ impl Shared {
         // stored ones was the peak of userspace memory under churn.
         let conns = records
             .iter()
-            .map(|c| decode::connection(&c.stats, &self.ports, true))
+            .map(|c| {
+                let mut conn = decode::connection(&c.stats, &self.ports, true);
+                self.enrich.attach_closed(&mut conn);
+                conn
+            })
             .filter(|c| {
                 let excluded = self.filters.excludes(&c.tuple);
                 filtered += u64::from(excluded);
@@ -186,6 +197,8 @@ impl Tracer {
             filters: config.filters.clone(),
             ports: config.state.ephemeral_ports,
             counters: Counters::default(),
+            enrich: Enrichers::start(&config.enrich),
+            netns: Mutex::new(std::collections::HashSet::new()),
             flush: Mutex::new(Vec::new()),
         });
         let consumer_shared = Arc::clone(&shared);
@@ -259,6 +272,12 @@ impl Tracer {
             // to a socket that closed in between.
             shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
             timings.map_read = call_started.elapsed();
+            {
+                let mut netns = lock(&shared.netns);
+                netns.clear();
+                netns.extend(reads.entries.iter().map(|(_, s)| s.tuple.netns));
+                shared.enrich.sync(&netns);
+            }
             let drain_started = Instant::now();
             shared.flush_closed();
             timings.flush = drain_started.elapsed();
@@ -272,6 +291,8 @@ impl Tracer {
                 .fetch_add(sorted.held_back, Ordering::Relaxed);
             sorted.active
         };
+        let mut active = active;
+        shared.enrich.attach_open(&mut active);
 
         let delta = shared.state.get_delta(
             &id,
@@ -284,6 +305,7 @@ impl Tracer {
         let kernel_delta = shared.state.kernel_telemetry_delta(&id, now, &kernel_now)?;
         shared.state.remove_expired_clients(now);
         let mut connections = Connections::from_delta(delta);
+        shared.enrich.resolve(&mut connections.conns);
         connections.kernel_telemetry = kernel_delta;
         timings.pipeline = call_started
             .elapsed()
@@ -388,6 +410,9 @@ impl Tracer {
             "closed_discarded_without_clients",
             shared.state.closed_discarded_without_clients(),
         ));
+        let mut enrich = Vec::new();
+        shared.enrich.collect(&mut enrich);
+        values.extend(enrich.iter().map(|s| (s.info.name, s.value)));
         Ok(KernelCounters(values))
     }
 

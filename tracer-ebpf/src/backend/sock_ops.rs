@@ -62,7 +62,7 @@ pub fn nt_sock_ops(ctx: SockOpsContext) -> u32 {
 fn on_established(ctx: &SockOpsContext, direction: u8) {
     want_state(ctx);
     if let Some(sk) = socket(ctx) {
-        let origin = Origin { direction, pid: 0 };
+        let origin = Origin::unowned(direction);
         conn::established(&key(sk), origin, &layout().sock);
     }
 }

@@ -64,6 +64,30 @@ pub struct Origin {
     pub direction: u8,
     /// The pid to record (0 when the hook runs outside the owning process, e.g. in softirq).
     pub pid: u32,
+    /// The owner's cgroup id, taken with `pid` (0 with it).
+    pub cgroup_id: u64,
+}
+
+impl Origin {
+    /// An entry created in the owning process: the current task's tgid and cgroup.
+    #[inline(always)]
+    pub fn current(direction: u8) -> Self {
+        Self {
+            direction,
+            pid: sock::current_tgid(),
+            cgroup_id: sock::current_cgroup_id(),
+        }
+    }
+
+    /// An entry created outside its owner (softirq, a cgroup hook): no owner yet.
+    #[inline(always)]
+    pub fn unowned(direction: u8) -> Self {
+        Self {
+            direction,
+            pid: 0,
+            cgroup_id: 0,
+        }
+    }
 }
 
 /// The entry for `key`, created from the socket's current tuple when missing. `None` when the
@@ -90,6 +114,7 @@ pub fn entry(
     *stats = ConnStats::default();
     stats.tuple = tuple;
     stats.tuple.pid = origin.pid;
+    stats.cgroup_id = origin.cgroup_id;
     if key.peer_family != 0 {
         // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
         if key.peer_family == tracer_common::conn::AF_INET && sock::is_v4_mapped(&stats.tuple.saddr)
@@ -236,6 +261,7 @@ fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     // connect/accept already said who does.
     if stats.tuple.pid == 0 {
         stats.tuple.pid = sock::current_tgid();
+        stats.cgroup_id = sock::current_cgroup_id();
     }
     if bytes > 0 {
         if sending {
@@ -287,17 +313,13 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
         bump(Counter::TcpIoNotTracked);
         return;
     }
-    let tgid = sock::current_tgid();
     let direction = match (protocol, sending) {
         // A TCP socket first seen on a send/receive existed before the tracer started.
         (IPPROTO_TCP, _) => DIRECTION_UNKNOWN,
         (_, true) => DIRECTION_OUTGOING,
         (_, false) => DIRECTION_INCOMING,
     };
-    let origin = Origin {
-        direction,
-        pid: tgid,
-    };
+    let origin = Origin::current(direction);
     let Some(stats) = entry(key, protocol, origin, offsets) else {
         return;
     };
@@ -317,6 +339,7 @@ pub fn set_owner(sk: u64, tgid: u32) {
         && stats.tuple.pid == 0
     {
         stats.tuple.pid = tgid;
+        stats.cgroup_id = sock::current_cgroup_id();
     }
 }
 
@@ -330,10 +353,7 @@ pub fn on_tcp_state(sk: u64, old: i32, new: i32, offsets: &SockOffsets) {
     match new {
         TCP_SYN_SENT => {
             // connect(): runs in the connecting process.
-            let origin = Origin {
-                direction: DIRECTION_OUTGOING,
-                pid: sock::current_tgid(),
-            };
+            let origin = Origin::current(DIRECTION_OUTGOING);
             if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
                 stats.updated_ns = now_ns();
             }
@@ -341,20 +361,13 @@ pub fn on_tcp_state(sk: u64, old: i32, new: i32, offsets: &SockOffsets) {
         TCP_SYN_RECV if old == TCP_LISTEN => {
             // A child socket of a listener, created in softirq: the pid comes from accept() or
             // the first process-context event.
-            let origin = Origin {
-                direction: DIRECTION_INCOMING,
-                pid: 0,
-            };
+            let origin = Origin::unowned(DIRECTION_INCOMING);
             if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
                 stats.updated_ns = now_ns();
             }
         }
         TCP_ESTABLISHED => {
-            let origin = Origin {
-                direction: DIRECTION_UNKNOWN,
-                pid: 0,
-            };
-            established(&key, origin, offsets);
+            established(&key, Origin::unowned(DIRECTION_UNKNOWN), offsets);
         }
         TCP_CLOSE => close(&key, IPPROTO_TCP, offsets),
         TCP_LISTEN => {}

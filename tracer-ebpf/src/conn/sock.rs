@@ -113,6 +113,15 @@ pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
     owned && unread > 0
 }
 
+/// The cgroup v2 id of the current task (its cgroup directory's inode). Only tracing programs
+/// (tracepoints, raw tracepoints, kprobes, fentry) call this: the helper exists for them from
+/// 4.18, and they run in the task that owns the socket where this is called.
+#[inline(always)]
+pub fn current_cgroup_id() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
+}
+
 /// Thread-group id of the current task (the process, not the thread).
 #[inline(always)]
 pub fn current_tgid() -> u32 {

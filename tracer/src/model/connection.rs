@@ -9,6 +9,7 @@ use crate::model::{
     nat::IpTranslation,
     protocol::ProtocolStack,
     tuple::{ConnectionTuple, Direction},
+    via::Via,
 };
 
 /// Container ids of the two ends, when known.
@@ -109,6 +110,12 @@ pub struct ConnectionStats {
     pub nat: Option<IpTranslation>,
     /// Container ids.
     pub containers: ContainerIds,
+    /// The cgroup (v2) id of the owner process, recorded by the kernel when the owner was set
+    /// (`bpf_get_current_cgroup_id`); 0 when unknown. It is what [`ContainerIds::source`] is
+    /// resolved from.
+    pub cgroup_id: u64,
+    /// Outgoing connections to other hosts: the route's gateway and interface.
+    pub via: Option<Via>,
     /// Protocol classification.
     pub protocol_stack: ProtocolStack,
     /// Static protocol tags (bit set, e.g. TLS), passed through.
@@ -139,6 +146,8 @@ impl ConnectionStats {
             is_assured: false,
             nat: None,
             containers: ContainerIds::default(),
+            cgroup_id: 0,
+            via: None,
             protocol_stack: ProtocolStack::default(),
             static_tags: 0,
             tcp_failures: TcpFailures::default(),

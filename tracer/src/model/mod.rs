@@ -6,7 +6,7 @@
 //! - [`ephemeral`]: the ephemeral port range and classification.
 //! - [`connection`]: [`ConnectionStats`] and its small parts.
 //! - [`kernel_record`]: decoding what the kernel reports into a [`ConnectionStats`].
-//! - [`nat`], [`protocol`], [`dns`], [`usm`]: enrichment types.
+//! - [`nat`], [`protocol`], [`dns`], [`usm`], [`via`]: enrichment types.
 //! - [`telemetry`], [`delta`]: what a client gets back.
 //!
 //! # Identity
@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod telemetry;
 pub mod tuple;
 pub mod usm;
+pub mod via;
 
 pub use connection::{ConnectionStats, ContainerIds, EndReason, TcpFailures};
 pub use cookie::{connection_cookie, hash_cookie_bytes};
@@ -43,3 +44,4 @@ pub use protocol::ProtocolStack;
 pub use telemetry::{KernelCounters, StateTelemetry};
 pub use tuple::{ConnectionTuple, Direction, Family, Protocol, TUPLE_BYTES_MAX};
 pub use usm::{AppProtocol, UsmCounters, UsmKey, UsmStats};
+pub use via::Via;
