@@ -339,10 +339,10 @@ fn first_call(name: &str, rig: &Rig<'_>, size: usize) -> Option<f64> {
         connections.conns.len()
     );
     if t.entries < size {
-        let counters = rig.tracer.kernel_counters().map(|c| {
-            c.0.into_iter()
-                .filter(|&(_, v)| v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
+        let counters = rig.tracer.counters().map(|c| {
+            c.iter()
+                .filter(|s| s.value > 0)
+                .map(|s| format!("{}={}", s.info.name, s.value))
                 .collect::<Vec<_>>()
                 .join(" ")
         });

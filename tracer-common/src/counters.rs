@@ -1,7 +1,9 @@
 //! Kernel-side counters: one slot per reason an event was not recorded, so nothing is lost silently.
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $variant:ident = $index:literal => $name:literal,)*) => {
+    (@loss Loss) => { true };
+    (@loss Activity) => { false };
+    ($($(#[doc = $doc:literal])* $variant:ident = $index:literal => $name:literal : $kind:ident,)*) => {
         /// Index into the per-CPU counter array `NT_COUNTERS`.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,77 +21,92 @@ macro_rules! counters {
                     $(Counter::$variant => $name,)*
                 }
             }
+
+            /// Whether a non-zero value means something was not recorded (a loss), rather than
+            /// work done (an activity).
+            pub const fn is_loss(self) -> bool {
+                match self {
+                    $(Counter::$variant => counters!(@loss $kind),)*
+                }
+            }
+
+            /// What the counter counts (its doc comment).
+            pub const fn doc(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => concat!($($doc),*).trim_ascii(),)*
+                }
+            }
         }
     };
 }
 
 counters! {
     /// The TCP state map (issue-2 probe) was full: a socket's transitions were not recorded.
-    TcpStateMapFull = 0 => "tcp_state_map_full",
+    TcpStateMapFull = 0 => "tcp_state_map_full" : Loss,
     /// Reading a tracepoint record failed (a bad offset from the format file).
-    TracepointReadFailed = 1 => "tracepoint_read_failed",
+    TracepointReadFailed = 1 => "tracepoint_read_failed" : Loss,
     /// A socket recorded more transitions than its record holds.
-    TcpStateOverflow = 2 => "tcp_state_overflow",
+    TcpStateOverflow = 2 => "tcp_state_overflow" : Loss,
     /// A connection did not fit in the connection map (counted once per connection).
-    ConnMapFull = 3 => "conn_map_full",
+    ConnMapFull = 3 => "conn_map_full" : Loss,
     /// A closed-connection event could not be reserved in the ring buffer: the event was lost
     /// (the connection's entry is still removed).
-    RingBufFull = 4 => "ringbuf_full",
+    RingBufFull = 4 => "ringbuf_full" : Loss,
     /// Closed-connection events submitted to the ring buffer.
-    ClosedEmitted = 5 => "closed_emitted",
+    ClosedEmitted = 5 => "closed_emitted" : Activity,
     /// A kernel struct read failed (bad offset or unmapped memory): the event was skipped.
-    KernelReadFailed = 6 => "kernel_read_failed",
+    KernelReadFailed = 6 => "kernel_read_failed" : Loss,
     /// A connection closed before any process-context event told its pid.
-    MissingPid = 7 => "missing_pid",
+    MissingPid = 7 => "missing_pid" : Loss,
     /// An event's socket had no usable tuple (unknown family, or zero addresses).
-    MissingTuple = 8 => "missing_tuple",
+    MissingTuple = 8 => "missing_tuple" : Loss,
     /// A failed TCP connection's errno was not one of the five reported codes.
-    UnknownFailure = 9 => "unknown_failure",
+    UnknownFailure = 9 => "unknown_failure" : Loss,
     /// An unconnected UDP socket talked to more peers than its peer list holds; flows beyond it
     /// are closed by userspace at its next read after the socket closed (not lost: an activity
     /// count).
-    UdpPeersOverflow = 10 => "udp_peers_overflow",
+    UdpPeersOverflow = 10 => "udp_peers_overflow" : Activity,
     /// An unconnected UDP send or receive whose peer could not be determined.
-    UdpMissingPeer = 11 => "udp_missing_peer",
+    UdpMissingPeer = 11 => "udp_missing_peer" : Loss,
     /// kprobe backend: a kprobe could not stash its arguments for the kretprobe (the stash map
     /// refused the insert): that call's bytes are lost.
-    ProbeArgsFull = 12 => "probe_args_full",
+    ProbeArgsFull = 12 => "probe_args_full" : Loss,
     /// kprobe backend: a kretprobe found no stashed arguments (evicted from the LRU stash by
     /// other in-flight calls): that call's bytes are lost.
-    ProbeArgsMissing = 13 => "probe_args_missing",
+    ProbeArgsMissing = 13 => "probe_args_missing" : Loss,
     /// A new peer flow of an unconnected UDP socket could not be listed because `NT_UDP_PEERS`
     /// was full: the socket's close does not close it, userspace expiry does.
-    UdpPeersMapFull = 14 => "udp_peers_map_full",
+    UdpPeersMapFull = 14 => "udp_peers_map_full" : Loss,
     /// tracepoint backend: a UDP send/receive syscall's arguments could not be stashed
     /// (`NT_UDP_CALLS` full): datagrams of unconnected sockets in that call count as
     /// `udp_missing_peer`.
-    UdpCallsFull = 15 => "udp_calls_full",
+    UdpCallsFull = 15 => "udp_calls_full" : Loss,
     /// A peer flow was created on an unconnected UDP socket bound to the wildcard address: its
     /// local address is reported as 0.0.0.0 / :: (the source address is chosen per datagram).
-    UdpWildcardLocal = 16 => "udp_wildcard_local",
+    UdpWildcardLocal = 16 => "udp_wildcard_local" : Activity,
     /// A zero-length UDP datagram was sent or received successfully: not counted as a packet
     /// (the connection table counts a datagram only with its bytes).
-    UdpEmptyDatagram = 17 => "udp_empty_datagram",
+    UdpEmptyDatagram = 17 => "udp_empty_datagram" : Activity,
     /// kprobe backend: a call's kretprobe never ran (more calls of the function were in flight
     /// than the kernel's return-probe instances for it, `maxactive`, e.g. blocked receives):
     /// that call's bytes are lost. Counted when the same thread calls the function again.
-    ProbeReturnMissed = 18 => "probe_return_missed",
+    ProbeReturnMissed = 18 => "probe_return_missed" : Loss,
     /// The kernel refused to turn on `sock_ops` state callbacks for a TCP socket: its close
     /// relies on the `inet_sock_set_state` tracepoint alone, which the kernel may skip.
-    SockOpsFlagsRefused = 19 => "sock_ops_flags_refused",
+    SockOpsFlagsRefused = 19 => "sock_ops_flags_refused" : Loss,
     /// An accepted TCP socket closed before its handshake completed (reset in SYN_RECV, or the
     /// loser of two CPUs completing the same handshake): not reported as a connection.
-    EmbryonicClosed = 20 => "tcp_embryonic_closed",
+    EmbryonicClosed = 20 => "tcp_embryonic_closed" : Activity,
     /// A TCP send or receive on an untracked socket that moved no bytes, or whose socket was not
     /// in a data state (closed after its close was emitted, listening, connecting): no entry was
     /// created, so no second identity of an ended connection appears.
-    TcpIoNotTracked = 21 => "tcp_io_not_tracked",
+    TcpIoNotTracked = 21 => "tcp_io_not_tracked" : Activity,
     /// An unconnected UDP socket got no generation because `NT_UDP_SOCKS` was full: its flows
     /// are ended by expiry, not when the socket closes.
-    UdpSocksMapFull = 22 => "udp_socks_map_full",
+    UdpSocksMapFull = 22 => "udp_socks_map_full" : Loss,
     /// A kernel close found that userspace had already ended the flow (expiry or sweep) and
     /// discarded its own record: each flow is ended exactly once, by whoever removed it.
-    CloseAlreadyEnded = 23 => "close_already_ended",
+    CloseAlreadyEnded = 23 => "close_already_ended" : Activity,
 }
 
 /// Number of counters (size of the per-CPU array).

@@ -42,13 +42,40 @@ pub struct CounterInfo {
     pub doc: &'static str,
 }
 
+impl CounterInfo {
+    /// A loss counter.
+    pub const fn loss(name: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: CounterKind::Loss,
+            doc,
+        }
+    }
+
+    /// An activity counter.
+    pub const fn activity(name: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: CounterKind::Activity,
+            doc,
+        }
+    }
+}
+
 /// One counter's value: a total since start, a per-client delta, or a gauge's level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// Which counter.
-    pub info: &'static CounterInfo,
+    pub info: CounterInfo,
     /// Its value.
     pub value: u64,
+}
+
+impl Sample {
+    /// `info` with `value`.
+    pub const fn new(info: CounterInfo, value: u64) -> Self {
+        Self { info, value }
+    }
 }
 
 /// Anything that owns counters and can list them.
@@ -81,13 +108,13 @@ macro_rules! counter_set {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
-            $( #[doc = $doc:literal] $field:ident : $kind:ident ),* $(,)?
+            $( $(#[doc = $doc:literal])+ $field:ident : $kind:ident ),* $(,)?
         }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         $vis struct $name {
-            $( #[doc = $doc] pub $field: ::std::sync::atomic::AtomicU64, )*
+            $( $(#[doc = $doc])+ pub $field: ::std::sync::atomic::AtomicU64, )*
         }
 
         impl $name {
@@ -96,7 +123,7 @@ macro_rules! counter_set {
                 $( $crate::telemetry::CounterInfo {
                     name: stringify!($field),
                     kind: $crate::telemetry::CounterKind::$kind,
-                    doc: $doc.trim_ascii(),
+                    doc: concat!($($doc),+).trim_ascii(),
                 }, )*
             ];
 
@@ -109,7 +136,7 @@ macro_rules! counter_set {
         impl $crate::telemetry::CounterSource for $name {
             fn collect(&self, out: &mut ::std::vec::Vec<$crate::telemetry::Sample>) {
                 for (info, value) in Self::INFO.iter().zip(self.values()) {
-                    out.push($crate::telemetry::Sample { info, value });
+                    out.push($crate::telemetry::Sample { info: *info, value });
                 }
             }
         }
@@ -123,7 +150,8 @@ mod tests {
     counter_set! {
         /// Test set.
         struct Two {
-            /// First one.
+            /// First
+            /// one.
             first: Loss,
             /// Second one.
             second: Gauge,

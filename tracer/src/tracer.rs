@@ -2,10 +2,7 @@
 //! closed-connection consumer, filters and expiry, and the per-client state pipeline.
 
 use std::{
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -25,29 +22,51 @@ use crate::{
         conn_tracer::{ConnTracer, flow_socket_gone},
         plan::{Backend, Plan},
     },
-    model::{Connections, DnsStatsBatch, EphemeralPortRange, KernelCounters, UsmStats},
+    model::{Connections, CounterSet, DnsStatsBatch, EphemeralPortRange, UsmStats},
     state::{ClientId, NetworkState},
+    telemetry::{CounterInfo, CounterSource, Sample, bump},
 };
 
 /// How long the consumer sleeps when no closed connection arrives (a safety net: the ring's
 /// descriptor wakes it as soon as one does).
 const CONSUMER_IDLE_MS: i32 = 200;
 
-/// Userspace-side counters, reported with the kernel's in each call's telemetry.
-#[derive(Default)]
-struct Counters {
-    closed_received: AtomicU64,
-    closed_filtered: AtomicU64,
-    active_filtered: AtomicU64,
-    expired_tcp: AtomicU64,
-    expired_udp: AtomicU64,
-    map_read_duplicates: AtomicU64,
-    /// Unconnected UDP flows ended at read time because their socket was gone.
-    udp_flows_socket_gone: AtomicU64,
-    /// Open entries not reported in a call because their identity was not final yet (summed
-    /// over calls; see [`decode::identity_complete`]).
-    active_held_back: AtomicU64,
+crate::counter_set! {
+    /// Userspace-side counters of `Tracer`, reported with the kernel's in each call's telemetry.
+    struct Counters {
+        /// Closed-connection records drained from the kernel's ring buffer.
+        closed_received: Activity,
+        /// Closed connections a filter excluded.
+        closed_filtered: Activity,
+        /// Open connections a filter excluded (summed over calls).
+        active_filtered: Activity,
+        /// Idle TCP connections ended by the expiry rules.
+        expired_tcp: Activity,
+        /// Idle UDP flows ended by the expiry rules.
+        expired_udp: Activity,
+        /// Entries a batched map read returned twice (the kernel's hash table moved under it).
+        map_read_duplicates: Activity,
+        /// Unconnected UDP flows ended at read time because their socket was gone.
+        udp_flows_socket_gone: Activity,
+        /// Open entries not reported in a call because their identity was not final yet (summed
+        /// over calls; see `decode::identity_complete`).
+        active_held_back: Activity,
+    }
 }
+
+const TCP_REFRESH_SOCKETS: CounterInfo = CounterInfo::activity(
+    "tcp_refresh_sockets",
+    "TCP sockets whose packets, retransmits and RTT were refreshed at read time (iter/tcp).",
+);
+const TCP_REFRESH_NETNS_FAILED: CounterInfo = CounterInfo::loss(
+    "tcp_refresh_netns_failed",
+    "Network namespaces with tracked TCP connections the read-time refresh could not enter: \
+     their counters are those of their latest data-path event.",
+);
+const CLOSED_DISCARDED_WITHOUT_CLIENTS: CounterInfo = CounterInfo::activity(
+    "closed_discarded_without_clients",
+    "Closed connections dropped because no client was registered to receive them.",
+);
 
 /// Everything the consumer thread and client calls share.
 struct Shared {
@@ -75,9 +94,7 @@ impl Shared {
             return;
         }
         self.enrich.sync(&lock(&self.netns));
-        self.counters
-            .closed_received
-            .fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        bump(&self.counters.closed_received, buffer.len() as u64);
         self.store_closed(&buffer);
     }
 
@@ -100,9 +117,7 @@ impl Shared {
                 !excluded
             });
         self.state.store_closed_batch(conns);
-        self.counters
-            .closed_filtered
-            .fetch_add(filtered, Ordering::Relaxed);
+        bump(&self.counters.closed_filtered, filtered);
     }
 }
 
@@ -264,10 +279,10 @@ impl Tracer {
             let stats = shared.kernel.read_connections(&mut reads.entries)?;
             timings.entries = stats.entries;
             timings.batched = stats.batched;
-            shared
-                .counters
-                .map_read_duplicates
-                .fetch_add(stats.duplicates as u64, Ordering::Relaxed);
+            bump(
+                &shared.counters.map_read_duplicates,
+                stats.duplicates as u64,
+            );
             // After the map: a flow read above whose socket generation is missing here belongs
             // to a socket that closed in between.
             shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
@@ -285,10 +300,8 @@ impl Tracer {
             self.end_connections(&mut reads.expired, FLAG_EXPIRED)?;
             self.end_connections(&mut reads.socket_gone, FLAG_CLOSED_BY_SWEEP)?;
             let c = &shared.counters;
-            c.active_filtered
-                .fetch_add(sorted.filtered, Ordering::Relaxed);
-            c.active_held_back
-                .fetch_add(sorted.held_back, Ordering::Relaxed);
+            bump(&c.active_filtered, sorted.filtered);
+            bump(&c.active_held_back, sorted.held_back);
             sorted.active
         };
         let mut active = active;
@@ -301,12 +314,13 @@ impl Tracer {
             DnsStatsBatch::default(),
             UsmStats::default(),
         )?;
-        let kernel_now = self.kernel_counters()?;
-        let kernel_delta = shared.state.kernel_telemetry_delta(&id, now, &kernel_now)?;
+        let totals = self.counters()?;
+        let mut counters = shared.state.counters_delta(&id, now, &totals)?;
+        counters.0.extend(delta.telemetry.samples());
         shared.state.remove_expired_clients(now);
         let mut connections = Connections::from_delta(delta);
         shared.enrich.resolve(&mut connections.conns);
-        connections.kernel_telemetry = kernel_delta;
+        connections.counters = counters;
         timings.pipeline = call_started
             .elapsed()
             .saturating_sub(timings.map_read + timings.flush);
@@ -370,14 +384,14 @@ impl Tracer {
         shared.kernel.end_connections(records, flag)?;
         let c = &shared.counters;
         for record in records.iter() {
-            let counter = if flag == FLAG_CLOSED_BY_SWEEP {
+            let counter: &AtomicU64 = if flag == FLAG_CLOSED_BY_SWEEP {
                 &c.udp_flows_socket_gone
             } else if record.stats.tuple.protocol == IPPROTO_TCP {
                 &c.expired_tcp
             } else {
                 &c.expired_udp
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            bump(counter, 1);
         }
         // Under the flush lock, as the ring's records: a client call that flushes after this
         // one returns sees these ends stored.
@@ -386,34 +400,22 @@ impl Tracer {
         Ok(())
     }
 
-    /// Totals since start of every kernel-side and userspace-side counter, by name.
-    pub fn kernel_counters(&self) -> Result<KernelCounters> {
+    /// Totals since start of every counter of the kernel side, of the tracer and of the
+    /// enrichments, typed (the state pipeline's are in [`Tracer::state_telemetry`]).
+    pub fn counters(&self) -> Result<CounterSet> {
         let shared = &*self.shared;
-        let mut values: Vec<(&'static str, u64)> = shared.kernel.counters()?.iter().collect();
-        let c = &shared.counters;
-        for (name, counter) in [
-            ("closed_received", &c.closed_received),
-            ("closed_filtered", &c.closed_filtered),
-            ("active_filtered", &c.active_filtered),
-            ("expired_tcp", &c.expired_tcp),
-            ("expired_udp", &c.expired_udp),
-            ("map_read_duplicates", &c.map_read_duplicates),
-            ("udp_flows_socket_gone", &c.udp_flows_socket_gone),
-            ("active_held_back", &c.active_held_back),
-        ] {
-            values.push((name, counter.load(Ordering::Relaxed)));
-        }
+        let mut samples: Vec<Sample> = Vec::with_capacity(64);
+        shared.kernel.counters()?.collect(&mut samples);
+        shared.counters.collect(&mut samples);
         let refresh = shared.kernel.iter_stats();
-        values.push(("tcp_refresh_sockets", refresh.sockets_refreshed));
-        values.push(("tcp_refresh_netns_failed", refresh.netns_failed));
-        values.push((
-            "closed_discarded_without_clients",
+        samples.push(Sample::new(TCP_REFRESH_SOCKETS, refresh.sockets_refreshed));
+        samples.push(Sample::new(TCP_REFRESH_NETNS_FAILED, refresh.netns_failed));
+        samples.push(Sample::new(
+            CLOSED_DISCARDED_WITHOUT_CLIENTS,
             shared.state.closed_discarded_without_clients(),
         ));
-        let mut enrich = Vec::new();
-        shared.enrich.collect(&mut enrich);
-        values.extend(enrich.iter().map(|s| (s.info.name, s.value)));
-        Ok(KernelCounters(values))
+        shared.enrich.collect(&mut samples);
+        Ok(CounterSet(samples))
     }
 
     /// The state pipeline's telemetry totals since start.

@@ -250,8 +250,8 @@ fn two_clients_polling_at_different_intervals_see_exact_bytes_and_every_close_on
             let delta = tracer.get_active_connections(id).expect("final call");
             seen.add(&delta.conns, netns);
         }
-        let telemetry = tracer.kernel_counters().expect("counters");
-        for (name, value) in &telemetry.0 {
+        let telemetry = tracer.counters().expect("counters");
+        for (name, value) in telemetry.iter().map(|s| (&s.info.name, &s.value)) {
             if [
                 "ringbuf_full",
                 "conn_map_full",
@@ -321,18 +321,8 @@ fn an_overloaded_ring_reports_its_exact_loss_to_clients() {
             .iter()
             .filter(|c| c.tuple.netns == netns && c.is_closed)
             .count() as u64;
-        let lost = delta
-            .kernel_telemetry
-            .0
-            .iter()
-            .find(|(name, _)| *name == "ringbuf_full")
-            .map_or(0, |(_, v)| *v);
-        let emitted = delta
-            .kernel_telemetry
-            .0
-            .iter()
-            .find(|(name, _)| *name == "closed_emitted")
-            .map_or(0, |(_, v)| *v);
+        let lost = delta.counters.value("ringbuf_full");
+        let emitted = delta.counters.value("closed_emitted");
         // Whether the consumer kept up depends on scheduling (limits.rs forces the overflow
         // with no consumer); either way the books must balance exactly.
         eprintln!(
@@ -469,15 +459,7 @@ fn idle_udp_flows_expire_from_the_map_and_free_their_peer_slots() {
         let first = tracer.get_active_connections("c").expect("call");
         assert_eq!(ours(&first.conns), 16, "16 open flows");
         std::thread::sleep(Duration::from_millis(800));
-        let counter = |name: &str| -> u64 {
-            tracer
-                .kernel_counters()
-                .expect("counters")
-                .0
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or(0, |(_, v)| *v)
-        };
+        let counter = |name: &str| -> u64 { tracer.counters().expect("counters").value(name) };
         let expired_before = counter("expired_udp");
         tracer
             .get_active_connections("c")

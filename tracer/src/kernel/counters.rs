@@ -3,7 +3,33 @@
 use aya::maps::{MapData, PerCpuArray};
 pub use tracer_common::counters::Counter;
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    telemetry::{CounterInfo, CounterKind, CounterSource, Sample},
+};
+
+/// The typed description of a kernel counter.
+pub fn info(counter: Counter) -> CounterInfo {
+    CounterInfo {
+        name: counter.name(),
+        kind: if counter.is_loss() {
+            CounterKind::Loss
+        } else {
+            CounterKind::Activity
+        },
+        doc: counter.doc(),
+    }
+}
+
+const PROGRAM_RUNS_SKIPPED: CounterInfo = CounterInfo::loss(
+    "program_runs_skipped",
+    "Runs of the tracer's programs the kernel skipped because another tracing program ran on \
+     the same CPU (bpf_prog_info.recursion_misses, Linux 5.12+): each an event not seen.",
+);
+const CLOSED_RECORDS_MALFORMED: CounterInfo = CounterInfo::loss(
+    "closed_records_malformed",
+    "Closed-connection records of the wrong size, skipped instead of misread.",
+);
 
 /// Totals of every kernel-side counter, summed over all CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,16 +92,28 @@ impl KernelCounters {
     /// Every counter with its name and total (`program_runs_skipped` only where the kernel
     /// counts it).
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.samples().map(|s| (s.info.name, s.value))
+    }
+
+    /// Every counter as a typed sample (`program_runs_skipped` only where the kernel counts
+    /// it).
+    pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
         self.values
             .iter()
-            .map(|(c, v)| (c.name(), *v))
+            .map(|(c, v)| Sample::new(info(*c), *v))
             .chain(
                 self.program_runs_skipped
-                    .map(|v| ("program_runs_skipped", v)),
+                    .map(|v| Sample::new(PROGRAM_RUNS_SKIPPED, v)),
             )
-            .chain(std::iter::once((
-                "closed_records_malformed",
+            .chain(std::iter::once(Sample::new(
+                CLOSED_RECORDS_MALFORMED,
                 self.closed_records_malformed,
             )))
+    }
+}
+
+impl CounterSource for KernelCounters {
+    fn collect(&self, out: &mut Vec<Sample>) {
+        out.extend(self.samples());
     }
 }

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 
 use crate::model::{
     connection::ConnectionStats,
-    telemetry::{KernelCounters, StateTelemetry},
+    telemetry::{CounterSet, StateTelemetry},
     usm::UsmStats,
 };
 
@@ -32,21 +32,22 @@ pub struct Connections {
     pub dns: FxHashMap<IpAddr, Vec<Arc<str>>>,
     /// USM stats, as in [`Delta::usm`].
     pub usm: UsmStats,
-    /// Pipeline telemetry since this client's previous call.
+    /// Pipeline telemetry since this client's previous call (also in `counters`).
     pub state_telemetry: StateTelemetry,
-    /// Kernel telemetry since this client's previous call.
-    pub kernel_telemetry: KernelCounters,
+    /// Every counter (kernel, userspace, enrichments, pipeline), typed, as it changed since this
+    /// client's previous call (gauges: their level).
+    pub counters: CounterSet,
 }
 
 impl Connections {
-    /// Wraps a delta; `dns` and `kernel_telemetry` are filled by the caller.
+    /// Wraps a delta; `dns` and `counters` are filled by the caller.
     pub fn from_delta(delta: Delta) -> Self {
         Self {
             conns: delta.conns,
             dns: FxHashMap::default(),
             usm: delta.usm,
             state_telemetry: delta.telemetry,
-            kernel_telemetry: KernelCounters::default(),
+            counters: CounterSet::default(),
         }
     }
 }

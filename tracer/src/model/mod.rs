@@ -41,7 +41,7 @@ pub use ephemeral::{EphemeralPort, EphemeralPortRange, IP_LOCAL_PORT_RANGE};
 pub use kernel_record::{KernelRecord, KernelTcpStats};
 pub use nat::IpTranslation;
 pub use protocol::ProtocolStack;
-pub use telemetry::{KernelCounters, StateTelemetry};
+pub use telemetry::{CounterSet, StateTelemetry};
 pub use tuple::{ConnectionTuple, Direction, Family, Protocol, TUPLE_BYTES_MAX};
 pub use usm::{AppProtocol, UsmCounters, UsmKey, UsmStats};
 pub use via::Via;

@@ -70,7 +70,7 @@ pub use config::{MAX_CONNECTION_LIMIT, StateConfig};
 
 use crate::{
     error::Result,
-    model::{ConnectionStats, Delta, DnsStatsBatch, KernelCounters, StateTelemetry, UsmStats},
+    model::{ConnectionStats, CounterSet, Delta, DnsStatsBatch, StateTelemetry, UsmStats},
     state::{
         aggregate::AggregateScratch,
         batches::BatchLog,
@@ -347,25 +347,32 @@ impl NetworkState {
         readers.len()
     }
 
-    /// Turns the kernel's monotonic counters into what changed since this client's previous
-    /// call of this method (a counter that went down restarts from its new value).
-    pub fn kernel_telemetry_delta(
+    /// Turns counter totals into what changed since this client's previous call of this method
+    /// (a counter that went down restarts from its new value); gauges are passed as they are.
+    pub fn counters_delta(
         &self,
         client: &ClientId,
         now_ns: u64,
-        current: &KernelCounters,
-    ) -> Result<KernelCounters, ClientError> {
+        current: &CounterSet,
+    ) -> Result<CounterSet, ClientError> {
         let handle = self.client_handle(client, now_ns)?;
         let mut state = lock(&handle.state);
         let deltas = current
-            .0
             .iter()
-            .map(|&(name, value)| {
-                let seen = state.kernel_seen.insert(name, value).unwrap_or(0);
-                (name, if value >= seen { value - seen } else { value })
+            .map(|sample| {
+                if sample.info.kind == crate::telemetry::CounterKind::Gauge {
+                    return *sample;
+                }
+                let value = sample.value;
+                let seen = state
+                    .kernel_seen
+                    .insert(sample.info.name, value)
+                    .unwrap_or(0);
+                let delta = if value >= seen { value - seen } else { value };
+                crate::telemetry::Sample::new(sample.info, delta)
             })
             .collect();
-        Ok(KernelCounters(deltas))
+        Ok(CounterSet(deltas))
     }
 
     /// Totals since start: the sum over clients of their per-client telemetry, plus the global

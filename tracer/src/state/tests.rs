@@ -511,25 +511,32 @@ fn telemetry_in_a_delta_is_what_happened_for_that_client_since_its_previous_call
 }
 
 #[test]
-fn kernel_counters_become_per_client_deltas() {
+fn counters_become_per_client_deltas_and_gauges_pass_through() {
+    use crate::telemetry::{CounterInfo, CounterKind, Sample};
+    const LOSS: CounterInfo = CounterInfo::loss("ringbuf_full", "lost");
+    const GAUGE: CounterInfo = CounterInfo {
+        name: "entries_held",
+        kind: CounterKind::Gauge,
+        doc: "held",
+    };
     let s = state();
     let (a, b) = (id("a"), id("b"));
-    let counters = |v| KernelCounters(vec![("tcp_sent_miscounts", v)]);
+    let counters = |v, g| CounterSet(vec![Sample::new(LOSS, v), Sample::new(GAUGE, g)]);
     assert_eq!(
-        s.kernel_telemetry_delta(&a, 0, &counters(5)).unwrap(),
-        counters(5)
+        s.counters_delta(&a, 0, &counters(5, 9)).unwrap(),
+        counters(5, 9)
     );
     assert_eq!(
-        s.kernel_telemetry_delta(&a, 0, &counters(8)).unwrap(),
-        counters(3)
+        s.counters_delta(&a, 0, &counters(8, 4)).unwrap(),
+        counters(3, 4)
     );
     assert_eq!(
-        s.kernel_telemetry_delta(&b, 0, &counters(8)).unwrap(),
-        counters(8)
+        s.counters_delta(&b, 0, &counters(8, 4)).unwrap(),
+        counters(8, 4)
     );
     assert_eq!(
-        s.kernel_telemetry_delta(&a, 0, &counters(2)).unwrap(),
-        counters(2),
+        s.counters_delta(&a, 0, &counters(2, 4)).unwrap(),
+        counters(2, 4),
         "reset"
     );
 }
