@@ -182,3 +182,84 @@ fn a_close_by_another_process_ends_the_connection_once_with_the_owner_pid() {
         );
     });
 }
+
+/// The cgroup v2 hierarchy's mount point (the tests run where it is mounted: the host's
+/// `/sys/fs/cgroup/unified`, the VMs' `/sys/fs/cgroup`).
+fn cgroup2_mount() -> std::path::PathBuf {
+    tracer::kernel::capabilities::cgroup2_mount().expect("a cgroup v2 mount")
+}
+
+/// The inode of this process's cgroup v2 directory: the id `bpf_get_current_cgroup_id` returns.
+fn own_cgroup_id(mount: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    let dir = mount.join(path.trim_start_matches('/'));
+    std::fs::metadata(&dir).expect("own cgroup dir").ino()
+}
+
+#[test]
+fn each_side_carries_the_cgroup_id_of_its_owner() {
+    use std::{ffi::CString, os::unix::fs::MetadataExt};
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        let mount = cgroup2_mount();
+        let ours = own_cgroup_id(&mount);
+        // The server runs in a cgroup of its own, made for this test.
+        let dir = mount.join(format!("tracer-test-owner-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create cgroup");
+        let theirs = std::fs::metadata(&dir).expect("cgroup").ino();
+        assert_ne!(theirs, ours);
+        let procs =
+            CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("path");
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let listen_fd = listener.as_raw_fd();
+        let server_pid = fork_child(|| {
+            // SAFETY: raw syscalls only: join the test cgroup ("0": the writing process), then
+            // accept, echo and close.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return 3;
+                }
+                libc::close(fd);
+                let conn = libc::accept(listen_fd, std::ptr::null_mut(), std::ptr::null_mut());
+                if conn < 0 || !raw_read_exact(conn, 100) || !raw_write_all(conn, 200) {
+                    return 1;
+                }
+                let mut byte = [0u8; 1];
+                let eof = libc::read(conn, byte.as_mut_ptr().cast(), 1);
+                libc::close(conn);
+                if eof == 0 { 0 } else { 2 }
+            }
+        });
+        drop(listener);
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("addr");
+        client.write_all(&[1u8; 100]).expect("write");
+        let mut answer = [0u8; 200];
+        client.read_exact(&mut answer).expect("read");
+        drop(client);
+        wait_ok(server_pid);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
+        std::fs::remove_dir(&dir).expect("remove the test cgroup");
+
+        let outgoing = the_one(&closed, client_addr, server_addr);
+        assert_eq!(outgoing.cgroup_id, ours, "the connecting process's cgroup");
+        let incoming = the_one(&closed, server_addr, client_addr);
+        assert_eq!(incoming.tuple.pid, server_pid as u32);
+        assert_eq!(
+            incoming.cgroup_id, theirs,
+            "the accepting process's cgroup, not the parent's ({ours})"
+        );
+    });
+}
