@@ -1,15 +1,16 @@
-//! Kernel records (`tracer_common::conn`) into the userspace model.
+//! The one decoder of kernel records (`tracer_common::conn`): ring-buffer bytes into records,
+//! records into the userspace model, and the rule for when an open record may be reported.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::conn::{
-    AF_INET6, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED, FLAG_CLOSED_BY_SWEEP,
+    AF_INET6, ClosedConn, ConnStats, DIRECTION_INCOMING, FLAG_CLOSED, FLAG_CLOSED_BY_SWEEP,
     FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP,
 };
 
 use crate::model::{
-    ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, KernelRecord,
-    KernelTcpStats, Protocol,
+    ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
+    StatCounters, connection_cookie,
 };
 
 /// Whether an open kernel entry's identity is final, so that it may be reported before it
@@ -63,45 +64,113 @@ pub fn tuple(stats: &ConnStats) -> ConnectionTuple {
     }
 }
 
-/// A kernel record as a [`ConnectionStats`] (cookie re-hashed, derived fields filled).
+/// A kernel record as a [`ConnectionStats`]: the cookie re-hashed with the tuple, an unknown
+/// direction reported as outgoing, the local port classified with `ports`, TCP flags and the
+/// failure errno as counters, the owner's cgroup id, and, if `closed`, the end and its reason.
 pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -> ConnectionStats {
     let tuple = tuple(stats);
-    let tcp = (tuple.protocol == Protocol::Tcp).then_some(KernelTcpStats {
-        retransmits: stats.retransmits,
-        srtt_us: stats.rtt_us,
-        rttvar_us: stats.rtt_var_us,
-        established: stats.flags & FLAG_ESTABLISHED != 0,
-        closed: stats.flags & FLAG_CLOSED != 0,
-        failure_errno: stats.failure,
-    });
-    let mut conn = KernelRecord {
-        tuple,
-        direction: match stats.direction {
-            DIRECTION_INCOMING => Direction::Incoming,
-            DIRECTION_OUTGOING => Direction::Outgoing,
-            _ => Direction::Unknown,
-        },
-        kernel_cookie: stats.cookie,
-        created_ns: stats.created_ns,
-        last_update_ns: stats.updated_ns,
+    let direction = match stats.direction {
+        DIRECTION_INCOMING => Direction::Incoming,
+        // DIRECTION_OUTGOING, and unknown (a connection that existed before the tracer).
+        _ => Direction::Outgoing,
+    };
+    let is_tcp = tuple.protocol == Protocol::Tcp;
+    let tcp_flag = |flag: u8| u32::from(is_tcp && stats.flags & flag != 0);
+    let cookie = connection_cookie(stats.cookie, &tuple);
+    let mut conn = ConnectionStats::new(tuple, direction, cookie);
+    conn.monotonic = StatCounters {
         sent_bytes: stats.sent_bytes,
         recv_bytes: stats.recv_bytes,
         sent_packets: stats.sent_packets,
         recv_packets: stats.recv_packets,
-        is_assured: stats.sent_packets > 0 && stats.recv_packets > 0,
-        tcp,
-        end_reason: end_reason(stats.flags),
+        retransmits: if is_tcp { stats.retransmits } else { 0 },
+        tcp_established: tcp_flag(FLAG_ESTABLISHED),
+        tcp_closed: tcp_flag(FLAG_CLOSED),
+    };
+    conn.created_ns = stats.created_ns;
+    conn.last_update_ns = stats.updated_ns;
+    if is_tcp {
+        conn.rtt_us = stats.rtt_us;
+        conn.rtt_var_us = stats.rtt_var_us;
+        if stats.failure != 0 {
+            conn.tcp_failures.record(stats.failure, 1);
+        }
     }
-    .into_stats(ports, closed);
+    conn.sport_is_ephemeral = ports.classify(conn.tuple.sport);
+    conn.is_closed = closed;
+    conn.end_reason = closed.then(|| end_reason(stats.flags));
+    conn.is_assured = stats.sent_packets > 0 && stats.recv_packets > 0;
     conn.cgroup_id = stats.cgroup_id;
     conn
 }
 
+/// A ring-buffer record as a [`ClosedConn`]; `None` for a record of the wrong size (cannot
+/// happen with a matching object; such records are skipped, and counted, rather than misread).
+pub(crate) fn closed_record(bytes: &[u8]) -> Option<ClosedConn> {
+    if bytes.len() < std::mem::size_of::<ClosedConn>() {
+        return None;
+    }
+    // SAFETY: ClosedConn is plain old data (any bit pattern is valid) and the slice holds at
+    // least size_of::<ClosedConn>() bytes; read_unaligned has no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ClosedConn>()) })
+}
+
 #[cfg(test)]
 mod tests {
-    use tracer_common::conn::{AF_INET, ConnTuple, IPPROTO_UDP};
+    use tracer_common::conn::{AF_INET, ConnTuple, DIRECTION_OUTGOING, IPPROTO_UDP};
 
     use super::*;
+    use crate::model::EphemeralPort;
+
+    #[test]
+    fn unknown_direction_is_outgoing_and_derived_fields_are_filled() {
+        let mut raw = ConnStats {
+            tuple: ConnTuple {
+                sport: 40000,
+                dport: 80,
+                family: AF_INET,
+                protocol: IPPROTO_TCP,
+                pid: 3,
+                netns: 4,
+                ..ConnTuple::default()
+            },
+            cookie: 99,
+            created_ns: 1,
+            updated_ns: 2,
+            flags: FLAG_ESTABLISHED | FLAG_EXPIRED,
+            failure: 111,
+            cgroup_id: 77,
+            ..ConnStats::default()
+        };
+        raw.tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let conn = connection(&raw, &EphemeralPortRange::default(), true);
+        assert_eq!(conn.direction, Direction::Outgoing);
+        assert_eq!(conn.cookie, connection_cookie(99, &conn.tuple));
+        assert_eq!(conn.sport_is_ephemeral, EphemeralPort::Ephemeral);
+        assert_eq!(conn.monotonic.tcp_established, 1);
+        assert_eq!(conn.tcp_failures.iter().collect::<Vec<_>>(), vec![(111, 1)]);
+        assert_eq!(conn.end_reason, Some(EndReason::Expired));
+        assert_eq!(conn.cgroup_id, 77);
+        assert!(conn.last.is_zero());
+        let open = connection(&raw, &EphemeralPortRange::default(), false);
+        assert_eq!((open.is_closed, open.end_reason), (false, None));
+    }
+
+    #[test]
+    fn ring_records_shorter_than_a_record_are_refused() {
+        let record = ClosedConn::default();
+        // SAFETY: plain old data viewed as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const record).cast::<u8>(),
+                std::mem::size_of::<ClosedConn>(),
+            )
+        };
+        assert_eq!(closed_record(bytes), Some(record));
+        assert_eq!(closed_record(&bytes[1..]), None);
+        assert_eq!(closed_record(&[]), None);
+    }
 
     #[test]
     fn ipv4_udp_record_decodes_with_bytes_and_direction() {

@@ -137,7 +137,7 @@ pub enum Error {
 
     /// A client id was refused (too long) or the client cap is reached.
     #[error("client: {0}")]
-    Client(#[from] crate::state::ClientError),
+    Client(#[from] ClientError),
 
     /// Any other I/O error, with what was being done.
     #[error("{context}: {source}")]
@@ -157,4 +157,24 @@ impl Error {
             source,
         }
     }
+}
+
+/// Why a client was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The id is longer than [`crate::state::MAX_CLIENT_ID_LEN`].
+    #[error("client id is {len} bytes long, the limit is {max}")]
+    IdTooLong {
+        /// Length of the refused id.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The registry already holds the configured number of clients.
+    #[error("too many clients (limit {max})")]
+    TooManyClients {
+        /// The limit.
+        max: usize,
+    },
 }

@@ -117,7 +117,7 @@ pub fn build(
         backends: kernel.backends,
         test_binary: TEST_BINARY_IN_IMAGE,
         run_timeout_secs,
-        filter: crate::test::filter().as_deref(),
+        filter: crate::knobs::filter().as_deref(),
     })?;
     archive.file("init", Data::Bytes(init.into_bytes()), 0o755);
 

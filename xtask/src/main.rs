@@ -20,6 +20,7 @@ mod demo;
 mod init_script;
 mod initramfs;
 mod kernels;
+mod knobs;
 mod ldd;
 mod libtest;
 mod modules;

@@ -4,32 +4,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::kernels::HOST_BACKENDS;
+use crate::knobs::{filter, timeout};
 use crate::libtest::{self, Counts};
 use crate::summary::{Run, Summary};
 use crate::{cmd, paths, setup, test_binary, vm};
-
-/// Per run of the test binary, on the host and in a VM: a hung test must not eat CI's budget.
-const DEFAULT_TIMEOUT_SECS: u64 = 15 * 60;
-
-pub fn timeout() -> Duration {
-    let secs = std::env::var("XTASK_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_TIMEOUT_SECS);
-    Duration::from_secs(secs)
-}
-
-/// XTASK_TEST_FILTER: only the integration tests whose names contain this (a debugging aid).
-pub fn filter() -> Option<String> {
-    std::env::var("XTASK_TEST_FILTER")
-        .ok()
-        .filter(|f| !f.is_empty())
-}
 
 pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     let root = paths::workspace_root();

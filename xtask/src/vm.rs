@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use crate::console;
 use crate::initramfs;
 use crate::kernels::{self, CachedKernel};
+use crate::knobs::timeout;
 use crate::libtest::{self, Counts};
 use crate::qemu;
 use crate::summary::{Run, Summary};
-use crate::test::timeout;
 
 /// Booting and loading modules under TCG on a busy machine: seconds usually, minutes at worst.
 const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);

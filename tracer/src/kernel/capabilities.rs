@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     btf::Btf,
-    plan::{Hook, PROBES},
+    probes::{Hook, PROBES},
     version::KernelVersion,
 };
 
@@ -421,58 +421,6 @@ mod tests {
             via_pid1_root(Path::new("/sys/fs/cgroup/unified")),
             PathBuf::from("/proc/1/root/sys/fs/cgroup/unified")
         );
-    }
-
-    #[test]
-    fn the_tracepoint_backend_needs_a_cgroup2_mount_and_says_so() {
-        use crate::kernel::plan::{Backend, BackendChoice, plan};
-        use tracer_common::names;
-
-        let mut caps =
-            Capabilities::for_tests(KernelVersion::new(6, 18, 44), true, false, false, true);
-        let planned = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap();
-        let programs: Vec<_> = planned.probes.iter().map(|p| p.program).collect();
-        for program in [
-            names::PROG_UDP_RELEASE,
-            names::PROG_TP_SENDTO,
-            names::PROG_TPX_RECVMMSG,
-        ] {
-            assert!(programs.contains(&program), "{program} in {programs:?}");
-        }
-        // Every enter program comes after its exit: no argument stash outlives its syscall.
-        let position = |name| programs.iter().position(|p| *p == name).unwrap();
-        assert!(position(names::PROG_TPX_RECVFROM) < position(names::PROG_TP_RECVFROM));
-        assert!(position(names::PROG_TPX_SENDMMSG) < position(names::PROG_TP_SENDMMSG));
-
-        caps.cgroup2 = None;
-        let err = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap_err();
-        assert!(err.to_string().contains("cgroup v2 mount"), "{err}");
-    }
-
-    #[test]
-    fn the_plan_reason_says_where_the_cgroup2_root_came_from() {
-        use crate::kernel::plan::{Backend, BackendChoice, plan};
-
-        let mut caps =
-            Capabilities::for_tests(KernelVersion::new(6, 12, 0), true, true, true, true);
-        let cases = [
-            (
-                Cgroup2Root::Mounted(PathBuf::from("/sys/fs/cgroup")),
-                "cgroup v2 root /sys/fs/cgroup (mounted here)",
-            ),
-            (
-                Cgroup2Root::ViaPid1(PathBuf::from("/proc/1/root/sys/fs/cgroup")),
-                "cgroup v2 root /proc/1/root/sys/fs/cgroup (pid 1's mount",
-            ),
-            (Cgroup2Root::PrivateMount, "from a private cgroup2 mount"),
-        ];
-        for (root, expected) in cases {
-            caps.cgroup2 = Some(root);
-            for backend in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
-                let planned = plan(BackendChoice::Force(backend), &caps).unwrap();
-                assert!(planned.reason.contains(expected), "{}", planned.reason);
-            }
-        }
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl ConnTracer {
         let mut ring = lock(&self.closed);
         let mut n = 0;
         while let Some(item) = ring.next() {
-            match decode_closed(&item) {
+            match crate::decode::closed_record(&item) {
                 Some(event) => {
                     out.push(event);
                     n += 1;
@@ -457,17 +457,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or(Error::MissingObject { kind: "map", name })
-}
-
-/// A ring-buffer record as a [`ClosedConn`]; `None` for a record of the wrong size (cannot
-/// happen with a matching object; such records are skipped rather than misread).
-pub(crate) fn decode_closed(bytes: &[u8]) -> Option<ClosedConn> {
-    if bytes.len() < std::mem::size_of::<ClosedConn>() {
-        return None;
-    }
-    // SAFETY: ClosedConn is plain old data (any bit pattern is valid) and the slice holds at
-    // least size_of::<ClosedConn>() bytes; read_unaligned has no alignment requirement.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ClosedConn>()) })
 }
 
 fn read_btf(path: &Path) -> Result<Btf> {
@@ -699,8 +688,11 @@ mod tests {
 
     #[test]
     fn short_ring_records_are_skipped_not_misread() {
-        assert!(decode_closed(&[0u8; 10]).is_none());
+        assert!(crate::decode::closed_record(&[0u8; 10]).is_none());
         let full = vec![0u8; std::mem::size_of::<ClosedConn>()];
-        assert_eq!(decode_closed(&full), Some(ClosedConn::default()));
+        assert_eq!(
+            crate::decode::closed_record(&full),
+            Some(ClosedConn::default())
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod map_reader;
 pub(crate) mod object;
 pub mod plan;
 pub(crate) mod privileges;
+pub mod probes;
 mod skipped_runs;
 pub mod tcp_state;
 pub mod tracefs;

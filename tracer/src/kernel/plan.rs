@@ -1,369 +1,13 @@
-//! The probe table as data, and the one pure function that picks a backend and its probes from
-//! the kernel's capabilities and the caller's choice (kunai's compat table, made testable).
+//! The one pure function that picks a backend and its probes (from the table in
+//! [`super::probes`]) from the kernel's capabilities and the caller's choice (kunai's compat
+//! table, made testable).
 
-use std::fmt;
-
-use tracer_common::names;
-
+pub use super::probes::{
+    Backend, BackendChoice, Hook, ITER_MIN_KERNEL, MIN_KERNEL, PROBES, ProbeSpec,
+    without_tcp_iterator,
+};
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
-
-/// How the tracer attaches to the kernel. All three give the same counters and events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// fentry/fexit on kernel functions through BTF trampolines (cheapest per call; 5.5+ with
-    /// BTF, and allowed by the kernel's lockdown/LSM policy).
-    Fentry,
-    /// kprobe/kretprobe (5.8+ here; needs CONFIG_KPROBES).
-    Kprobe,
-    /// Stable tracepoints only (6.3+ for `sock:sock_send_length`): the way to trace on kernels
-    /// where kprobes are compiled out and fentry is refused.
-    Tracepoint,
-}
-
-impl Backend {
-    /// Preference order for [`BackendChoice::Auto`]: cheapest hooks first.
-    pub const PREFERENCE: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
-
-    /// Lower-case name, as used in reports and `TRACER_TEST_BACKEND`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Backend::Fentry => "fentry",
-            Backend::Kprobe => "kprobe",
-            Backend::Tracepoint => "tracepoint",
-        }
-    }
-
-    /// Parses a [`Backend::name`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::PREFERENCE.into_iter().find(|b| b.name() == name)
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Which backend the caller wants.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// The best one the kernel supports ([`Backend::PREFERENCE`]).
-    #[default]
-    Auto,
-    /// Exactly this one, or an error saying why it cannot load.
-    Force(Backend),
-}
-
-/// Where a program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    /// A tracepoint `category:name`, attached classic or raw depending on the program's type in
-    /// the object (raw where the arguments are all the program needs).
-    Tracepoint {
-        category: &'static str,
-        name: &'static str,
-    },
-    /// fentry on a kernel function.
-    Fentry { function: &'static str },
-    /// fexit on a kernel function.
-    Fexit { function: &'static str },
-    /// kprobe on a kernel function.
-    Kprobe { function: &'static str },
-    /// kretprobe on a kernel function.
-    Kretprobe { function: &'static str },
-    /// A `BPF_PROG_TYPE_CGROUP_SOCK` program on `BPF_CGROUP_INET_SOCK_RELEASE` (5.9+), attached
-    /// to the cgroup v2 root so that it runs for every socket (needs a cgroup v2 mount).
-    CgroupSockRelease,
-    /// A `BPF_PROG_TYPE_SOCK_OPS` program attached to the cgroup v2 root (5.10+ for
-    /// `bpf_sock_ops.sk`). Optional: without a cgroup v2 mount the plan leaves it out and says so.
-    CgroupSockOps,
-    /// A BPF iterator over the TCP sockets of a network namespace (`iter/tcp`, 5.9+), run at read
-    /// time rather than attached to an event. Optional: below 5.9, or when the kernel refuses it,
-    /// the tracer runs without it and says so (TCP packets, retransmits and RTT are then as of
-    /// each connection's latest application I/O).
-    IterTcp,
-}
-
-/// One program of the object: where it attaches, for which backends, from which kernel on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProbeSpec {
-    /// The program's name in the eBPF object.
-    pub program: &'static str,
-    pub hook: Hook,
-    /// The backends that attach this program.
-    pub backends: &'static [Backend],
-    /// The first kernel with the hook (or its current signature).
-    pub min_kernel: KernelVersion,
-    /// The last kernel with the hook, when a later one removed or changed it.
-    pub max_kernel: Option<KernelVersion>,
-}
-
-const ALL: &[Backend] = &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
-const TRACEPOINT: &[Backend] = &[Backend::Tracepoint];
-
-/// Every connection-tracking program. Programs shared by all backends use hooks that exist on
-/// every supported kernel and fire in the same places (state changes and retransmits), so only
-/// the send/receive hooks differ between backends.
-pub const PROBES: &[ProbeSpec] = &[
-    // First, so that sockets opened while the rest attaches already ask for state callbacks:
-    // the TCP close that no recursion guard can skip (tracer-ebpf/src/backend/sock_ops.rs).
-    ProbeSpec {
-        program: tracer_common::names::PROG_SOCK_OPS,
-        hook: Hook::CgroupSockOps,
-        backends: ALL,
-        min_kernel: KernelVersion::new(5, 10, 0),
-        max_kernel: None,
-    },
-    // Run at read time, not on events: refreshes the tracked TCP connections' copied counters
-    // (tracer/src/kernel/iter.rs).
-    ProbeSpec {
-        program: tracer_common::names::PROG_ITER_TCP,
-        hook: Hook::IterTcp,
-        backends: ALL,
-        min_kernel: ITER_MIN_KERNEL,
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_TP_STATE,
-        hook: Hook::Tracepoint {
-            category: "sock",
-            name: "inet_sock_set_state",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT4,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept4",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_TP_RECV_RESET,
-        hook: Hook::Tracepoint {
-            category: "tcp",
-            name: "tcp_receive_reset",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_TP_RETRANSMIT,
-        hook: Hook::Tracepoint {
-            category: "tcp",
-            name: "tcp_retransmit_skb",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_TP_SEND,
-        hook: Hook::Tracepoint {
-            category: "sock",
-            name: "sock_send_length",
-        },
-        backends: TRACEPOINT,
-        min_kernel: KernelVersion::new(6, 3, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_TP_RECV,
-        hook: Hook::Tracepoint {
-            category: "sock",
-            name: "sock_recv_length",
-        },
-        backends: TRACEPOINT,
-        min_kernel: KernelVersion::new(6, 3, 0),
-        max_kernel: None,
-    },
-    // Tracepoint backend, UDP: the peers of unconnected sockets come from the send/receive
-    // syscalls (see tracer-ebpf/src/backend/tracepoint/udp.rs). The exits are attached before the
-    // enters, so that every argument stash an enter makes is deleted by its exit.
-    udp_syscall(tracer_common::names::PROG_TPX_SENDTO, "sys_exit_sendto"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMSG, "sys_exit_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMMSG, "sys_exit_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVFROM, "sys_exit_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMSG, "sys_exit_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMMSG, "sys_exit_recvmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDTO, "sys_enter_sendto"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMSG, "sys_enter_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMMSG, "sys_enter_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVFROM, "sys_enter_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMSG, "sys_enter_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMMSG, "sys_enter_recvmmsg"),
-    // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does
-    // (required by the tracepoint backend). The same hook ends a TCP connection that closed while
-    // its application still had bytes to read, when the application lets go of the socket, read
-    // or not (`conn::finish_pending`): optional on the fentry and kprobe backends, whose UDP
-    // closes come from udp_destroy_sock.
-    ProbeSpec {
-        program: tracer_common::names::PROG_UDP_RELEASE,
-        hook: Hook::CgroupSockRelease,
-        backends: ALL,
-        min_kernel: KernelVersion::new(5, 9, 0),
-        max_kernel: None,
-    },
-    // fentry backend: the return value of each socket call (see tracer-ebpf/src/backend/calls.rs
-    // for why these functions count every byte exactly once).
-    fexit(names::PROG_FX_TCP_SEND, "tcp_sendmsg", ANY, None),
-    fexit(names::PROG_FX_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
-    fexit(names::PROG_FX_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
-    fexit(names::PROG_FX_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
-    fexit(names::PROG_FX_TCP_SPLICE, "tcp_splice_read", ANY, None),
-    fexit(names::PROG_FX_UDP_SEND, "udp_sendmsg", ANY, None),
-    fexit(names::PROG_FX_UDP6_SEND, "udpv6_sendmsg", ANY, None),
-    // The fexit (which clears the fentry's mark) before the fentry: a call already running when
-    // the fentry is attached leaves no mark behind.
-    fexit(names::PROG_FX_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
-    fentry(names::PROG_FE_UDP_PAGE, "udp_sendpage", BEFORE_6_5),
-    fexit(names::PROG_FX_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
-    fexit(names::PROG_FX_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
-    fexit(names::PROG_FX_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
-    fexit(names::PROG_FX_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
-    fentry(names::PROG_FE_UDP_DESTROY, "udp_destroy_sock", None),
-    fentry(names::PROG_FE_UDP6_DESTROY, "udpv6_destroy_sock", None),
-    // kprobe backend: each kretprobe before its kprobe, so that no call leaves stashed arguments
-    // behind because its return was not probed yet (a return whose entry was not probed yet is
-    // counted as a lost call, which it is).
-    kretprobe(names::PROG_KR_TCP_SEND, "tcp_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_TCP_SEND, "tcp_sendmsg", ANY, None),
-    kretprobe(names::PROG_KR_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
-    kprobe(names::PROG_KP_TCP_PAGE, "tcp_sendpage", ANY, BEFORE_6_5),
-    kretprobe(names::PROG_KR_TCP_RECV, "tcp_recvmsg", ANY, None),
-    kprobe(names::PROG_KP_TCP_RECV6, "tcp_recvmsg", ANY, BEFORE_5_19),
-    kprobe(names::PROG_KP_TCP_RECV5, "tcp_recvmsg", SINCE_5_19, None),
-    kretprobe(names::PROG_KR_TCP_SPLICE, "tcp_splice_read", ANY, None),
-    kprobe(names::PROG_KP_TCP_SPLICE, "tcp_splice_read", ANY, None),
-    kretprobe(names::PROG_KR_UDP_SEND, "udp_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP_SEND, "udp_sendmsg", ANY, None),
-    kretprobe(names::PROG_KR_UDP6_SEND, "udpv6_sendmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP6_SEND, "udpv6_sendmsg", ANY, None),
-    kretprobe(names::PROG_KR_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
-    kprobe(names::PROG_KP_UDP_PAGE, "udp_sendpage", ANY, BEFORE_6_5),
-    kretprobe(names::PROG_KR_UDP_RECV, "udp_recvmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP_RECV6, "udp_recvmsg", ANY, BEFORE_5_19),
-    kprobe(names::PROG_KP_UDP_RECV5, "udp_recvmsg", SINCE_5_19, None),
-    kretprobe(names::PROG_KR_UDP6_RECV, "udpv6_recvmsg", ANY, None),
-    kprobe(names::PROG_KP_UDP6_RECV6, "udpv6_recvmsg", ANY, BEFORE_5_19),
-    kprobe(names::PROG_KP_UDP6_RECV5, "udpv6_recvmsg", SINCE_5_19, None),
-    kprobe(names::PROG_KP_UDP_DESTROY, "udp_destroy_sock", ANY, None),
-    kprobe(names::PROG_KP_UDP6_DESTROY, "udpv6_destroy_sock", ANY, None),
-];
-
-// Kernel ranges of the fentry/kprobe hooks. The floor of both backends is the tracer's own
-// (MIN_KERNEL); the hooked functions exist on every kernel since then, except where noted.
-const ANY: KernelVersion = KernelVersion::new(0, 0, 0);
-/// 5.19 dropped the `noblock` parameter of `tcp_recvmsg`/`udp_recvmsg`/`udpv6_recvmsg`.
-const SINCE_5_19: KernelVersion = KernelVersion::new(5, 19, 0);
-const BEFORE_5_19: Option<KernelVersion> = Some(KernelVersion::new(5, 18, u32::MAX));
-/// 6.5 removed `tcp_sendpage`/`udp_sendpage` (splice sends through `sendmsg` since).
-const BEFORE_6_5: Option<KernelVersion> = Some(KernelVersion::new(6, 4, u32::MAX));
-
-const FENTRY: &[Backend] = &[Backend::Fentry];
-const KPROBE: &[Backend] = &[Backend::Kprobe];
-
-const fn function_probe(
-    program: &'static str,
-    hook: Hook,
-    backends: &'static [Backend],
-    min_kernel: KernelVersion,
-    max_kernel: Option<KernelVersion>,
-) -> ProbeSpec {
-    ProbeSpec {
-        program,
-        hook,
-        backends,
-        min_kernel,
-        max_kernel,
-    }
-}
-
-const fn fexit(
-    program: &'static str,
-    function: &'static str,
-    min_kernel: KernelVersion,
-    max_kernel: Option<KernelVersion>,
-) -> ProbeSpec {
-    let hook = Hook::Fexit { function };
-    function_probe(program, hook, FENTRY, min_kernel, max_kernel)
-}
-
-const fn fentry(
-    program: &'static str,
-    function: &'static str,
-    max_kernel: Option<KernelVersion>,
-) -> ProbeSpec {
-    function_probe(program, Hook::Fentry { function }, FENTRY, ANY, max_kernel)
-}
-
-const fn kprobe(
-    program: &'static str,
-    function: &'static str,
-    min_kernel: KernelVersion,
-    max_kernel: Option<KernelVersion>,
-) -> ProbeSpec {
-    let hook = Hook::Kprobe { function };
-    function_probe(program, hook, KPROBE, min_kernel, max_kernel)
-}
-
-const fn kretprobe(
-    program: &'static str,
-    function: &'static str,
-    min_kernel: KernelVersion,
-    max_kernel: Option<KernelVersion>,
-) -> ProbeSpec {
-    let hook = Hook::Kretprobe { function };
-    function_probe(program, hook, KPROBE, min_kernel, max_kernel)
-}
-
-/// A `syscalls:<name>` tracepoint of the tracepoint backend's UDP peers (syscall tracepoints and
-/// BPF on tracepoints: 4.7).
-const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
-    ProbeSpec {
-        program,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name,
-        },
-        backends: TRACEPOINT,
-        min_kernel: KernelVersion::new(4, 7, 0),
-        max_kernel: None,
-    }
-}
-
-/// The first kernel with BPF iterators over TCP sockets (`iter/tcp`).
-pub const ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 9, 0);
-
-/// What the plan's reason says when the TCP iterator is left out, `why` (a kernel below 5.9, or
-/// the error that refused it at load time).
-pub fn without_tcp_iterator(why: &str) -> String {
-    format!(
-        "without iter/tcp ({why}): TCP packets, retransmits and RTT are as of each connection's \
-         latest application I/O, not of the read"
-    )
-}
-
-/// The tracer's floor: the ring buffer of closed connections.
-pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 
 /// What [`plan`] decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -559,6 +203,8 @@ fn describe(choice: BackendChoice) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::names;
+
     use super::*;
 
     fn host_like() -> Capabilities {
@@ -910,5 +556,59 @@ mod tests {
             "{}",
             plan.reason
         );
+    }
+
+    #[test]
+    fn the_tracepoint_backend_needs_a_cgroup2_mount_and_says_so() {
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 18, 44), true, false, false, true);
+        let planned = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap();
+        let programs: Vec<_> = planned.probes.iter().map(|p| p.program).collect();
+        for program in [
+            names::PROG_UDP_RELEASE,
+            names::PROG_TP_SENDTO,
+            names::PROG_TPX_RECVMMSG,
+        ] {
+            assert!(programs.contains(&program), "{program} in {programs:?}");
+        }
+        // Every enter program comes after its exit: no argument stash outlives its syscall.
+        let position = |name| programs.iter().position(|p| *p == name).unwrap();
+        assert!(position(names::PROG_TPX_RECVFROM) < position(names::PROG_TP_RECVFROM));
+        assert!(position(names::PROG_TPX_SENDMMSG) < position(names::PROG_TP_SENDMMSG));
+
+        caps.cgroup2 = None;
+        let err = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap_err();
+        assert!(err.to_string().contains("cgroup v2 mount"), "{err}");
+    }
+
+    #[test]
+    fn the_plan_reason_says_where_the_cgroup2_root_came_from() {
+        let mut caps =
+            Capabilities::for_tests(KernelVersion::new(6, 12, 0), true, true, true, true);
+        let cases = [
+            (
+                crate::kernel::capabilities::Cgroup2Root::Mounted(std::path::PathBuf::from(
+                    "/sys/fs/cgroup",
+                )),
+                "cgroup v2 root /sys/fs/cgroup (mounted here)",
+            ),
+            (
+                crate::kernel::capabilities::Cgroup2Root::ViaPid1(std::path::PathBuf::from(
+                    "/proc/1/root/sys/fs/cgroup",
+                )),
+                "cgroup v2 root /proc/1/root/sys/fs/cgroup (pid 1's mount",
+            ),
+            (
+                crate::kernel::capabilities::Cgroup2Root::PrivateMount,
+                "from a private cgroup2 mount",
+            ),
+        ];
+        for (root, expected) in cases {
+            caps.cgroup2 = Some(root);
+            for backend in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
+                let planned = plan(BackendChoice::Force(backend), &caps).unwrap();
+                assert!(planned.reason.contains(expected), "{}", planned.reason);
+            }
+        }
     }
 }

@@ -5,7 +5,6 @@
 //! - [`cookie`]: the 64-bit cookie re-hash.
 //! - [`ephemeral`]: the ephemeral port range and classification.
 //! - [`connection`]: [`ConnectionStats`] and its small parts.
-//! - [`kernel_record`]: decoding what the kernel reports into a [`ConnectionStats`].
 //! - [`nat`], [`protocol`], [`dns`], [`usm`], [`via`]: enrichment types.
 //! - [`telemetry`], [`delta`]: what a client gets back.
 //!
@@ -24,7 +23,6 @@ pub mod counters;
 pub mod delta;
 pub mod dns;
 pub mod ephemeral;
-pub mod kernel_record;
 pub mod nat;
 pub mod protocol;
 pub mod telemetry;
@@ -38,7 +36,6 @@ pub use counters::{CounterDelta, PACKET_WRAP_MAX_DELTA, StatCounters};
 pub use delta::{Connections, Delta};
 pub use dns::{DnsKey, DnsQueryType, DnsStats, DnsStatsBatch, DomainStats};
 pub use ephemeral::{EphemeralPort, EphemeralPortRange, IP_LOCAL_PORT_RANGE};
-pub use kernel_record::{KernelRecord, KernelTcpStats};
 pub use nat::IpTranslation;
 pub use protocol::ProtocolStack;
 pub use telemetry::{CounterSet, StateTelemetry};

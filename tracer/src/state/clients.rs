@@ -17,25 +17,7 @@ use crate::state::{cursor_log::ReaderId, snapshot::Snapshot};
 /// Longest accepted client id, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 256;
 
-/// Why a client was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The id is longer than [`MAX_CLIENT_ID_LEN`].
-    #[error("client id is {len} bytes long, the limit is {max}")]
-    IdTooLong {
-        /// Length of the refused id.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The registry already holds the configured number of clients.
-    #[error("too many clients (limit {max})")]
-    TooManyClients {
-        /// The limit.
-        max: usize,
-    },
-}
+pub use crate::error::ClientError;
 
 /// A client's name: any string up to [`MAX_CLIENT_ID_LEN`] bytes (the empty string included).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
