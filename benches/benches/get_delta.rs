@@ -18,7 +18,7 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use rustc_hash::FxHashMap;
 use tracer::{
-    model::{ConnectionStats, DnsStatsBatch, StatCounters, UsmStats},
+    model::{ConnectionStats, CounterSet, DnsStatsBatch, StatCounters, UsmStats},
     state::{ClientId, NetworkState, StateConfig},
 };
 use tracer_benches::{
@@ -118,6 +118,7 @@ impl Rig {
             active,
             DnsStatsBatch::default(),
             UsmStats::default(),
+            &CounterSet::default(),
         );
         let elapsed = start.elapsed();
         drop(black_box(delta));

@@ -39,7 +39,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tracer::{
-    model::{ConnectionStats, DnsStatsBatch, UsmStats},
+    model::{ConnectionStats, CounterSet, DnsStatsBatch, UsmStats},
     state::{ClientId, NetworkState, StateConfig},
 };
 use tracer_benches::{
@@ -203,6 +203,7 @@ impl Rig {
                     active,
                     DnsStatsBatch::default(),
                     UsmStats::default(),
+                    &CounterSet::default(),
                 )
                 .map_err(|e| e.to_string())?;
             self.reported = delta.conns.len();

@@ -140,16 +140,42 @@ struct Sorted {
 /// Where the time of one [`Tracer::get_active_connections`] call went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallTimings {
-    /// Draining the closed-connection ring into the state.
+    /// Draining the closed-connection ring into the state (closed connections' enrichment
+    /// included).
     pub flush: Duration,
-    /// Reading the kernel's open-connection map (and removing expired entries).
+    /// Reading the kernel's open-connection map (with the read-time TCP refresh).
     pub map_read: Duration,
-    /// Decoding, filtering and the state pipeline (merge, deltas, aggregation).
+    /// Expiry, decoding and filtering of the open entries, then the enrichments (NAT and source
+    /// containers before the state, destination containers and routes after it).
+    pub enrich: Duration,
+    /// The state pipeline (merge, deltas, intra-host, aggregation, telemetry).
     pub pipeline: Duration,
     /// Entries read from the kernel map.
     pub entries: usize,
     /// Whether the map was read with batched lookups.
     pub batched: bool,
+}
+
+/// Laps of one call, added to the stage each lap belongs to.
+struct StageClock {
+    last: Instant,
+    timings: CallTimings,
+}
+
+impl StageClock {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+            timings: CallTimings::default(),
+        }
+    }
+
+    /// Adds the time since the previous lap to the stage `field` picks.
+    fn lap(&mut self, field: impl FnOnce(&mut CallTimings) -> &mut Duration) {
+        let now = Instant::now();
+        *field(&mut self.timings) += now - self.last;
+        self.last = now;
+    }
 }
 
 /// Traces every TCP and UDP connection on the host and answers each client with what happened
@@ -270,62 +296,56 @@ impl Tracer {
     pub fn get_active_connections(&self, client_id: &str) -> Result<Connections> {
         let id = ClientId::new(client_id)?;
         let shared = &*self.shared;
-        let call_started = Instant::now();
         let now = expiry::monotonic_now_ns();
-        let mut timings = CallTimings::default();
-        let active = {
-            let mut reads = lock(&self.reads);
-            let reads = &mut *reads;
-            let stats = shared.kernel.read_connections(&mut reads.entries)?;
-            timings.entries = stats.entries;
-            timings.batched = stats.batched;
-            bump(
-                &shared.counters.map_read_duplicates,
-                stats.duplicates as u64,
-            );
-            // After the map: a flow read above whose socket generation is missing here belongs
-            // to a socket that closed in between.
-            shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
-            timings.map_read = call_started.elapsed();
-            {
-                let mut netns = lock(&shared.netns);
-                netns.clear();
-                netns.extend(reads.entries.iter().map(|(_, s)| s.tuple.netns));
-                shared.enrich.sync(&netns);
-            }
-            let drain_started = Instant::now();
-            shared.flush_closed();
-            timings.flush = drain_started.elapsed();
-            let sorted = self.sort_entries(reads, now);
-            self.end_connections(&mut reads.expired, FLAG_EXPIRED)?;
-            self.end_connections(&mut reads.socket_gone, FLAG_CLOSED_BY_SWEEP)?;
-            let c = &shared.counters;
-            bump(&c.active_filtered, sorted.filtered);
-            bump(&c.active_held_back, sorted.held_back);
-            sorted.active
-        };
-        let mut active = active;
+        let mut clock = StageClock::start();
+        let mut reads = lock(&self.reads);
+        let reads = &mut *reads;
+        // Read open (with the read-time TCP refresh), then flush closed: see above.
+        let read = self.read_open(reads)?;
+        clock.lap(|t| &mut t.map_read);
+        shared.flush_closed();
+        clock.lap(|t| &mut t.flush);
+        // Expire, hold back incomplete identities, filter, decode.
+        let mut active = self.sort_entries(reads, now)?;
+        // What aggregation needs: NAT, source containers.
         shared.enrich.attach_open(&mut active);
-
-        let delta = shared.state.get_delta(
-            &id,
-            now,
-            active,
-            DnsStatsBatch::default(),
-            UsmStats::default(),
-        )?;
+        clock.lap(|t| &mut t.enrich);
+        // Sources drained per call (HTTP, DNS) come with their issues; none yet.
+        let (dns, usm) = (DnsStatsBatch::default(), UsmStats::default());
         let totals = self.counters()?;
-        let mut counters = shared.state.counters_delta(&id, now, &totals)?;
-        counters.0.extend(delta.telemetry.samples());
+        // Merge, intra-host, aggregate; telemetry as this client's deltas.
+        let delta = shared
+            .state
+            .get_delta(&id, now, active, dns, usm, &totals)?;
         shared.state.remove_expired_clients(now);
+        clock.lap(|t| &mut t.pipeline);
         let mut connections = Connections::from_delta(delta);
+        // On the result: destination containers (LocalResolver), routes.
         shared.enrich.resolve(&mut connections.conns);
-        connections.counters = counters;
-        timings.pipeline = call_started
-            .elapsed()
-            .saturating_sub(timings.map_read + timings.flush);
+        clock.lap(|t| &mut t.enrich);
+        let mut timings = clock.timings;
+        (timings.entries, timings.batched) = (read.entries, read.batched);
         *lock(&self.last_timings) = timings;
         Ok(connections)
+    }
+
+    /// Reads the kernel's open connections (the map, then the UDP socket generations), and
+    /// lets the enrichments' event sources catch up for the namespaces seen.
+    fn read_open(&self, reads: &mut ReadBuffers) -> Result<crate::kernel::map_reader::ReadStats> {
+        let shared = &*self.shared;
+        let stats = shared.kernel.read_connections(&mut reads.entries)?;
+        bump(
+            &shared.counters.map_read_duplicates,
+            stats.duplicates as u64,
+        );
+        // After the map: a flow read above whose socket generation is missing here belongs to a
+        // socket that closed in between.
+        shared.kernel.udp_socket_gens(&mut reads.udp_gens)?;
+        let mut netns = lock(&shared.netns);
+        netns.clear();
+        netns.extend(reads.entries.iter().map(|(_, s)| s.tuple.netns));
+        shared.enrich.sync(&netns);
+        Ok(stats)
     }
 
     /// Where the time of the most recent [`Tracer::get_active_connections`] call went.
@@ -333,10 +353,14 @@ impl Tracer {
         *lock(&self.last_timings)
     }
 
-    /// Sorts the map's entries: flows whose UDP socket is gone and idle flows that expired go to
-    /// `reads.socket_gone` and `reads.expired` (to be ended), entries whose identity is not final
-    /// are held back, the rest are decoded as active unless a filter excludes them.
-    fn sort_entries(&self, reads: &mut ReadBuffers, now: u64) -> Sorted {
+    /// Sorts the map's entries: flows whose UDP socket is gone and idle flows that expired are
+    /// ended (stored as closed for every client), entries whose identity is not final are held
+    /// back, the rest are decoded as active unless a filter excludes them.
+    fn sort_entries(
+        &self,
+        reads: &mut ReadBuffers,
+        now: u64,
+    ) -> Result<Vec<crate::model::ConnectionStats>> {
         let shared = &*self.shared;
         let mut sorted = Sorted {
             active: Vec::with_capacity(reads.entries.len()),
@@ -371,7 +395,12 @@ impl Tracer {
             }
             sorted.active.push(conn);
         }
-        sorted
+        self.end_connections(&mut reads.expired, FLAG_EXPIRED)?;
+        self.end_connections(&mut reads.socket_gone, FLAG_CLOSED_BY_SWEEP)?;
+        let c = &shared.counters;
+        bump(&c.active_filtered, sorted.filtered);
+        bump(&c.active_held_back, sorted.held_back);
+        Ok(sorted.active)
     }
 
     /// Ends `records` from userspace (see [`ConnTracer::end_connections`]) and stores the ends

@@ -20,6 +20,9 @@ pub struct Delta {
     pub usm: UsmStats,
     /// Pipeline telemetry since this client's previous call.
     pub telemetry: StateTelemetry,
+    /// The counters handed in, as they changed since this client's previous call, followed by
+    /// `telemetry`'s.
+    pub counters: CounterSet,
 }
 
 /// Everything the library returns to a client for one call: the [`Delta`] plus the parts that
@@ -40,14 +43,14 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Wraps a delta; `dns` and `counters` are filled by the caller.
+    /// Wraps a delta; `dns` is filled by the caller.
     pub fn from_delta(delta: Delta) -> Self {
         Self {
             conns: delta.conns,
             dns: FxHashMap::default(),
             usm: delta.usm,
             state_telemetry: delta.telemetry,
-            counters: CounterSet::default(),
+            counters: delta.counters,
         }
     }
 }

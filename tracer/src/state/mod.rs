@@ -236,6 +236,7 @@ impl NetworkState {
         active: Vec<ConnectionStats>,
         dns: DnsStatsBatch,
         usm: UsmStats,
+        counters: &CounterSet,
     ) -> Result<Delta, ClientError> {
         let handle = self.client_handle(client, latest_time_ns)?;
         handle.touch(latest_time_ns);
@@ -289,6 +290,7 @@ impl NetworkState {
         let refused = self.clients_refused.load(Ordering::Relaxed);
         telemetry.clients_refused = refused.saturating_sub(state.refused_seen);
         state.refused_seen = refused;
+        let mut counters = counters_delta(&mut state, counters);
         drop(state);
 
         scratch.clear();
@@ -303,10 +305,12 @@ impl NetworkState {
             *totals = totals.add(&own);
         }
         log_losses(client, &telemetry);
+        counters.0.extend(telemetry.samples());
         Ok(Delta {
             conns,
             usm: usm_delta,
             telemetry,
+            counters,
         })
     }
 
@@ -345,34 +349,6 @@ impl NetworkState {
             "clients expired"
         );
         readers.len()
-    }
-
-    /// Turns counter totals into what changed since this client's previous call of this method
-    /// (a counter that went down restarts from its new value); gauges are passed as they are.
-    pub fn counters_delta(
-        &self,
-        client: &ClientId,
-        now_ns: u64,
-        current: &CounterSet,
-    ) -> Result<CounterSet, ClientError> {
-        let handle = self.client_handle(client, now_ns)?;
-        let mut state = lock(&handle.state);
-        let deltas = current
-            .iter()
-            .map(|sample| {
-                if sample.info.kind == crate::telemetry::CounterKind::Gauge {
-                    return *sample;
-                }
-                let value = sample.value;
-                let seen = state
-                    .kernel_seen
-                    .insert(sample.info.name, value)
-                    .unwrap_or(0);
-                let delta = if value >= seen { value - seen } else { value };
-                crate::telemetry::Sample::new(sample.info, delta)
-            })
-            .collect();
-        Ok(CounterSet(deltas))
     }
 
     /// Totals since start: the sum over clients of their per-client telemetry, plus the global
@@ -459,4 +435,25 @@ fn log_losses(client: &ClientId, t: &StateTelemetry) {
             "cookie collisions or counter underflows"
         );
     }
+}
+
+/// Turns counter totals into what changed since this client's previous call (a counter that
+/// went down restarts from its new value); gauges are passed as they are.
+fn counters_delta(state: &mut clients::ClientState, current: &CounterSet) -> CounterSet {
+    let deltas = current
+        .iter()
+        .map(|sample| {
+            if sample.info.kind == crate::telemetry::CounterKind::Gauge {
+                return *sample;
+            }
+            let value = sample.value;
+            let seen = state
+                .kernel_seen
+                .insert(sample.info.name, value)
+                .unwrap_or(0);
+            let delta = if value >= seen { value - seen } else { value };
+            crate::telemetry::Sample::new(sample.info, delta)
+        })
+        .collect();
+    CounterSet(deltas)
 }

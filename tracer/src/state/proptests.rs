@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::*;
 use crate::{
-    model::{Protocol, StatCounters},
+    model::{CounterSet, Protocol, StatCounters},
     state::test_support::conn_between,
     state::test_support::ip,
 };
@@ -214,6 +214,7 @@ fn run(
                 active,
                 DnsStatsBatch::default(),
                 UsmStats::default(),
+                &CounterSet::default(),
             )
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         record(&mut views[client], kernel, &delta)

@@ -34,6 +34,7 @@ fn call(s: &NetworkState, client: &ClientId, active: Vec<ConnectionStats>) -> De
         active,
         DnsStatsBatch::default(),
         UsmStats::default(),
+        &CounterSet::default(),
     )
     .unwrap()
 }
@@ -301,6 +302,7 @@ fn clients_beyond_the_cap_are_refused_and_counted() {
         vec![],
         DnsStatsBatch::default(),
         UsmStats::default(),
+        &CounterSet::default(),
     );
     assert_eq!(refused.unwrap_err(), ClientError::TooManyClients { max: 2 });
     assert_eq!(
@@ -334,6 +336,7 @@ fn idle_client_expires_and_returns_as_a_new_client() {
         vec![tcp(1, 100, 0)],
         DnsStatsBatch::default(),
         UsmStats::default(),
+        &CounterSet::default(),
     )
     .unwrap();
     assert_eq!(s.remove_expired_clients(1_000 + expiry - 1), 0);
@@ -434,7 +437,14 @@ fn dns_stats_reach_every_client_once_attached_to_their_connection() {
     s.register_client(&a, 0).unwrap();
     s.register_client(&b, 0).unwrap();
     let d = s
-        .get_delta(&a, 1, vec![dns_conn()], dns_batch(2), UsmStats::default())
+        .get_delta(
+            &a,
+            1,
+            vec![dns_conn()],
+            dns_batch(2),
+            UsmStats::default(),
+            &CounterSet::default(),
+        )
         .unwrap();
     assert_eq!(dns_timeouts(&d), Some(2));
     let mut moved = dns_conn();
@@ -446,6 +456,7 @@ fn dns_stats_reach_every_client_once_attached_to_their_connection() {
             vec![moved.clone()],
             dns_batch(3),
             UsmStats::default(),
+            &CounterSet::default(),
         )
         .unwrap();
     assert_eq!(dns_timeouts(&d), Some(5), "b gets a's batch and its own");
@@ -480,11 +491,25 @@ fn usm_stats_pass_through_to_every_client_once() {
         },
     );
     let d = s
-        .get_delta(&a, 1, vec![], DnsStatsBatch::default(), usm.clone())
+        .get_delta(
+            &a,
+            1,
+            vec![],
+            DnsStatsBatch::default(),
+            usm.clone(),
+            &CounterSet::default(),
+        )
         .unwrap();
     assert_eq!(d.usm.0[&key].requests, 4);
     let d = s
-        .get_delta(&b, 1, vec![], DnsStatsBatch::default(), usm)
+        .get_delta(
+            &b,
+            1,
+            vec![],
+            DnsStatsBatch::default(),
+            usm,
+            &CounterSet::default(),
+        )
         .unwrap();
     assert_eq!(d.usm.0[&key].requests, 8);
     assert!(call(&s, &a, vec![]).usm.0.get(&key).map(|c| c.requests) == Some(4));
@@ -522,23 +547,28 @@ fn counters_become_per_client_deltas_and_gauges_pass_through() {
     let s = state();
     let (a, b) = (id("a"), id("b"));
     let counters = |v, g| CounterSet(vec![Sample::new(LOSS, v), Sample::new(GAUGE, g)]);
-    assert_eq!(
-        s.counters_delta(&a, 0, &counters(5, 9)).unwrap(),
-        counters(5, 9)
-    );
-    assert_eq!(
-        s.counters_delta(&a, 0, &counters(8, 4)).unwrap(),
-        counters(3, 4)
-    );
-    assert_eq!(
-        s.counters_delta(&b, 0, &counters(8, 4)).unwrap(),
-        counters(8, 4)
-    );
-    assert_eq!(
-        s.counters_delta(&a, 0, &counters(2, 4)).unwrap(),
-        counters(2, 4),
-        "reset"
-    );
+    let call = |client: &ClientId, totals: CounterSet| {
+        let delta = s
+            .get_delta(
+                client,
+                0,
+                vec![],
+                DnsStatsBatch::default(),
+                UsmStats::default(),
+                &totals,
+            )
+            .unwrap();
+        // The pipeline's own telemetry follows the counters handed in.
+        assert_eq!(
+            delta.counters.value("closed_conn_dropped"),
+            delta.telemetry.closed_conn_dropped
+        );
+        CounterSet(delta.counters.0[..2].to_vec())
+    };
+    assert_eq!(call(&a, counters(5, 9)), counters(5, 9));
+    assert_eq!(call(&a, counters(8, 4)), counters(3, 4));
+    assert_eq!(call(&b, counters(8, 4)), counters(8, 4));
+    assert_eq!(call(&a, counters(2, 4)), counters(2, 4), "reset");
 }
 
 #[test]
