@@ -127,6 +127,11 @@ pub fn line(row: &Row, ts: f64, interval_s: f64) -> String {
     }
     o.opt_string("failure", row.failure().as_deref());
     o.number("cookie", row.cookie);
+    o.opt_string("container", row.container.as_deref());
+    o.opt_string("container_dest", row.container_dest.as_deref());
+    o.opt_string("nat_remote", row.nat_remote.as_deref());
+    o.opt_string("via_gateway", row.via_gateway.as_deref());
+    o.opt_string("via_interface", row.via_interface.as_deref());
     o.finish()
 }
 
@@ -177,8 +182,35 @@ mod tests {
                 r#""protocol":"tcp","local":"127.0.0.1:40000","remote":"[::1]:8080","#,
                 r#""direction":"out","state":"failed","tx_bytes":100,"rx_bytes":200,"#,
                 r#""tx_packets":2,"rx_packets":3,"tx_total":1000,"rx_total":2000,"#,
-                r#""retransmits":3,"rtt_us":1500,"failure":"ECONNREFUSED","cookie":42}"#
+                r#""retransmits":3,"rtt_us":1500,"failure":"ECONNREFUSED","cookie":42,"#,
+                r#""container":null,"container_dest":null,"nat_remote":null,"#,
+                r#""via_gateway":null,"via_interface":null}"#
             )
+        );
+    }
+
+    #[test]
+    fn enrichments_render_when_present() {
+        let mut c = conn(Protocol::Tcp, 1, 1, 9);
+        c.containers.source = Some("abc".into());
+        c.nat = Some(tracer::model::IpTranslation {
+            repl_src_ip: "198.51.100.2".parse().unwrap(),
+            repl_dst_ip: "192.0.2.1".parse().unwrap(),
+            repl_sport: 8080,
+            repl_dport: 40000,
+        });
+        c.via = Some(tracer::model::Via {
+            gateway: Some("192.0.2.254".parse().unwrap()),
+            interface_index: 3,
+            interface_name: None,
+        });
+        let text = line(&Row::new(&c, "x".to_owned()), 0.0, 1.0);
+        assert!(
+            text.ends_with(concat!(
+                r#""container":"abc","container_dest":null,"nat_remote":"198.51.100.2:8080","#,
+                r##""via_gateway":"192.0.2.254","via_interface":"#3"}"##
+            )),
+            "{text}"
         );
     }
 
@@ -191,7 +223,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#""protocol":"udp""#));
-        assert!(text.contains(r#""rtt_us":null,"failure":null,"cookie":7}"#));
+        assert!(text.contains(r#""rtt_us":null,"failure":null,"cookie":7,"#));
         assert!(text.contains(r#""state":"open""#));
     }
 }

@@ -37,6 +37,14 @@ pub struct Row {
     /// Smoothed RTT; `None` for UDP, or TCP without a measurement.
     pub rtt_us: Option<u32>,
     pub cookie: u64,
+    /// Container of the local process, and of the remote end when it is on this host.
+    pub container: Option<String>,
+    pub container_dest: Option<String>,
+    /// The remote end as the peer really is, when NAT translated it.
+    pub nat_remote: Option<String>,
+    /// Gateway (if any) and interface of an outgoing connection to another host.
+    pub via_gateway: Option<String>,
+    pub via_interface: Option<String>,
 }
 
 impl Row {
@@ -75,6 +83,20 @@ impl Row {
             retransmits: conn.monotonic.retransmits,
             rtt_us,
             cookie: conn.cookie,
+            container: conn.containers.source.as_deref().map(str::to_owned),
+            container_dest: conn.containers.dest.as_deref().map(str::to_owned),
+            nat_remote: conn
+                .nat
+                .map(|n| addr::endpoint(n.repl_src_ip, n.repl_sport)),
+            via_gateway: conn
+                .via
+                .as_ref()
+                .and_then(|v| v.gateway)
+                .map(|g| g.to_string()),
+            via_interface: conn.via.as_ref().map(|v| match &v.interface_name {
+                Some(name) => name.to_string(),
+                None => format!("#{}", v.interface_index),
+            }),
         }
     }
 
