@@ -44,7 +44,7 @@ impl EnrichConfig {
 }
 
 /// Every enrichment, as the tracer calls them.
-pub(crate) struct Enrichers {
+pub struct Enrichers {
     containers: containers::Containers,
     conntrack: conntrack::Conntrack,
     routes: routes::Routes,
@@ -53,7 +53,7 @@ pub(crate) struct Enrichers {
 impl Enrichers {
     /// Starts every enabled enrichment. Never fails: what cannot start says why once and
     /// counts what it could not enrich.
-    pub(crate) fn start(config: &EnrichConfig) -> Self {
+    pub fn start(config: &EnrichConfig) -> Self {
         Self {
             containers: containers::Containers::start(&config.containers),
             conntrack: conntrack::Conntrack::start(&config.conntrack),
@@ -64,13 +64,13 @@ impl Enrichers {
     /// Takes in what the event sources delivered since the last call (conntrack's events), for
     /// the namespaces that have traced connections (`netns`: `ConnectionTuple::netns` inodes).
     /// Called before any connection of a call or of a flush is enriched.
-    pub(crate) fn sync(&self, netns: &HashSet<u32>) {
+    pub fn sync(&self, netns: &HashSet<u32>) {
         self.conntrack.sync(netns);
     }
 
     /// What aggregation needs, on connections read from the kernel map: NAT and the source
     /// container.
-    pub(crate) fn attach_open(&self, conns: &mut [ConnectionStats]) {
+    pub fn attach_open(&self, conns: &mut [ConnectionStats]) {
         for conn in conns.iter_mut() {
             conn.nat = self.conntrack.translation(conn);
             conn.containers.source = self.containers.source(conn.cgroup_id);
@@ -79,20 +79,20 @@ impl Enrichers {
 
     /// The same on a connection that ended, as it is stored: its NAT entry is looked up and
     /// then forgotten (the connection will not be seen again).
-    pub(crate) fn attach_closed(&self, conn: &mut ConnectionStats) {
+    pub fn attach_closed(&self, conn: &mut ConnectionStats) {
         conn.nat = self.conntrack.take_translation(conn);
         conn.containers.source = self.containers.source(conn.cgroup_id);
     }
 
     /// On a client's result (after merge, intra-host and aggregation): destination containers
     /// of intra-host connections, and the route of the others.
-    pub(crate) fn resolve(&self, conns: &mut [ConnectionStats]) {
+    pub fn resolve(&self, conns: &mut [ConnectionStats]) {
         self.containers.resolve_dest(conns);
         self.routes.resolve(conns);
     }
 
     /// Every enrichment's counters.
-    pub(crate) fn collect(&self, out: &mut Vec<Sample>) {
+    pub fn collect(&self, out: &mut Vec<Sample>) {
         self.containers.collect(out);
         self.conntrack.collect(out);
         self.routes.collect(out);
