@@ -82,16 +82,17 @@ pub fn container_id(path: &[u8]) -> Option<&str> {
     let mut start = 0;
     while start < path.len() {
         let preceded_by_hex = start > 0 && hex_at(path, start - 1);
-        if !preceded_by_hex && hex_at(path, start) {
-            if let Some(len) = match_at(path, start) {
-                let conmon =
-                    start >= CONMON.len() && path.get(start - CONMON.len()..start) == Some(CONMON);
-                if !conmon {
-                    last = Some((start, start + len));
-                }
-                start += len;
-                continue;
+        if !preceded_by_hex
+            && hex_at(path, start)
+            && let Some(len) = match_at(path, start)
+        {
+            let conmon =
+                start >= CONMON.len() && path.get(start - CONMON.len()..start) == Some(CONMON);
+            if !conmon {
+                last = Some((start, start + len));
             }
+            start += len;
+            continue;
         }
         start += 1;
     }
