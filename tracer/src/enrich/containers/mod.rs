@@ -13,7 +13,9 @@
 //! - Destination ([`Containers::resolve_dest`]): see [`local_resolver`].
 //!
 //! Nothing here fails the tracer: without a cgroup v2 hierarchy it says so once and counts
-//! every id it could not resolve.
+//! every id it could not resolve. A tracer in a cgroup namespace of its own whose mount shows
+//! only its subtree cannot resolve the cgroups outside it (counted as unknown, never walked
+//! for again: their ids are older than the walk).
 
 pub mod cgroups;
 pub mod id;
@@ -205,7 +207,6 @@ impl Containers {
     }
 
     /// `Some(container)` for a known cgroup, `None` for an unknown one (after a walk if due).
-    #[allow(clippy::option_option)]
     fn lookup(&self, cgroup_id: u64) -> Option<Option<Arc<str>>> {
         let root = self.root.as_ref()?;
         let interval = self.config.refresh_interval;
