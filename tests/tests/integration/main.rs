@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod containers;
 mod environment;
 mod identity;
 mod io_paths;
