@@ -320,7 +320,11 @@ impl Conntrack {
         }
         let own = Key::of_conn(self.own, &conn.tuple);
         let mine = Key::of_conn(conn.tuple.netns, &conn.tuple);
-        let keys = if own == mine { [mine, mine] } else { [mine, own] };
+        let keys = if own == mine {
+            [mine, mine]
+        } else {
+            [mine, own]
+        };
         let found = {
             let mut table = self.table.lock();
             let found = keys.iter().find_map(|key| {
@@ -425,7 +429,10 @@ impl Conntrack {
         for inode in &missing {
             if !found.contains_key(inode) {
                 bump(&self.counters.conntrack_netns_open_failures, 1);
-                tracing::debug!(netns = inode, "conntrack: no task or bind mount in the namespace");
+                tracing::debug!(
+                    netns = inode,
+                    "conntrack: no task or bind mount in the namespace"
+                );
                 namespaces.failed.insert(*inode, now + RETRY_AFTER);
             }
         }
@@ -454,7 +461,9 @@ impl Conntrack {
         let mut batch = Batch::default();
         let result = opened.and_then(|mut sockets| {
             bump(&self.counters.conntrack_dumps, 1);
-            sockets.dump(&mut namespaces.buf, &mut batch).map(|()| sockets)
+            sockets
+                .dump(&mut namespaces.buf, &mut batch)
+                .map(|()| sockets)
         });
         match result {
             Ok(sockets) => {

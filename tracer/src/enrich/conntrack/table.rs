@@ -267,7 +267,13 @@ mod tests {
         )
     }
 
-    fn conn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, protocol: Protocol) -> ConnectionTuple {
+    fn conn(
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        protocol: Protocol,
+    ) -> ConnectionTuple {
         ConnectionTuple {
             src,
             dst,
@@ -290,9 +296,21 @@ mod tests {
     #[test]
     fn keys_of_v4_v6_tcp_udp_connections_match_the_conntrack_tuples() {
         let e = dnat_entry();
-        let c = conn(e.orig.src, e.orig.sport, e.orig.dst, e.orig.dport, Protocol::Tcp);
+        let c = conn(
+            e.orig.src,
+            e.orig.sport,
+            e.orig.dst,
+            e.orig.dport,
+            Protocol::Tcp,
+        );
         assert_eq!(Key::of_conn(NS, &c), Key::of_ct(NS, &e.orig));
-        let udp = conn(e.orig.src, e.orig.sport, e.orig.dst, e.orig.dport, Protocol::Udp);
+        let udp = conn(
+            e.orig.src,
+            e.orig.sport,
+            e.orig.dst,
+            e.orig.dport,
+            Protocol::Udp,
+        );
         assert_eq!(Key::of_conn(NS, &udp).proto, IPPROTO_UDP);
         assert_ne!(Key::of_conn(NS, &udp), Key::of_ct(NS, &e.orig));
         assert_ne!(Key::of_conn(NS + 1, &c), Key::of_ct(NS, &e.orig));
@@ -301,7 +319,13 @@ mod tests {
             IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
             v6 => v6,
         };
-        let c6 = conn(mapped(e.orig.src), e.orig.sport, mapped(e.orig.dst), e.orig.dport, Protocol::Tcp);
+        let c6 = conn(
+            mapped(e.orig.src),
+            e.orig.sport,
+            mapped(e.orig.dst),
+            e.orig.dport,
+            Protocol::Tcp,
+        );
         assert_eq!(Key::of_conn(NS, &c6), Key::of_ct(NS, &e.orig));
         // A real IPv6 tuple keeps its addresses.
         let ip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
@@ -313,7 +337,13 @@ mod tests {
     fn the_original_side_translates_to_the_reply_and_the_reply_side_to_the_original() {
         let mut t = table(16);
         let e = dnat_entry();
-        assert_eq!(t.insert(NS, &e), Inserted { added: true, evicted: 0 });
+        assert_eq!(
+            t.insert(NS, &e),
+            Inserted {
+                added: true,
+                evicted: 0
+            }
+        );
         assert_eq!(t.len(), 2);
         // The client (192.0.2.1:40000 -> VIP 203.0.113.10:80) sees the real server and itself
         // as the server sees it (masqueraded).

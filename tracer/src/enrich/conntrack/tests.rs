@@ -60,12 +60,18 @@ fn config_rejects_zero_sizes() {
         max_entries: 0,
         ..ConntrackConfig::default()
     };
-    assert!(matches!(zero.validate(), Err(crate::Error::InvalidConfig(_))));
+    assert!(matches!(
+        zero.validate(),
+        Err(crate::Error::InvalidConfig(_))
+    ));
     let zero = ConntrackConfig {
         rcvbuf_bytes: 0,
         ..ConntrackConfig::default()
     };
-    assert!(matches!(zero.validate(), Err(crate::Error::InvalidConfig(_))));
+    assert!(matches!(
+        zero.validate(),
+        Err(crate::Error::InvalidConfig(_))
+    ));
 }
 
 #[test]
@@ -98,7 +104,13 @@ fn a_dumped_entry_translates_both_sides_and_a_close_takes_its_side() {
     assert_eq!((t.repl_dst_ip, t.repl_dport), (e.orig.dst, e.orig.dport));
     // The same tuple in another namespace is another connection.
     assert_eq!(
-        c.translation(&conn(NS + 1, e.orig.src, e.orig.sport, e.orig.dst, e.orig.dport)),
+        c.translation(&conn(
+            NS + 1,
+            e.orig.src,
+            e.orig.sport,
+            e.orig.dst,
+            e.orig.dport
+        )),
         None
     );
 
