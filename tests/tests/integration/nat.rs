@@ -365,6 +365,39 @@ fn dnat_and_masquerade_translations_of_open_and_closed_connections() {
         let closed = poll_client(&tracer, own, Protocol::Udp, local, true);
         assert_eq!(closed.nat, Some(want), "closed UDP connection");
 
+        // A connection straight to the server: tracked by conntrack, but not translated (the
+        // masquerade keeps the veth's address and the port). No translation, and its events
+        // are dropped by the socket filter in the kernel (nothing skipped in userspace).
+        let skipped = counter(&tracer, "conntrack_non_nat_skipped");
+        let (tx, rx) = mpsc::channel();
+        let server = topology.in_server(move || {
+            let listener = TcpListener::bind((SERVER, SERVER_PORT)).expect("bind server");
+            tx.send(()).expect("ready");
+            let (mut stream, _) = listener.accept().expect("accept");
+            let _ = stream.read(&mut [0u8; 1]);
+        });
+        rx.recv().expect("server ready");
+        let direct = TcpStream::connect((SERVER, SERVER_PORT)).expect("connect directly");
+        let local = direct.local_addr().expect("local");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            let delta = tracer.get_active_connections("nat").expect("call");
+            if let Some(c) = delta.conns.iter().find(|c| {
+                c.tuple.netns == own && SocketAddr::new(c.tuple.src, c.tuple.sport) == local
+            }) {
+                break c.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no direct connection from {local}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(conn.nat, None, "direct connection: {conn:?}");
+        assert_eq!(counter(&tracer, "conntrack_non_nat_skipped"), skipped);
+        drop(direct);
+        server.join().expect("server");
+
         assert!(counter(&tracer, "conntrack_entries_added") >= 2);
         assert!(counter(&tracer, "conntrack_lookups_hit") >= 4);
         assert_eq!(counter(&tracer, "conntrack_unavailable"), 0);

@@ -95,6 +95,10 @@ impl NsSockets {
             // default buffer still works (overflows are resynced).
             let _ = setsockopt(events.as_raw_fd(), libc::SO_RCVBUF, &size);
         }
+        if let Err(e) = attach_nat_filter(events.as_raw_fd()) {
+            // Still correct unfiltered: non-NAT events are then skipped here.
+            tracing::debug!(error = %e, "conntrack: cannot attach the NAT-only socket filter");
+        }
         events.add_membership(NFNLGRP_CONNTRACK_NEW)?;
         events.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
         let mut dump = Socket::new(NETLINK_NETFILTER)?;
@@ -177,6 +181,48 @@ impl NsSockets {
     }
 }
 
+/// The classic BPF socket filter of the event socket: drops, in the kernel, every event whose
+/// `CTA_STATUS` has neither `IPS_SRC_NAT` nor `IPS_DST_NAT`, so that a host with much
+/// conntrack churn and little NAT queues (and wakes) almost nothing. A message without the
+/// attribute, or that the kernel's `SKF_AD_NLATTR` helper cannot search (non-linear), passes.
+pub(crate) fn nat_filter() -> [libc::sock_filter; 10] {
+    const LD_IMM: u16 = 0x00; // BPF_LD | BPF_W | BPF_IMM
+    const LDX_IMM: u16 = 0x01; // BPF_LDX | BPF_W | BPF_IMM
+    const LD_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LD_IND: u16 = 0x40; // BPF_LD | BPF_W | BPF_IND
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    /// `SKF_AD_OFF + SKF_AD_NLATTR`: A = offset of the attribute of type X found from offset A.
+    const NLATTR: u32 = (-0x1000i32 + 12) as u32;
+    /// Attributes start after `nlmsghdr` (16) and `nfgenmsg` (4).
+    const ATTRS: u32 = 20;
+    const CTA_STATUS: u32 = 3;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    [
+        op(LD_IMM, 0, 0, ATTRS),
+        op(LDX_IMM, 0, 0, CTA_STATUS),
+        op(LD_ABS, 0, 0, NLATTR),
+        op(JEQ_K, 4, 0, 0), // not found: accept
+        op(TAX, 0, 0, 0),
+        op(LD_IND, 0, 0, 4), // the status, after the attribute header, network order
+        op(AND_K, 0, 0, parse::IPS_SRC_NAT | parse::IPS_DST_NAT),
+        op(JEQ_K, 1, 0, 0), // no NAT: drop
+        op(RET_K, 0, 0, u32::MAX),
+        op(RET_K, 0, 0, 0),
+    ]
+}
+
+fn attach_nat_filter(fd: RawFd) -> io::Result<()> {
+    let mut filter = nat_filter();
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    setsockopt(fd, libc::SO_ATTACH_FILTER, &program)
+}
+
 fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: receives into a valid, writable buffer of the given length.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
@@ -203,6 +249,72 @@ fn setsockopt<T>(fd: RawFd, option: libc::c_int, value: &T) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{super::parse::tests::dnat_entry, *};
+
+    #[test]
+    fn the_kernel_accepts_the_nat_filter() {
+        // Creating a netlink socket and attaching a filter need no privilege.
+        let socket = Socket::new(NETLINK_NETFILTER).unwrap();
+        attach_nat_filter(socket.as_raw_fd()).unwrap();
+    }
+
+    /// Runs the filter's instructions as the kernel would on a linear skb holding `msg`.
+    fn run_filter(msg: &[u8]) -> u32 {
+        let load = |at: u32| -> Option<u32> {
+            let at = at as usize;
+            Some(u32::from_be_bytes(msg.get(at..at + 4)?.try_into().ok()?))
+        };
+        // nla_find from offset `a` for type `x` (NLA_TYPE_MASK applied), as SKF_AD_NLATTR.
+        let nlattr = |a: u32, x: u32| -> u32 {
+            let mut at = a as usize;
+            while let Some(h) = msg.get(at..at + 4) {
+                let len = u16::from_ne_bytes([h[0], h[1]]) as usize;
+                let kind = u16::from_ne_bytes([h[2], h[3]]) & 0x3fff;
+                if len < 4 {
+                    break;
+                }
+                if u32::from(kind) == x {
+                    return at as u32;
+                }
+                at += (len + 3) & !3;
+            }
+            0
+        };
+        let program = nat_filter();
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        loop {
+            let i = program[pc];
+            pc += 1;
+            match i.code {
+                0x00 => a = i.k,
+                0x01 => x = i.k,
+                0x20 => a = nlattr(a, x),
+                0x15 => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                0x07 => x = a,
+                0x40 => match load(x + i.k) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                0x54 => a &= i.k,
+                0x06 => return i.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_nat_filter_passes_nat_d_entries_and_drops_the_others() {
+        use super::super::parse::tests::emit;
+        let e = dnat_entry();
+        assert_eq!(run_filter(&emit(true, &e)), u32::MAX);
+        assert_eq!(run_filter(&emit(false, &e)), u32::MAX);
+        let mut dnat_only = e;
+        dnat_only.status = parse::IPS_DST_NAT;
+        assert_eq!(run_filter(&emit(true, &dnat_only)), u32::MAX);
+        let mut plain = e;
+        plain.status = 0b1110; // seen reply, assured, confirmed
+        assert_eq!(run_filter(&emit(true, &plain)), 0);
+        assert_eq!(run_filter(&emit(false, &plain)), 0);
+    }
 
     #[test]
     fn a_batch_keeps_nat_d_tcp_udp_entries_and_counts_the_rest() {
