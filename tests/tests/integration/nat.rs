@@ -5,7 +5,8 @@
 //! in a named namespace B at 198.51.100.2, over a veth pair (A's end 198.51.100.1). In A,
 //! nftables DNATs the virtual service 203.0.113.10:80 (TCP and UDP) to 198.51.100.2:8080 and
 //! masquerades what leaves through the veth; the client's source is 192.0.2.1 (the route to
-//! the service says so), so both translations apply.
+//! the service says so), so both translations apply. The same in IPv6: service
+//! [2001:db8:3::10]:80 to [2001:db8:1::2]:8080, client 2001:db8:2::1, veth 2001:db8:1::1.
 //!
 //! Ground truth: the server's view of its peer (the masqueraded address and port), the
 //! configured DNAT target, and the `conntrack -L` CLI where it is installed (host and VMs).
@@ -13,7 +14,7 @@
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::mpsc,
@@ -36,9 +37,48 @@ use tracer_integration::{
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const VIP_PORT: u16 = 80;
-const A_VETH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const SERVER_PORT: u16 = 8080;
+
+/// The addresses of one address family.
+struct Family {
+    /// `conntrack -f` name.
+    name: &'static str,
+    /// The client's source (routed to the service with this source).
+    client: IpAddr,
+    /// The virtual service (DNATed).
+    vip: IpAddr,
+    /// Namespace A's end of the veth (the masquerade's address).
+    a_veth: IpAddr,
+    /// The server, in namespace B.
+    server: IpAddr,
+}
+
+const V4: Family = Family {
+    name: "ipv4",
+    client: IpAddr::V4(CLIENT),
+    vip: IpAddr::V4(VIP),
+    a_veth: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+    server: IpAddr::V4(SERVER),
+};
+
+const V6: Family = Family {
+    name: "ipv6",
+    client: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)),
+    vip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x10)),
+    a_veth: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1)),
+    server: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2)),
+};
+
+impl Family {
+    fn vip(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, VIP_PORT)
+    }
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::new(self.server, SERVER_PORT)
+    }
+}
 
 fn new_tracer(conntrack: ConntrackConfig) -> Option<Tracer> {
     loaded_or_skip(Tracer::new(Config {
@@ -119,6 +159,50 @@ impl Topology {
         );
         run("ip", &["-n", b, "link", "set", "ntnat1", "up"], None);
         run("ip", &["-n", b, "link", "set", "lo", "up"], None);
+        // IPv6: the same, without duplicate address detection (the addresses are usable now).
+        for args in [
+            &[
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:1::1/64",
+                "dev",
+                "ntnat0",
+                "nodad",
+            ][..],
+            &[
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:2::1/128",
+                "dev",
+                "lo",
+                "nodad",
+            ],
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:3::/64",
+                "dev",
+                "ntnat0",
+                "src",
+                "2001:db8:2::1",
+            ],
+            &[
+                "-n",
+                b,
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:1::2/64",
+                "dev",
+                "ntnat1",
+                "nodad",
+            ],
+        ] {
+            run("ip", args, None);
+        }
         run(
             "nft",
             &["-f", "-"],
@@ -128,6 +212,17 @@ impl Topology {
                      type nat hook output priority -100;
                      ip daddr 203.0.113.10 tcp dport 80 dnat to 198.51.100.2:8080
                      ip daddr 203.0.113.10 udp dport 80 dnat to 198.51.100.2:8080
+                   }
+                   chain post {
+                     type nat hook postrouting priority 100;
+                     oifname \"ntnat0\" masquerade
+                   }
+                 }
+                 table ip6 ntnat6 {
+                   chain out {
+                     type nat hook output priority -100;
+                     ip6 daddr 2001:db8:3::10 tcp dport 80 dnat to [2001:db8:1::2]:8080
+                     ip6 daddr 2001:db8:3::10 udp dport 80 dnat to [2001:db8:1::2]:8080
                    }
                    chain post {
                      type nat hook postrouting priority 100;
@@ -156,9 +251,9 @@ impl Topology {
 }
 
 /// What the DNAT and the masquerade make of a client connection whose server saw `peer`.
-fn expected(peer: SocketAddr) -> IpTranslation {
+fn expected(family: &Family, peer: SocketAddr) -> IpTranslation {
     IpTranslation {
-        repl_src_ip: IpAddr::V4(SERVER),
+        repl_src_ip: family.server,
         repl_dst_ip: peer.ip(),
         repl_sport: SERVER_PORT,
         repl_dport: peer.port(),
@@ -174,15 +269,17 @@ fn conntrack_cli_available() -> bool {
 
 /// The reply tuple `conntrack -L` lists for the entry whose original source port is `sport`
 /// (run in the calling thread's namespace).
-fn conntrack_cli_reply(protocol: &str, sport: u16) -> IpTranslation {
+fn conntrack_cli_reply(family: &Family, protocol: &str, sport: u16) -> IpTranslation {
     let out = run(
         "conntrack",
         &[
             "-L",
+            "-f",
+            family.name,
             "-p",
             protocol,
             "--orig-src",
-            "192.0.2.1",
+            &family.client.to_string(),
             "--orig-port-src",
             &sport.to_string(),
         ],
@@ -208,10 +305,11 @@ fn conntrack_cli_reply(protocol: &str, sport: u16) -> IpTranslation {
 }
 
 fn is_client(c: &ConnectionStats, netns: u32, protocol: Protocol, local: SocketAddr) -> bool {
+    let vip = if local.is_ipv4() { V4.vip() } else { V6.vip() };
     c.tuple.netns == netns
         && c.tuple.protocol == protocol
         && SocketAddr::new(c.tuple.src, c.tuple.sport) == local
-        && SocketAddr::new(c.tuple.dst, c.tuple.dport) == SocketAddr::from((VIP, VIP_PORT))
+        && SocketAddr::new(c.tuple.dst, c.tuple.dport) == vip
 }
 
 /// Polls until the client connection shows up open (then closed, if `closed`), returning it.
@@ -236,9 +334,9 @@ fn poll_client(
             // whose outgoing DNATed peer is there loses the translation conntrack gave it.
             for server in delta.conns.iter().filter(|c| {
                 c.tuple.protocol == protocol
-                    && SocketAddr::new(c.tuple.src, c.tuple.sport)
-                        == SocketAddr::from((SERVER, SERVER_PORT))
-                    && c.tuple.dst == IpAddr::V4(A_VETH)
+                    && [V4.server(), V6.server()]
+                        .contains(&SocketAddr::new(c.tuple.src, c.tuple.sport))
+                    && [V4.a_veth, V6.a_veth].contains(&c.tuple.dst)
             }) {
                 if server.intra_host {
                     assert_eq!(
@@ -280,90 +378,18 @@ fn dnat_and_masquerade_translations_of_open_and_closed_connections() {
         };
         let own = u32::try_from(current_netns_inode().expect("netns")).expect("inode");
         let cli = conntrack_cli_available();
+        // `cargo xtask test` ships the CLI into the VMs and installs it on the host.
+        let strict = std::env::var("TRACER_TEST_STRICT").is_ok_and(|v| v == "1");
+        assert!(cli || !strict, "strict mode: the conntrack CLI is missing");
         if !cli {
             eprintln!(
                 "conntrack CLI absent: checking against the DNAT target and the server's view"
             );
         }
 
-        // TCP.
-        let (tx, rx) = mpsc::channel();
-        let server = topology.in_server(move || {
-            let listener = TcpListener::bind((SERVER, SERVER_PORT)).expect("bind server");
-            tx.send(None).expect("ready");
-            let (mut stream, peer) = listener.accept().expect("accept");
-            tx.send(Some(peer)).expect("peer");
-            let mut buf = [0u8; 64];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        });
-        assert_eq!(rx.recv().expect("server ready"), None);
-        let mut client = TcpStream::connect((VIP, VIP_PORT)).expect("connect to the service");
-        client.write_all(b"hello").expect("write");
-        let mut echo = [0u8; 5];
-        client.read_exact(&mut echo).expect("echo");
-        let local = client.local_addr().expect("local");
-        assert_eq!(local.ip(), IpAddr::V4(CLIENT));
-        let peer = rx.recv().expect("peer").expect("peer address");
-        assert_eq!(
-            peer.ip(),
-            IpAddr::V4(A_VETH),
-            "masqueraded by the veth's address"
-        );
-        let want = expected(peer);
-        if cli {
-            assert_eq!(
-                conntrack_cli_reply("tcp", local.port()),
-                want,
-                "conntrack -L"
-            );
+        for family in [&V4, &V6] {
+            translations_of(&tracer, &topology, own, family, cli);
         }
-        let open = poll_client(&tracer, own, Protocol::Tcp, local, false);
-        assert_eq!(open.nat, Some(want), "open TCP connection");
-        assert_eq!(open.remote_endpoint(), (IpAddr::V4(SERVER), SERVER_PORT));
-        drop(client);
-        server.join().expect("server");
-        let closed = poll_client(&tracer, own, Protocol::Tcp, local, true);
-        assert_eq!(closed.nat, Some(want), "closed TCP connection");
-
-        // UDP.
-        let (tx, rx) = mpsc::channel();
-        let server = topology.in_server(move || {
-            let socket = UdpSocket::bind((SERVER, SERVER_PORT)).expect("bind server");
-            tx.send(None).expect("ready");
-            let mut buf = [0u8; 64];
-            let (n, peer) = socket.recv_from(&mut buf).expect("recv");
-            socket.send_to(&buf[..n], peer).expect("reply");
-            tx.send(Some(peer)).expect("peer");
-        });
-        assert_eq!(rx.recv().expect("server ready"), None);
-        let client = UdpSocket::bind((CLIENT, 0)).expect("bind client");
-        client.connect((VIP, VIP_PORT)).expect("connect");
-        client.send(b"ping").expect("send");
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut buf = [0u8; 4];
-        client.recv(&mut buf).expect("reply through the NAT");
-        let local = client.local_addr().expect("local");
-        let peer = rx.recv().expect("peer").expect("peer address");
-        server.join().expect("server");
-        let want = expected(peer);
-        if cli {
-            assert_eq!(
-                conntrack_cli_reply("udp", local.port()),
-                want,
-                "conntrack -L"
-            );
-        }
-        let open = poll_client(&tracer, own, Protocol::Udp, local, false);
-        assert_eq!(open.nat, Some(want), "open UDP connection");
-        drop(client);
-        let closed = poll_client(&tracer, own, Protocol::Udp, local, true);
-        assert_eq!(closed.nat, Some(want), "closed UDP connection");
 
         // A connection straight to the server: tracked by conntrack, but not translated (the
         // masquerade keeps the veth's address and the port). No translation, and its events
@@ -398,13 +424,108 @@ fn dnat_and_masquerade_translations_of_open_and_closed_connections() {
         drop(direct);
         server.join().expect("server");
 
-        assert!(counter(&tracer, "conntrack_entries_added") >= 2);
-        assert!(counter(&tracer, "conntrack_lookups_hit") >= 4);
+        assert!(counter(&tracer, "conntrack_entries_added") >= 4);
+        assert!(counter(&tracer, "conntrack_lookups_hit") >= 8);
         assert_eq!(counter(&tracer, "conntrack_unavailable"), 0);
         assert_eq!(counter(&tracer, "conntrack_malformed"), 0);
         drop(tracer);
         drop(topology);
     });
+}
+
+/// TCP then UDP through the service of `family`: the translation of the open and of the closed
+/// client connection, against the server's view and `conntrack -L`.
+fn translations_of(tracer: &Tracer, topology: &Topology, own: u32, family: &Family, cli: bool) {
+    // TCP.
+    let (tx, rx) = mpsc::channel();
+    let server_addr = family.server();
+    let server = topology.in_server(move || {
+        let listener = TcpListener::bind(server_addr).expect("bind server");
+        tx.send(None).expect("ready");
+        let (mut stream, peer) = listener.accept().expect("accept");
+        tx.send(Some(peer)).expect("peer");
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv().expect("server ready"), None);
+    let mut client = TcpStream::connect(family.vip()).expect("connect to the service");
+    client.write_all(b"hello").expect("write");
+    let mut echo = [0u8; 5];
+    client.read_exact(&mut echo).expect("echo");
+    let local = client.local_addr().expect("local");
+    assert_eq!(local.ip(), family.client);
+    let peer = rx.recv().expect("peer").expect("peer address");
+    assert_eq!(
+        peer.ip(),
+        family.a_veth,
+        "masqueraded by the veth's address"
+    );
+    let want = expected(family, peer);
+    if cli {
+        assert_eq!(
+            conntrack_cli_reply(family, "tcp", local.port()),
+            want,
+            "conntrack -L"
+        );
+    }
+    let open = poll_client(tracer, own, Protocol::Tcp, local, false);
+    assert_eq!(open.nat, Some(want), "open TCP connection, {}", family.name);
+    assert_eq!(open.remote_endpoint(), (family.server, SERVER_PORT));
+    drop(client);
+    server.join().expect("server");
+    let closed = poll_client(tracer, own, Protocol::Tcp, local, true);
+    assert_eq!(
+        closed.nat,
+        Some(want),
+        "closed TCP connection, {}",
+        family.name
+    );
+
+    // UDP.
+    let (tx, rx) = mpsc::channel();
+    let server_addr = family.server();
+    let server = topology.in_server(move || {
+        let socket = UdpSocket::bind(server_addr).expect("bind server");
+        tx.send(None).expect("ready");
+        let mut buf = [0u8; 64];
+        let (n, peer) = socket.recv_from(&mut buf).expect("recv");
+        socket.send_to(&buf[..n], peer).expect("reply");
+        tx.send(Some(peer)).expect("peer");
+    });
+    assert_eq!(rx.recv().expect("server ready"), None);
+    let client = UdpSocket::bind(SocketAddr::new(family.client, 0)).expect("bind client");
+    client.connect(family.vip()).expect("connect");
+    client.send(b"ping").expect("send");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4];
+    client.recv(&mut buf).expect("reply through the NAT");
+    let local = client.local_addr().expect("local");
+    let peer = rx.recv().expect("peer").expect("peer address");
+    server.join().expect("server");
+    let want = expected(family, peer);
+    if cli {
+        assert_eq!(
+            conntrack_cli_reply(family, "udp", local.port()),
+            want,
+            "conntrack -L"
+        );
+    }
+    let open = poll_client(tracer, own, Protocol::Udp, local, false);
+    assert_eq!(open.nat, Some(want), "open UDP connection, {}", family.name);
+    drop(client);
+    let closed = poll_client(tracer, own, Protocol::Udp, local, true);
+    assert_eq!(
+        closed.nat,
+        Some(want),
+        "closed UDP connection, {}",
+        family.name
+    );
 }
 
 #[test]

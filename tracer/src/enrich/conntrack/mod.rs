@@ -3,8 +3,9 @@
 //! For the tracer's own network namespace (that of the thread that called [`Conntrack::start`])
 //! and every namespace with traced connections (the set each [`Conntrack::sync`] is given), two
 //! sockets are opened once, inside the namespace (a short-lived helper thread enters it, see
-//! [`crate::kernel::netns`]): one joins the conntrack NEW and DESTROY groups, the other dumps the
-//! table (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`) once at open. Every sync then reads the pending
+//! [`crate::kernel::netns`]): one joins the conntrack NEW and DESTROY groups, with a classic BPF
+//! socket filter that drops events without NAT in the kernel, the other dumps the table
+//! (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`) once at open. Every sync then reads the pending
 //! events without blocking, one `recv` per namespace when nothing arrived.
 //!
 //! Only NAT'd TCP and UDP entries (`IPS_SRC_NAT | IPS_DST_NAT`) are kept, in one bounded LRU
@@ -114,7 +115,7 @@ counter_set! {
     pub struct ConntrackCounters {
         /// NAT'd TCP/UDP conntrack entries taken in (from events or dumps), each held under two keys.
         conntrack_entries_added: Activity,
-        /// Conntrack entries and events skipped: no NAT, or neither TCP nor UDP.
+        /// Entries read and not kept (no NAT, or neither TCP nor UDP): from dumps; events only where the in-kernel NAT filter could not be attached.
         conntrack_non_nat_skipped: Activity,
         /// Keys evicted from the bounded table (least recently used) to make room.
         conntrack_evicted: Loss,
