@@ -209,3 +209,67 @@ fn the_follower_is_send_and_sync() {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<Conntrack>();
 }
+
+/// Drops `CAP_NET_ADMIN` from the calling thread's effective and permitted sets (capabilities
+/// are per thread).
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and the two data structs v3 expects.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_NET_ADMIN);
+        data[0].permitted &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn without_cap_net_admin_conntrack_is_unavailable_counted_and_nothing_fails() {
+    // A thread without CAP_NET_ADMIN may not join the conntrack groups (EPERM), root or not.
+    let c = std::thread::spawn(|| {
+        drop_net_admin();
+        Conntrack::start(&ConntrackConfig::default())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counter(&c, "conntrack_unavailable"), 1);
+    assert_eq!(counter(&c, "conntrack_netns_followed"), 0);
+    let e = dnat_entry();
+    assert_eq!(
+        c.translation(&conn(
+            c.own,
+            e.orig.src,
+            e.orig.sport,
+            e.orig.dst,
+            e.orig.dport
+        )),
+        None
+    );
+    // Retried only after RETRY_AFTER: a sync now neither opens nor counts again.
+    c.sync(&HashSet::from([c.own]));
+    assert_eq!(counter(&c, "conntrack_unavailable"), 1);
+}
