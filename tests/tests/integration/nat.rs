@@ -587,3 +587,71 @@ fn a_flood_past_the_table_size_evicts_exactly_the_excess() {
         drop(topology);
     });
 }
+
+#[test]
+fn an_overflowed_event_socket_is_resynced_with_a_dump() {
+    const CONNECTIONS: usize = 100;
+    if !first_backend_of_kernel("conntrack ENOBUFS resync") {
+        return;
+    }
+    in_fresh_netns(|| {
+        let topology = Topology::build();
+        // The smallest receive buffer the kernel allows: a few events overflow it.
+        let Some(tracer) = new_tracer(ConntrackConfig {
+            rcvbuf_bytes: 1,
+            ..ConntrackConfig::default()
+        }) else {
+            return;
+        };
+        let own = u32::try_from(current_netns_inode().expect("netns")).expect("inode");
+        let server_addr = V4.server();
+        let (tx, rx) = mpsc::channel();
+        let server = topology.in_server(move || {
+            let listener = TcpListener::bind(server_addr).expect("bind server");
+            tx.send(()).expect("ready");
+            let accepted: Vec<TcpStream> = (0..CONNECTIONS)
+                .map(|_| listener.accept().expect("accept").0)
+                .collect();
+            for mut stream in accepted {
+                let _ = stream.read(&mut [0u8; 1]);
+            }
+        });
+        rx.recv().expect("server ready");
+        let clients: Vec<TcpStream> = (0..CONNECTIONS)
+            .map(|_| TcpStream::connect(V4.vip()).expect("connect to the service"))
+            .collect();
+        let locals: Vec<SocketAddr> = clients
+            .iter()
+            .map(|c| c.local_addr().expect("local"))
+            .collect();
+        // Every client connection gets its translation, although most events were lost.
+        let mut translated = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while translated.len() < CONNECTIONS {
+            let delta = tracer.get_active_connections("nat").expect("call");
+            for conn in &delta.conns {
+                let local = SocketAddr::new(conn.tuple.src, conn.tuple.sport);
+                if conn.tuple.netns == own && locals.contains(&local) {
+                    let nat = conn
+                        .nat
+                        .unwrap_or_else(|| panic!("no translation: {conn:?}"));
+                    assert_eq!((nat.repl_src_ip, nat.repl_sport), (V4.server, SERVER_PORT));
+                    translated.insert(local);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {CONNECTIONS} connections seen translated",
+                translated.len()
+            );
+        }
+        assert!(counter(&tracer, "conntrack_enobufs_resyncs") >= 1);
+        // The open of namespace A and at least one resync.
+        assert!(counter(&tracer, "conntrack_dumps") >= 2);
+        assert_eq!(counter(&tracer, "conntrack_unavailable"), 0);
+        drop(clients);
+        server.join().expect("server");
+        drop(tracer);
+        drop(topology);
+    });
+}
