@@ -26,12 +26,20 @@ pub const WANTED_MODULES: &[&str] = &[
     "nft_ct",
     "nft_reject_inet",
     "sch_netem",
+    // NAT and its conntrack events (the conntrack enrichment's test): DNAT, masquerade, and
+    // ctnetlink, which is not loaded on demand without modprobe.
+    "nf_nat",
+    "nft_nat",
+    "nft_chain_nat",
+    "nft_masq",
+    "nf_conntrack_netlink",
 ];
 
 /// Real tools shipped instead of busybox's applets of the same name (busybox's `ip` lacks veth and
 /// netns support, and it has no `nft`; busybox's `setpriv` lacks `--reuid` and `--bounding-set`, which the
-/// capability tests use to run the tracer as a non-root user holding an exact set).
-const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv"];
+/// capability tests use to run the tracer as a non-root user holding an exact set). `conntrack`
+/// (conntrack-tools) is the NAT test's ground truth.
+const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv", "conntrack"];
 
 /// busybox-static's binary: static, so it needs no libraries.
 const BUSYBOX: &str = "/bin/busybox";
@@ -76,7 +84,7 @@ pub fn build(
     for tool in TOOLS {
         let path = cmd::find_program(tool).with_context(|| {
             format!(
-                "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux)"
+                "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux, conntrack)"
             )
         })?;
         archive.file(&format!("usr/sbin/{tool}"), Data::File(path.clone()), 0o755);

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // The integration tests drive veths, routes and nftables rules with `ip`, `tc` and `nft`.
     ("iproute2", false),
     ("nftables", false),
+    // conntrack-tools' CLI: ground truth of the NAT translations (`conntrack -L`).
+    ("conntrack", true),
     // Real servers and clients the host tests compare against (ground truth nobody here wrote):
     // nginx and its access log, curl, iperf3.
     ("nginx-light", true),

@@ -17,6 +17,7 @@ mod identity;
 mod io_paths;
 mod lifecycle;
 mod limits;
+mod nat;
 mod ownership;
 mod real_servers;
 mod tcp_bytes;

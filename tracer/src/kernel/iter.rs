@@ -8,25 +8,23 @@
 //! iterator file. So for each namespace with tracked connections, a helper thread (one per
 //! refresh, short-lived: `setns` moves only the calling thread) enters the namespace through an
 //! open `/proc/<pid>/task/<tid>/ns/net` and creates and reads an iterator file there. Those
-//! descriptors are cached by namespace inode, found by scanning `/proc/*/task/*/ns/net` when a
-//! namespace is missing from the cache, and closed as soon as no tracked connection is in their
-//! namespace any more (an open descriptor keeps a namespace alive). A namespace that no task is
-//! in any more, or that cannot be entered, is skipped and counted in [`IterStats`].
+//! descriptors are cached by namespace inode, found by [`super::netns::find`] when a namespace is
+//! missing from the cache, and closed as soon as no tracked connection is in their namespace any
+//! more (an open descriptor keeps a namespace alive). A namespace that cannot be found or
+//! entered is skipped and counted in [`IterStats`].
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
     sync::{Mutex, PoisonError},
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 
+use super::netns;
 use crate::{Error, Result};
 
 /// What one refresh did.
@@ -88,7 +86,7 @@ impl TcpIter {
             .filter(|inode| *inode != 0 && !cache.contains_key(inode))
             .collect();
         if !missing.is_empty() {
-            scan_proc(Path::new("/proc"), &missing, &mut cache);
+            netns::find(Path::new("/proc"), &missing, &mut cache);
         }
         stats.netns_failed = netns.iter().filter(|i| !cache.contains_key(i)).count() as u64;
         if cache.is_empty() {
@@ -139,7 +137,7 @@ fn visit_all(
     namespaces
         .iter()
         .map(|&(inode, ns)| {
-            let result = enter(ns).and_then(|()| run_iterator(link, &mut buf));
+            let result = netns::enter(ns).and_then(|()| run_iterator(link, &mut buf));
             match result {
                 Ok(sockets) => (inode, Some(sockets)),
                 Err(e) => {
@@ -149,15 +147,6 @@ fn visit_all(
             }
         })
         .collect()
-}
-
-/// `setns(ns, CLONE_NEWNET)` for the calling thread only.
-fn enter(ns: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor; it changes only the calling thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Creates an iterator file (in the calling thread's namespace) and reads it to the end: the
@@ -173,59 +162,6 @@ fn run_iterator(link: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Finds a task in each namespace of `wanted` under `proc` and opens its namespace file into
-/// `cache`. Stops as soon as all are found.
-fn scan_proc(proc: &Path, wanted: &HashSet<u32>, cache: &mut HashMap<u32, File>) {
-    let mut left: HashSet<u32> = wanted.clone();
-    let Ok(processes) = std::fs::read_dir(proc) else {
-        return;
-    };
-    for process in processes.flatten() {
-        if !is_pid(&process.file_name()) {
-            continue;
-        }
-        let Ok(tasks) = std::fs::read_dir(process.path().join("task")) else {
-            continue; // gone meanwhile
-        };
-        for task in tasks.flatten() {
-            let path = task.path().join("ns/net");
-            let Some(inode) = std::fs::read_link(&path)
-                .ok()
-                .and_then(|target| netns_inode_of_link(&target.to_string_lossy()))
-            else {
-                continue;
-            };
-            if !left.contains(&inode) {
-                continue;
-            }
-            // The task may have moved between the readlink and the open: check what was opened.
-            if let Ok(file) = File::open(&path)
-                && file.metadata().is_ok_and(|m| m.ino() == u64::from(inode))
-            {
-                cache.insert(inode, file);
-                left.remove(&inode);
-                if left.is_empty() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn is_pid(name: &std::ffi::OsStr) -> bool {
-    name.to_str()
-        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The inode in a namespace link's target, `net:[4026531840]`.
-fn netns_inode_of_link(target: &str) -> Option<u32> {
-    target
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 /// `BPF_LINK_CREATE` for an iterator program (no target, no iterator parameters).
@@ -262,33 +198,4 @@ fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     let fd = i32::try_from(rc).map_err(|_| io::Error::other("bpf(2) returned no descriptor"))?;
     // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespace_links_parse_to_their_inode() {
-        assert_eq!(netns_inode_of_link("net:[4026531840]"), Some(4_026_531_840));
-        assert_eq!(netns_inode_of_link("net:[]"), None);
-        assert_eq!(netns_inode_of_link("mnt:[4026531840]"), None);
-        assert_eq!(netns_inode_of_link("net:[4026531840"), None);
-    }
-
-    #[test]
-    fn only_numeric_proc_entries_are_processes() {
-        assert!(is_pid(std::ffi::OsStr::new("1234")));
-        assert!(!is_pid(std::ffi::OsStr::new("self")));
-        assert!(!is_pid(std::ffi::OsStr::new("")));
-    }
-
-    #[test]
-    fn the_scan_finds_this_thread_s_namespace_and_nothing_for_unknown_ones() {
-        let own = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32;
-        let mut cache = HashMap::new();
-        scan_proc(Path::new("/proc"), &HashSet::from([own, 1]), &mut cache);
-        assert!(cache.contains_key(&own));
-        assert!(!cache.contains_key(&1));
-    }
 }

@@ -10,6 +10,7 @@ pub mod iter;
 pub(crate) mod kretprobe;
 pub mod layout;
 pub mod map_reader;
+pub mod netns;
 pub(crate) mod object;
 pub mod plan;
 pub(crate) mod privileges;
