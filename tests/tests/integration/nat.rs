@@ -357,12 +357,9 @@ fn poll_client(
 }
 
 fn counter(tracer: &Tracer, name: &str) -> u64 {
-    let counters = tracer.kernel_counters().expect("counters");
+    let counters = tracer.counters().expect("counters");
     counters
-        .0
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| *v)
+        .get(name)
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
