@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod ownership;
 mod real_servers;
+mod routes;
 mod tcp_bytes;
 mod tcp_close;
 mod tcp_counters;
