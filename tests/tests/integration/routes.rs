@@ -409,7 +409,7 @@ fn outgoing_connections_carry_the_route_ip_route_get_names_and_a_changed_route_a
             closed(h_closed),
             closed(c_closed),
         ];
-        thread::sleep(Duration::from_millis(300));
+        thread::sleep(Duration::from_millis(500));
         let before = route_counters(&tracer);
         let started = Instant::now();
         let vias = call_and_check(&tracer, server, h_netns, c_netns, &expect);
@@ -470,7 +470,7 @@ fn outgoing_connections_carry_the_route_ip_route_get_names_and_a_changed_route_a
             closed(h_closed),
             closed(c_closed),
         ];
-        thread::sleep(Duration::from_millis(300));
+        thread::sleep(Duration::from_millis(500));
         let before = route_counters(&tracer);
         let vias = call_and_check(&tracer, server, h_netns, c_netns, &expect);
         assert!(

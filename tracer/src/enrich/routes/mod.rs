@@ -356,6 +356,8 @@ impl Routes {
                 };
                 waiting.push((i, slot));
             }
+            c.route_cache_entries
+                .store(cache.len() as u64, Ordering::Relaxed);
         }
         if pending.is_empty() {
             return;

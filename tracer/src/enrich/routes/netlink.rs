@@ -34,7 +34,7 @@ pub(crate) struct Query {
 /// What the kernel said about a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// A unicast route: its next hop (`None`: directly connected) and output interface.
+    /// A route out of the namespace (unicast, or broadcast/multicast/anycast): its next hop (`None`: directly connected) and output interface.
     Route {
         /// `RTA_GATEWAY` (or `RTA_VIA`).
         gateway: Option<IpAddr>,
@@ -271,15 +271,18 @@ pub(crate) fn decode_route(route: &RouteMessage) -> Answer {
         }
     }
     match route.header.kind {
-        RouteType::Unicast => match oif {
-            Some(oif) => Answer::Route { gateway, oif },
-            None => Answer::Failed,
-        },
+        // Broadcast, multicast and anycast answers leave through their interface too.
+        RouteType::Unicast | RouteType::Broadcast | RouteType::Multicast | RouteType::Anycast => {
+            match oif {
+                Some(oif) => Answer::Route { gateway, oif },
+                None => Answer::Failed,
+            }
+        }
         RouteType::Local => match oif {
             Some(oif) => Answer::Local { oif },
             None => Answer::Failed,
         },
-        RouteType::Unreachable | RouteType::BlackHole | RouteType::Prohibit => Answer::NoRoute(0),
+        // Unreachable, blackhole, prohibit, throw, NAT, ...: no route.
         _ => Answer::NoRoute(0),
     }
 }
@@ -396,6 +399,14 @@ mod tests {
             let bytes = answer(kind, vec![RouteAttribute::Oif(1)], 3);
             assert_eq!(parse(&bytes, 3), Answer::NoRoute(0), "{kind:?}");
         }
+        let broadcast = answer(RouteType::Broadcast, vec![RouteAttribute::Oif(2)], 3);
+        assert_eq!(
+            parse(&broadcast, 3),
+            Answer::Route {
+                gateway: None,
+                oif: 2
+            }
+        );
         let local = answer(RouteType::Local, vec![RouteAttribute::Oif(1)], 3);
         assert_eq!(parse(&local, 3), Answer::Local { oif: 1 });
     }
