@@ -41,7 +41,7 @@ use std::{
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use self::netlink::{Answer, NetlinkRoutes, Query, RouteSource};
 use crate::{
@@ -231,7 +231,7 @@ struct Active {
     /// Inode of the tracer's network namespace (`None`: unknown, every connection is then
     /// looked up as the tracer's own).
     own_netns: Option<u32>,
-    cache: Mutex<LruCache<Key, Entry>>,
+    cache: Mutex<LruCache<Key, Entry, FxBuildHasher>>,
     lookups: Mutex<Lookups>,
     clock: Clock,
     ttl: Duration,
@@ -292,7 +292,7 @@ impl Routes {
         Self {
             state: State::Active(Box::new(Active {
                 own_netns,
-                cache: Mutex::new(LruCache::unbounded()),
+                cache: Mutex::new(LruCache::unbounded_with_hasher(FxBuildHasher)),
                 lookups: Mutex::new(Lookups {
                     source,
                     names: HashMap::new(),
