@@ -10,7 +10,9 @@
 //! ```
 //!
 //! H routes 203.0.113.176/28 via 192.0.2.210 (hr0), then via 192.0.2.226 (hr1); C's default route
-//! is H, which forwards. Connections from H and from C to S, open and closed, carry the gateway
+//! is H, which forwards. IPv6 the same way: the links are 2001:db8:10::/64 (hr0), 2001:db8:11::/64
+//! (hr1), 2001:db8:12::/64 (hc0), 2001:db8:13::/64 (rs0), ::1 on the H or R side and ::2 on the
+//! other; S is 2001:db8:13::2, routed from H via 2001:db8:10::2. Connections from H and from C to S, open and closed, carry the gateway
 //! and interface `ip route get` names in H (for C: `from SRC iif hc0`), and the new one once
 //! the cache's TTL has passed after the route changed. The tracer sees the whole host: its
 //! filters keep only connections to S's listening address and port, so the route counters move
@@ -18,7 +20,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::Command,
     sync::{
@@ -43,6 +45,8 @@ use tracer_integration::{
 };
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 180);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 2);
+const GATEWAY6: &str = "2001:db8:10::2";
 const GATEWAY_A: &str = "192.0.2.210";
 const GATEWAY_B: &str = "192.0.2.226";
 const TTL: Duration = Duration::from_secs(5);
@@ -75,13 +79,16 @@ fn in_netns<T: Send + 'static>(ns: &NamedNetns, f: impl FnOnce() -> T + Send + '
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Forwarding on, reverse-path filtering off (the route change makes paths asymmetric), in the
-/// calling thread's namespace; before any interface exists, so they inherit `default`.
+/// Forwarding on, reverse-path filtering off (the route change makes paths asymmetric), no IPv6
+/// duplicate address detection (addresses usable at once), in the calling thread's namespace;
+/// before any interface exists, so they inherit `default`.
 fn forwarding_without_rp_filter() {
     for (path, value) in [
         ("/proc/sys/net/ipv4/ip_forward", "1"),
         ("/proc/sys/net/ipv4/conf/all/rp_filter", "0"),
         ("/proc/sys/net/ipv4/conf/default/rp_filter", "0"),
+        ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
+        ("/proc/sys/net/ipv6/conf/default/accept_dad", "0"),
     ] {
         std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
     }
@@ -134,58 +141,63 @@ impl Topology {
             topology.s.name.as_str(),
             topology.c.name.as_str(),
         );
-        ip(&[
-            "link", "add", "hr0", "type", "veth", "peer", "name", "rh0", "netns", r,
-        ]);
-        ip(&[
-            "link", "add", "hr1", "type", "veth", "peer", "name", "rh1", "netns", r,
-        ]);
-        ip(&[
-            "link", "add", "hc0", "type", "veth", "peer", "name", "ch0", "netns", c,
-        ]);
-        ip(&[
-            "-n", r, "link", "add", "rs0", "type", "veth", "peer", "name", "sr0", "netns", s,
-        ]);
-        for (ns, dev, addr) in [
-            (None, "hr0", "192.0.2.209/28"),
-            (None, "hr1", "192.0.2.225/28"),
-            (None, "hc0", "198.51.100.145/28"),
-            (Some(r), "rh0", "192.0.2.210/28"),
-            (Some(r), "rh1", "192.0.2.226/28"),
-            (Some(r), "rs0", "203.0.113.177/28"),
-            (Some(s), "sr0", "203.0.113.180/28"),
-            (Some(c), "ch0", "198.51.100.146/28"),
+        // `ip [-n NS] WORDS...`, from H when `ns` is empty.
+        let run = |ns: &str, command: &str| {
+            let mut args: Vec<&str> = if ns.is_empty() {
+                vec![]
+            } else {
+                vec!["-n", ns]
+            };
+            args.extend(command.split_whitespace());
+            ip(&args);
+        };
+        run(
+            "",
+            &format!("link add hr0 type veth peer name rh0 netns {r}"),
+        );
+        run(
+            "",
+            &format!("link add hr1 type veth peer name rh1 netns {r}"),
+        );
+        run(
+            "",
+            &format!("link add hc0 type veth peer name ch0 netns {c}"),
+        );
+        run(
+            r,
+            &format!("link add rs0 type veth peer name sr0 netns {s}"),
+        );
+        for (ns, dev, v4, v6) in [
+            ("", "hr0", "192.0.2.209/28", "2001:db8:10::1/64"),
+            ("", "hr1", "192.0.2.225/28", "2001:db8:11::1/64"),
+            ("", "hc0", "198.51.100.145/28", "2001:db8:12::1/64"),
+            (r, "rh0", "192.0.2.210/28", "2001:db8:10::2/64"),
+            (r, "rh1", "192.0.2.226/28", "2001:db8:11::2/64"),
+            (r, "rs0", "203.0.113.177/28", "2001:db8:13::1/64"),
+            (s, "sr0", "203.0.113.180/28", "2001:db8:13::2/64"),
+            (c, "ch0", "198.51.100.146/28", "2001:db8:12::2/64"),
         ] {
-            let mut args: Vec<&str> = ns.map_or_else(Vec::new, |ns| vec!["-n", ns]);
-            args.extend_from_slice(&["addr", "add", addr, "dev", dev]);
-            ip(&args);
-            let mut args: Vec<&str> = ns.map_or_else(Vec::new, |ns| vec!["-n", ns]);
-            args.extend_from_slice(&["link", "set", dev, "up"]);
-            ip(&args);
+            run(ns, &format!("addr add {v4} dev {dev}"));
+            run(ns, &format!("addr add {v6} dev {dev} nodad"));
+            run(ns, &format!("link set {dev} up"));
         }
         for ns in [r, s, c] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            run(ns, "link set lo up");
         }
-        ip(&[
-            "-n",
-            r,
-            "route",
-            "add",
-            "198.51.100.144/28",
-            "via",
-            "192.0.2.209",
-        ]);
-        ip(&["-n", s, "route", "add", "default", "via", "203.0.113.177"]);
-        ip(&["-n", c, "route", "add", "default", "via", "198.51.100.145"]);
-        ip(&[
-            "route",
-            "add",
-            "203.0.113.176/28",
-            "via",
-            GATEWAY_A,
-            "dev",
-            "hr0",
-        ]);
+        run(r, "route add 198.51.100.144/28 via 192.0.2.209");
+        run(s, "route add default via 203.0.113.177");
+        run(c, "route add default via 198.51.100.145");
+        run(
+            "",
+            &format!("route add 203.0.113.176/28 via {GATEWAY_A} dev hr0"),
+        );
+        run(r, "-6 route add 2001:db8:12::/64 via 2001:db8:10::1");
+        run(s, "-6 route add ::/0 via 2001:db8:13::1");
+        run(c, "-6 route add ::/0 via 2001:db8:12::1");
+        run(
+            "",
+            &format!("-6 route add 2001:db8:13::/64 via {GATEWAY6} dev hr0"),
+        );
         topology
     }
 }
@@ -198,9 +210,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(s: &NamedNetns) -> Self {
-        let listener = in_netns(s, || {
-            let listener = TcpListener::bind((SERVER, 0)).expect("bind in S");
+    fn start(s: &NamedNetns, address: IpAddr) -> Self {
+        let listener = in_netns(s, move || {
+            let listener = TcpListener::bind((address, 0)).expect("bind in S");
             listener.set_nonblocking(true).expect("nonblocking");
             listener
         });
@@ -241,22 +253,36 @@ impl Drop for Server {
     }
 }
 
-/// Every IPv4 network outside `net/prefix`, as CIDRs.
-fn complement(net: Ipv4Addr, prefix: u32) -> Vec<String> {
-    let net = u32::from(net);
+/// Every network of `net`'s family outside `net/prefix`, as CIDRs (with `prefix` 0: the whole
+/// family, as two halves).
+fn complement(net: IpAddr, prefix: u32) -> Vec<String> {
+    let (v4, net) = match net {
+        IpAddr::V4(v4) => (true, u128::from(u32::from(v4)) << 96),
+        IpAddr::V6(v6) => (false, u128::from(v6)),
+    };
+    let cidr = |value: u128, len: u32| {
+        if v4 {
+            format!("{}/{len}", Ipv4Addr::from((value >> 96) as u32))
+        } else {
+            format!("{}/{len}", Ipv6Addr::from(value))
+        }
+    };
+    if prefix == 0 {
+        return vec![cidr(0, 1), cidr(1 << 127, 1)];
+    }
     (0..prefix)
         .map(|bit| {
             let len = bit + 1;
-            let mask = u32::MAX << (32 - len);
-            let other = (net ^ (1 << (31 - bit))) & mask;
-            format!("{}/{len}", Ipv4Addr::from(other))
+            let mask = u128::MAX << (128 - len);
+            cidr((net ^ (1 << (127 - bit))) & mask, len)
         })
         .collect()
 }
 
 /// The tracer's config: the backend under test, a short route TTL, and filters that keep only
-/// connections to the server's address and port.
-fn config(port: u16) -> Config {
+/// connections to the server's address (in `net/prefix`) and port.
+fn config(server: SocketAddr, net: IpAddr, prefix: u32) -> Config {
+    let port = server.port();
     let mut config = Config {
         backend: BackendChoice::Force(backend_under_test()),
         ..Config::default()
@@ -265,20 +291,23 @@ fn config(port: u16) -> Config {
         ttl: TTL,
         ..RoutesConfig::default()
     };
-    let mut excludes: Vec<Exclusion> = complement(Ipv4Addr::new(203, 0, 113, 176), 28)
-        .iter()
-        .map(|cidr| Exclusion::parse(cidr, &["*"]).expect("exclusion"))
+    // The other family whole (as two halves: an exclusion of prefix 0 matches both families).
+    let other_family = match net {
+        IpAddr::V4(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let mut excludes: Vec<Exclusion> = complement(net, prefix)
+        .into_iter()
+        .chain(complement(other_family, 0))
+        .map(|cidr| Exclusion::parse(&cidr, &["*"]).expect("exclusion"))
         .collect();
-    // All of IPv6 (a prefix of 0 would match IPv4 too).
-    for half in ["::/1", "8000::/1"] {
-        excludes.push(Exclusion::parse(half, &["*"]).expect("v6 exclusion"));
-    }
     let other_ports = [
         format!("0-{}", port - 1),
         format!("{}-65535", port.saturating_add(1)),
     ];
     let other_ports: Vec<&str> = other_ports.iter().map(String::as_str).collect();
-    excludes.push(Exclusion::parse("203.0.113.176/28", &other_ports).expect("ports exclusion"));
+    excludes
+        .push(Exclusion::parse(&format!("{net}/{prefix}"), &other_ports).expect("ports exclusion"));
     config.filters.dest_excludes = excludes;
     config
 }
@@ -381,9 +410,10 @@ fn outgoing_connections_carry_the_route_ip_route_get_names_and_a_changed_route_a
     }
     in_fresh_netns(|| {
         let topology = Topology::build();
-        let s = Server::start(&topology.s);
+        let s = Server::start(&topology.s, IpAddr::V4(SERVER));
         let server = SocketAddr::new(IpAddr::V4(SERVER), s.port);
-        let Some(tracer) = loaded_or_skip(Tracer::new(config(s.port))) else {
+        let net = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 176));
+        let Some(tracer) = loaded_or_skip(Tracer::new(config(server, net, 28))) else {
             return;
         };
         let h_netns = current_netns_inode().expect("netns") as u32;
@@ -485,6 +515,51 @@ fn outgoing_connections_carry_the_route_ip_route_get_names_and_a_changed_route_a
             delta(route_counters(&tracer), before),
             [1, 3, 2, 0, 0],
             "call 3: hits, misses, expired, failed, negative"
+        );
+        drop((h_open, c_open));
+        drop(s);
+    });
+}
+
+#[test]
+fn ipv6_connections_from_the_host_and_a_container_carry_the_route_ip_route_get_names() {
+    if !first_backend_of_kernel("route lookups") {
+        return;
+    }
+    in_fresh_netns(|| {
+        let topology = Topology::build();
+        let s = Server::start(&topology.s, IpAddr::V6(SERVER6));
+        let server = SocketAddr::new(IpAddr::V6(SERVER6), s.port);
+        let net = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 0));
+        let Some(tracer) = loaded_or_skip(Tracer::new(config(server, net, 64))) else {
+            return;
+        };
+        let h_netns = current_netns_inode().expect("netns") as u32;
+        let c_netns = in_netns(&topology.c, || current_netns_inode().expect("netns") as u32);
+        tracer.register_client("c").expect("register");
+        drop(tracer.get_active_connections("c").expect("first call"));
+        let h_open = connect(server);
+        let h_closed = connect(server);
+        let (c_open, c_closed) = in_netns(&topology.c, move || (connect(server), connect(server)));
+        let expect = [
+            local(&h_open),
+            local(&c_open),
+            closed(h_closed),
+            closed(c_closed),
+        ];
+        thread::sleep(Duration::from_millis(500));
+        let before = route_counters(&tracer);
+        let vias = call_and_check(&tracer, server, h_netns, c_netns, &expect);
+        assert!(
+            vias.iter()
+                .all(|v| v.gateway == Some(GATEWAY6.parse().expect("ip"))
+                    && v.interface_name.as_deref() == Some("hr0")),
+            "{vias:?}"
+        );
+        assert_eq!(
+            delta(route_counters(&tracer), before),
+            [2, 2, 0, 0, 0],
+            "hits, misses, expired, failed, negative"
         );
         drop((h_open, c_open));
         drop(s);

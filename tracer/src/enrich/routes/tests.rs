@@ -88,6 +88,7 @@ impl RouteSource for Fake {
     }
 }
 
+// Shared across threads in the concurrency test.
 struct Harness {
     routes: Routes,
     fake: Fake,
@@ -412,4 +413,34 @@ fn disabled_does_nothing_and_unavailable_counts_what_it_could_not_enrich() {
 fn routes_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Routes>();
+}
+
+#[test]
+fn concurrent_callers_share_the_cache_and_every_connection_is_counted_once() {
+    let h = Arc::new(Harness::new(RoutesConfig::default()));
+    let src = v4(192, 0, 2, 1);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                for round in 0..50u16 {
+                    let mut conns: Vec<ConnectionStats> = (0..20u8)
+                        .map(|d| conn(OWN, src, v4(203, 0, 113, d), round))
+                        .collect();
+                    h.routes.resolve(&mut conns);
+                    assert!(conns.iter().all(|c| c.via == uplink(v4(192, 0, 2, 2))));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (hits, misses, expired, evicted, negative, failed) = h.hme();
+    assert_eq!(hits + misses, 4 * 50 * 20);
+    // Two callers may both miss a key before either stores it: at most one miss per key and
+    // caller.
+    assert!((20..=80).contains(&misses), "{misses}");
+    assert_eq!(misses, h.kernel_routes());
+    assert_eq!((expired, evicted, negative, failed), (0, 0, 0, 0));
 }
