@@ -160,7 +160,14 @@ type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 struct Lookups {
     source: Box<dyn RouteSource>,
     names: HashMap<u32, (Option<Arc<str>>, Instant)>,
+    /// Questions left unanswered (timeout, I/O error) in the current call.
+    unanswered: u32,
 }
+
+/// Unanswered questions after which a call stops asking: its remaining keys fail at once (and
+/// are cached as failures), so a netlink socket that stopped answering costs a call at most
+/// this many timeouts.
+const MAX_UNANSWERED_PER_CALL: u32 = 2;
 
 /// Most interface names kept (the table is cleared when it reaches this).
 const MAX_NAMES: usize = 4096;
@@ -171,6 +178,9 @@ impl Lookups {
             && *expires > now
         {
             return name.clone();
+        }
+        if self.unanswered >= MAX_UNANSWERED_PER_CALL {
+            return None;
         }
         let name = self.source.link_name(index);
         if self.names.len() >= MAX_NAMES {
@@ -189,7 +199,17 @@ impl Lookups {
         }
     }
 
-    /// One key's lookup, as in the module docs.
+    /// Asks the source, counting the questions left unanswered.
+    fn route(&mut self, query: &Query) -> Answer {
+        let answer = self.source.route(query);
+        if answer == Answer::Unanswered {
+            self.unanswered = self.unanswered.saturating_add(1);
+        }
+        answer
+    }
+
+    /// One key's lookup, as in the module docs; fails at once once the call has had
+    /// [`MAX_UNANSWERED_PER_CALL`] unanswered questions.
     fn lookup(
         &mut self,
         key: &Key,
@@ -197,6 +217,9 @@ impl Lookups {
         now: Instant,
         ttl: Duration,
     ) -> Outcome {
+        if self.unanswered >= MAX_UNANSWERED_PER_CALL {
+            return Outcome::Failed;
+        }
         let (netns, src, dst) = *key;
         let src = (!src.is_unspecified()).then_some(src);
         let own = own_netns.is_none_or(|own| own == netns);
@@ -207,21 +230,21 @@ impl Lookups {
             let Some(src) = src else {
                 return Outcome::Failed;
             };
-            match self.source.route(&Query {
+            match self.route(&Query {
                 dst: src,
                 src: None,
                 iif: None,
             }) {
                 Answer::Route { oif, .. } => Some(oif),
-                Answer::Local { .. } | Answer::NoRoute(_) | Answer::Failed => {
+                Answer::Local { .. } | Answer::NoRoute(_) | Answer::Failed | Answer::Unanswered => {
                     return Outcome::Failed;
                 }
             }
         };
-        match self.source.route(&Query { dst, src, iif }) {
+        match self.route(&Query { dst, src, iif }) {
             Answer::Route { gateway, oif } => Outcome::Via(self.via(gateway, oif, now, ttl)),
             Answer::Local { .. } | Answer::NoRoute(_) => Outcome::NoRoute,
-            Answer::Failed => Outcome::Failed,
+            Answer::Failed | Answer::Unanswered => Outcome::Failed,
         }
     }
 }
@@ -296,6 +319,7 @@ impl Routes {
                 lookups: Mutex::new(Lookups {
                     source,
                     names: HashMap::new(),
+                    unanswered: 0,
                 }),
                 clock,
                 ttl: config.ttl,
@@ -364,6 +388,7 @@ impl Routes {
         }
         let outcomes: Vec<Outcome> = {
             let mut lookups = active.lookups.lock();
+            lookups.unanswered = 0;
             pending
                 .iter()
                 .map(|key| lookups.lookup(key, active.own_netns, now, active.ttl))

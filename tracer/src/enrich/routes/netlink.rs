@@ -1,6 +1,7 @@
 //! Synchronous `RTM_GETROUTE` / `RTM_GETLINK` over one NETLINK_ROUTE socket, and the decoding of
 //! the kernel's answers. Nothing here panics on what the kernel (or anything else) sends: a
-//! truncated, malformed or unexpected answer is an [`Answer::Failed`].
+//! truncated, malformed or unexpected answer is an [`Answer::Failed`], no answer in time an
+//! [`Answer::Unanswered`].
 
 use std::{
     io,
@@ -49,9 +50,11 @@ pub(crate) enum Answer {
     /// The kernel has no usable route: an error answer (ENETUNREACH, EHOSTUNREACH, EINVAL, ...)
     /// or an unreachable, blackhole or prohibit route. Carries the errno or 0.
     NoRoute(i32),
-    /// The question could not be asked or the answer not read (I/O error, timeout, malformed
-    /// answer).
+    /// The answer could not be used (malformed, an ACK, another message type).
     Failed,
+    /// No answer: the question could not be sent, or no answer carrying its sequence number
+    /// came before the timeout.
+    Unanswered,
 }
 
 /// Where the cache gets its answers: the kernel through netlink, or a fake in unit tests.
@@ -117,7 +120,7 @@ impl RouteSource for NetlinkRoutes {
     fn route(&mut self, query: &Query) -> Answer {
         match self.ask(RouteNetlinkMessage::GetRoute(route_request(query))) {
             Some(payload) => decode_route_answer(payload),
-            None => Answer::Failed,
+            None => Answer::Unanswered,
         }
     }
 

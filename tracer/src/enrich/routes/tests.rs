@@ -23,6 +23,7 @@ struct Fake {
     routes: Arc<AtomicU64>,
     links: Arc<AtomicU64>,
     fail: Arc<std::sync::atomic::AtomicBool>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
     asked: Arc<Mutex<Vec<Query>>>,
 }
 
@@ -33,6 +34,7 @@ impl Fake {
             routes: Arc::default(),
             links: Arc::default(),
             fail: Arc::default(),
+            silent: Arc::default(),
             asked: Arc::default(),
         }
     }
@@ -43,6 +45,7 @@ impl Fake {
             routes: self.routes.clone(),
             links: self.links.clone(),
             fail: self.fail.clone(),
+            silent: self.silent.clone(),
             asked: self.asked.clone(),
         }
     }
@@ -54,6 +57,9 @@ impl RouteSource for Fake {
         self.asked.lock().push(*query);
         if self.fail.load(Ordering::Relaxed) {
             return Answer::Failed;
+        }
+        if self.silent.load(Ordering::Relaxed) {
+            return Answer::Unanswered;
         }
         match query.dst {
             IpAddr::V4(d) if d.octets()[..3] == [203, 0, 113] => {
@@ -443,4 +449,32 @@ fn concurrent_callers_share_the_cache_and_every_connection_is_counted_once() {
     assert!((20..=80).contains(&misses), "{misses}");
     assert_eq!(misses, h.kernel_routes());
     assert_eq!((expired, evicted, negative, failed), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_source_that_stops_answering_costs_a_call_at_most_two_questions() {
+    let h = Harness::new(RoutesConfig {
+        negative_ttl: Duration::from_secs(5),
+        ..RoutesConfig::default()
+    });
+    h.fake.silent.store(true, Ordering::Relaxed);
+    let src = v4(192, 0, 2, 1);
+    let batch = |round: u8| -> Vec<ConnectionStats> {
+        (0..10u8)
+            .map(|d| conn(OWN, src, v4(203, 0, 113, round * 10 + d), 80))
+            .collect()
+    };
+    let mut conns = batch(0);
+    h.routes.resolve(&mut conns);
+    assert!(conns.iter().all(|c| c.via.is_none()));
+    assert_eq!(h.kernel_routes(), 2);
+    assert_eq!(h.hme(), (0, 10, 0, 0, 0, 10));
+    // Cached as failures; the next call with new keys may ask twice again.
+    h.routes.resolve(&mut conns);
+    assert_eq!(h.kernel_routes(), 2);
+    h.fake.silent.store(false, Ordering::Relaxed);
+    let mut conns = batch(1);
+    h.routes.resolve(&mut conns);
+    assert!(conns.iter().all(|c| c.via == uplink(v4(192, 0, 2, 2))));
+    assert_eq!(h.kernel_routes(), 12);
 }
