@@ -27,8 +27,9 @@
 //! once to answer what it can, asks the kernel for the distinct missing keys without the cache
 //! lock (one netlink lock), then takes the cache lock again to store the answers.
 //!
-//! Counters (per connection looked up, `hits + misses` = connections; `misses` = route
-//! lookups asked of the kernel): see [`RouteCounters`].
+//! Counters (per connection looked up, `hits + misses` = connections; a miss is a distinct key
+//! looked up in the call: one `RTM_GETROUTE`, two for another namespace, none once the call
+//! has had [`MAX_UNANSWERED_PER_CALL`] questions unanswered): see [`RouteCounters`].
 
 mod netlink;
 
@@ -107,7 +108,7 @@ counter_set! {
     pub struct RouteCounters {
         /// Connections whose route came from the cache (or from a lookup made earlier in the same call).
         route_cache_hits: Activity,
-        /// Route lookups asked of the kernel (a key missing from the cache, or expired).
+        /// Keys looked up because they were missing from the cache (or expired), one per key and call.
         route_cache_misses: Activity,
         /// Cache entries found past their TTL (each then counts as a miss).
         route_cache_expired: Activity,
