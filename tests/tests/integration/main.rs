@@ -20,6 +20,7 @@ mod limits;
 mod nat;
 mod ownership;
 mod real_servers;
+mod routes;
 mod tcp_bytes;
 mod tcp_close;
 mod tcp_counters;
