@@ -16,6 +16,9 @@ use crate::summary::{Run, Summary};
 /// Booting and loading modules under TCG on a busy machine: seconds usually, minutes at worst.
 const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);
 
+/// Boots of one VM kernel when the guest dies before any test started.
+const BOOT_ATTEMPTS: u32 = 3;
+
 /// Boots each VM kernel (all, or those in XTASK_KERNELS) and records its runs and a `vm <label>`
 /// step.
 pub fn run_all(binary: &Path, summary: &mut Summary) {
@@ -96,8 +99,25 @@ fn vm_run(
     // Each run has `timeout` inside the VM; the VM as a whole gets them all plus time to boot.
     let runs = u32::try_from(kernel.backends.len()).unwrap_or(u32::MAX);
     let vm_deadline = timeout.saturating_mul(runs) + VM_BOOT_MARGIN;
-    let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, vm_deadline)?;
-    let parsed = console::parse(&boot.console);
+    // A guest kernel that dies while booting under TCG, before any test starts (seen on 6.12:
+    // an Oops in early boot, a few boots in a hundred), says nothing about the tracer: boot it
+    // again, at most BOOT_ATTEMPTS times in all, and say so. A VM that died or hung once a test
+    // had started is never retried.
+    let mut attempt = 1;
+    let (boot, parsed) = loop {
+        let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, vm_deadline)?;
+        let parsed = console::parse(&boot.console);
+        let started = kernel.backends.iter().any(|b| parsed.run(b).is_some());
+        if started || boot.timed_out || attempt >= BOOT_ATTEMPTS {
+            break (boot, parsed);
+        }
+        println!(
+            "xtask: VM {} died while booting, before any test started (qemu {}, attempt \
+             {attempt} of {BOOT_ATTEMPTS}); booting again",
+            kernel.label, boot.exit
+        );
+        attempt += 1;
+    };
     let release = parsed
         .kernel
         .clone()
