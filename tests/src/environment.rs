@@ -15,6 +15,8 @@ use std::{
 
 use tracer::{KernelVersion, kernel::plan::Backend};
 
+use crate::cmd::ip;
+
 /// Selects the child mode of the re-executed test binary.
 pub const CHILD_ENV: &str = "TRACER_ENV_CHILD";
 /// Prefix of the child's result line: `key=value` pairs follow, separated by spaces.
@@ -261,18 +263,6 @@ impl Drop for NamedNetns {
             eprintln!("ip netns delete {} failed: {status:?}", self.name);
         }
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (iproute2 is needed, also in the VM)"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A fresh directory owned by `uid`, for a child's TMPDIR; removed on drop.

@@ -7,6 +7,7 @@
 // which lose their backtraces).
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+pub mod cmd;
 pub mod environment;
 pub mod kernel_view;
 pub mod leaks;

@@ -30,6 +30,7 @@ use tracer::{
     model::{ConnectionStats, Protocol},
 };
 use tracer_integration::{
+    cmd::run,
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
     tracer::backend_under_test,
@@ -129,18 +130,6 @@ fn udp_client(to: SocketAddr) -> UdpSocket {
         .expect("timeout");
     udp_ping(&socket);
     socket
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Child mode: one "container". Reads commands on stdin, answers each with one

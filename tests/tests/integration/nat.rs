@@ -16,7 +16,7 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    process::{Command, Stdio},
+    process::Command,
     sync::mpsc,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -28,6 +28,7 @@ use tracer::{
     model::{ConnectionStats, IpTranslation, Protocol},
 };
 use tracer_integration::{
+    cmd::run_with_input,
     environment::NamedNetns,
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
@@ -91,31 +92,6 @@ fn new_tracer(conntrack: ConntrackConfig) -> Option<Tracer> {
     }))
 }
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e} (is it installed, also in the VM?)"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The namespaces, veths, addresses and NAT rules; called on a thread in namespace A.
 struct Topology {
     server: NamedNetns,
@@ -125,21 +101,21 @@ impl Topology {
     fn build() -> Self {
         let server = NamedNetns::add();
         let b = server.name.as_str();
-        run(
+        run_with_input(
             "ip",
             &[
                 "link", "add", "ntnat0", "type", "veth", "peer", "name", "ntnat1", "netns", b,
             ],
             None,
         );
-        run(
+        run_with_input(
             "ip",
             &["addr", "add", "198.51.100.1/24", "dev", "ntnat0"],
             None,
         );
-        run("ip", &["link", "set", "ntnat0", "up"], None);
-        run("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"], None);
-        run(
+        run_with_input("ip", &["link", "set", "ntnat0", "up"], None);
+        run_with_input("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"], None);
+        run_with_input(
             "ip",
             &[
                 "route",
@@ -152,13 +128,13 @@ impl Topology {
             ],
             None,
         );
-        run(
+        run_with_input(
             "ip",
             &["-n", b, "addr", "add", "198.51.100.2/24", "dev", "ntnat1"],
             None,
         );
-        run("ip", &["-n", b, "link", "set", "ntnat1", "up"], None);
-        run("ip", &["-n", b, "link", "set", "lo", "up"], None);
+        run_with_input("ip", &["-n", b, "link", "set", "ntnat1", "up"], None);
+        run_with_input("ip", &["-n", b, "link", "set", "lo", "up"], None);
         // IPv6: the same, without duplicate address detection (the addresses are usable now).
         for args in [
             &[
@@ -201,9 +177,9 @@ impl Topology {
                 "nodad",
             ],
         ] {
-            run("ip", args, None);
+            run_with_input("ip", args, None);
         }
-        run(
+        run_with_input(
             "nft",
             &["-f", "-"],
             Some(
@@ -270,7 +246,7 @@ fn conntrack_cli_available() -> bool {
 /// The reply tuple `conntrack -L` lists for the entry whose original source port is `sport`
 /// (run in the calling thread's namespace).
 fn conntrack_cli_reply(family: &Family, protocol: &str, sport: u16) -> IpTranslation {
-    let out = run(
+    let out = run_with_input(
         "conntrack",
         &[
             "-L",
@@ -557,7 +533,7 @@ fn a_flood_past_the_table_size_evicts_exactly_the_excess() {
             .map(|_| TcpStream::connect((VIP, VIP_PORT)).expect("connect to the service"))
             .collect();
         if conntrack_cli_available() {
-            let listed = run("conntrack", &["-L", "--dst-nat"], None);
+            let listed = run_with_input("conntrack", &["-L", "--dst-nat"], None);
             assert_eq!(
                 listed.lines().count(),
                 CONNECTIONS,

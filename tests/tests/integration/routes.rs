@@ -22,7 +22,6 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -38,6 +37,7 @@ use tracer::{
     model::{ConnectionStats, Via},
 };
 use tracer_integration::{
+    cmd::ip,
     environment::NamedNetns,
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
@@ -50,20 +50,6 @@ const GATEWAY6: &str = "2001:db8:10::2";
 const GATEWAY_A: &str = "192.0.2.210";
 const GATEWAY_B: &str = "192.0.2.226";
 const TTL: Duration = Duration::from_secs(5);
-
-/// `ip ARGS` in the calling thread's namespace (or another with `-n NAME`), which must succeed.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (iproute2 is needed, also in the VM)"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs `f` on a thread inside the named namespace.
 fn in_netns<T: Send + 'static>(ns: &NamedNetns, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -98,15 +98,8 @@ fn scan_proc(proc: &Path, left: &mut HashSet<u32>, found: &mut HashMap<u32, File
             else {
                 continue;
             };
-            if !left.contains(&inode) {
-                continue;
-            }
-            if let Some(file) = open_if(&path, inode) {
-                found.insert(inode, file);
-                left.remove(&inode);
-                if left.is_empty() {
-                    return;
-                }
+            if take(&path, inode, left, found) {
+                return;
             }
         }
     }
@@ -125,17 +118,22 @@ fn scan_named(dir: &Path, left: &mut HashSet<u32>, found: &mut HashMap<u32, File
         else {
             continue;
         };
-        if !left.contains(&inode) {
-            continue;
-        }
-        if let Some(file) = open_if(&path, inode) {
-            found.insert(inode, file);
-            left.remove(&inode);
-            if left.is_empty() {
-                return;
-            }
+        if take(&path, inode, left, found) {
+            return;
         }
     }
+}
+
+/// Opens `path` into `found` if namespace `inode` is still wanted (and `path` still is it);
+/// returns whether every wanted namespace is now found.
+fn take(path: &Path, inode: u32, left: &mut HashSet<u32>, found: &mut HashMap<u32, File>) -> bool {
+    if left.contains(&inode)
+        && let Some(file) = open_if(path, inode)
+    {
+        found.insert(inode, file);
+        left.remove(&inode);
+    }
+    left.is_empty()
 }
 
 pub(crate) fn is_pid(name: &std::ffi::OsStr) -> bool {
