@@ -124,9 +124,15 @@ fn tcp_packets_retransmits_and_rtt_equal_tcp_info_at_rest() {
         };
         let (mut client, mut server, client_addr, server_addr) = pair("127.0.0.1");
         traffic(&mut client, &mut server, 2 << 20);
-        let (client_info, _) =
+        let (client_info, server_info) =
             both_sides_match_kernel_at_rest(&tracer, &client, &server, client_addr, server_addr);
-        assert_eq!(client_info.total_retrans, 0, "no loss on a clean loopback");
+        // A loaded host can make even loopback retransmit (2 segments seen once during a
+        // parallel build): whatever the kernel did, both sides add up to the namespace's count.
+        assert_eq!(
+            u64::from(client_info.total_retrans) + u64::from(server_info.total_retrans),
+            snmp("Tcp", "RetransSegs"),
+            "retransmits of both sides vs the fresh namespace's TcpRetransSegs"
+        );
     });
 }
 
