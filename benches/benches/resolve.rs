@@ -121,7 +121,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(size: u64) -> Result<Self, String> {
+    fn new(size: u64, config: &EnrichConfig) -> Result<Self, String> {
         let netns = std::fs::metadata("/proc/self/ns/net")
             .map(|m| m.ino() as u32)
             .map_err(|e| e.to_string())?;
@@ -132,7 +132,7 @@ impl Rig {
             .register_client(&client, 0)
             .map_err(|e| e.to_string())?;
         let mut rig = Self {
-            enrich: Enrichers::start(&EnrichConfig::default()),
+            enrich: Enrichers::start(config),
             state,
             client,
             active: (0..size).map(|i| connection(i, cgroup_id, netns)).collect(),
@@ -185,21 +185,53 @@ impl Rig {
     }
 }
 
+/// Every enrichment, then each alone (what each costs), then none (the seam's own passes).
+fn configs() -> [(&'static str, EnrichConfig); 5] {
+    let none = {
+        let mut c = EnrichConfig::default();
+        c.containers.enabled = false;
+        c.conntrack.enabled = false;
+        c.routes.enabled = false;
+        c
+    };
+    let only = |pick: fn(&mut EnrichConfig)| {
+        let mut c = none.clone();
+        pick(&mut c);
+        c
+    };
+    [
+        ("all", EnrichConfig::default()),
+        ("containers", only(|c| c.containers.enabled = true)),
+        ("conntrack", only(|c| c.conntrack.enabled = true)),
+        ("routes", only(|c| c.routes.enabled = true)),
+        // The floor: the seam's passes over the connections with nothing enabled.
+        ("none", none),
+    ]
+}
+
 fn bench_resolve(c: &mut Criterion) {
     for (size, label) in [(10_000u64, "10k"), (100_000, "100k")] {
-        let name = format!("resolve/{label}_conns");
-        let rig = match Rig::new(size) {
+        for (which, config) in configs() {
+            bench_one(c, size, label, which, &config);
+        }
+    }
+}
+
+fn bench_one(c: &mut Criterion, size: u64, label: &str, which: &str, config: &EnrichConfig) {
+    {
+        let name = format!("resolve/{label}_conns/{which}");
+        let rig = match Rig::new(size, config) {
             Ok(rig) => RefCell::new(rig),
             Err(err) => {
                 eprintln!("{name}: cannot set up: {err}");
-                continue;
+                return;
             }
         };
         let mut group = c.benchmark_group("resolve");
         group.sample_size(10);
         group.warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(if size >= 100_000 { 4 } else { 2 }));
-        group.bench_function(format!("{label}_conns"), |b| {
+        group.bench_function(format!("{label}_conns/{which}"), |b| {
             b.iter_custom(|iters| {
                 let mut rig = rig.borrow_mut();
                 (0..iters).map(|_| rig.call()).sum()
@@ -229,7 +261,8 @@ fn report(name: &str, rig: &Rig) {
         .join(" ");
     println!(
         "{name}: enrichments {enrich_ns:.1} ns/conn per call, state pipeline {pipeline_ns:.1} \
-         ns/conn, enrichments / pipeline = {:.1} % (target <= 20 %); counters: {counters}",
+         ns/conn, enrichments / pipeline = {:.1} % (target for all: <= 20 %); counters: \
+         {counters}",
         share * 100.0
     );
     if let Some(path) = std::env::var_os(tracer_benches::summary::SUMMARY_ENV) {

@@ -71,10 +71,8 @@ impl Enrichers {
     /// What aggregation needs, on connections read from the kernel map: NAT and the source
     /// container.
     pub fn attach_open(&self, conns: &mut [ConnectionStats]) {
-        for conn in conns.iter_mut() {
-            conn.nat = self.conntrack.translation(conn);
-            conn.containers.source = self.containers.source(conn.cgroup_id);
-        }
+        self.conntrack.attach(conns);
+        self.containers.attach_sources(conns);
     }
 
     /// The same on a connection that ended, as it is stored: its NAT entry is looked up and

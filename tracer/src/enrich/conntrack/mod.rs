@@ -314,7 +314,42 @@ impl Conntrack {
         self.lookup(conn, true)
     }
 
+    /// Sets `nat` on every open connection conntrack has a translation for: one lock for the
+    /// batch, counters bumped once. With no NAT entry held (most hosts, most of the time) the
+    /// connections are not even touched.
+    pub fn attach(&self, conns: &mut [ConnectionStats]) {
+        if !self.config.enabled {
+            return;
+        }
+        if self.held.load(Ordering::Relaxed) == 0 {
+            bump(&self.counters.conntrack_lookups_miss, conns.len() as u64);
+            return;
+        }
+        let (mut hits, mut misses) = (0u64, 0u64);
+        {
+            let mut table = self.table.lock();
+            for conn in conns.iter_mut() {
+                let mine = Key::of_conn(conn.tuple.netns, &conn.tuple);
+                let mut found = table.get(&mine);
+                if found.is_none() && conn.tuple.netns != self.own {
+                    found = table.get(&Key::of_conn(self.own, &conn.tuple));
+                }
+                if found.is_some() {
+                    hits += 1;
+                } else {
+                    misses += 1;
+                }
+                conn.nat = found;
+            }
+        }
+        bump(&self.counters.conntrack_lookups_hit, hits);
+        bump(&self.counters.conntrack_lookups_miss, misses);
+    }
+
     fn lookup(&self, conn: &ConnectionStats, take: bool) -> Option<IpTranslation> {
+        if !self.config.enabled {
+            return None;
+        }
         if self.held.load(Ordering::Relaxed) == 0 {
             bump(&self.counters.conntrack_lookups_miss, 1);
             return None;

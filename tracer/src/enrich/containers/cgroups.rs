@@ -3,12 +3,13 @@
 //! the container id of its path, kept in a bounded cache that a miss refreshes.
 
 use std::{
-    collections::{HashMap, HashSet},
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::id::container_id;
 
@@ -124,6 +125,11 @@ impl CgroupCache {
     /// Looks `id` up; on a miss says whether a walk is due: only for an id newer than every
     /// directory the last walk saw (an older one was not there to be seen, or is out of reach),
     /// and not before `min_interval` since the last walk.
+    /// The container of a cgroup this cache knows (`Some(None)`: known, not a container's).
+    pub(crate) fn known(&self, id: u64) -> Option<&Option<Arc<str>>> {
+        self.entries.get(&id)
+    }
+
     pub(crate) fn lookup(&self, id: u64, now: Instant, min_interval: Duration) -> Lookup {
         if let Some(found) = self.entries.get(&id) {
             return Lookup::Known(found.clone());
@@ -152,7 +158,7 @@ impl CgroupCache {
     /// for one more walk (while there is room under `max`), so that the connections of a
     /// container that just went away, stored after it did, still carry its id.
     pub(crate) fn replace(&mut self, mut walk: Walk, started: Instant, max: usize) {
-        let mut stale = HashSet::new();
+        let mut stale = HashSet::default();
         for (id, container) in self.entries.drain() {
             if walk.entries.len() >= max {
                 break;
@@ -213,7 +219,7 @@ mod tests {
         let service = tree.mkdir("system.slice/nginx.service");
         std::fs::write(tree.0.join("system.slice/cgroup.procs"), "").unwrap();
         std::os::unix::fs::symlink(&tree.0, tree.0.join("system.slice/loop")).unwrap();
-        let mut seen = HashMap::new();
+        let mut seen = HashMap::default();
         let (dropped, errors) = walk_tree(&tree.0, 100, |ino, rel| {
             seen.insert(ino, rel.to_path_buf());
         });
@@ -228,7 +234,8 @@ mod tests {
             ),
             (service, PathBuf::from("system.slice/nginx.service")),
         ]
-        .into();
+        .into_iter()
+        .collect();
         assert_eq!(seen, want);
     }
 
@@ -238,7 +245,7 @@ mod tests {
         let outer = tree.mkdir(&format!("machine.slice/libpod-{ID}.scope"));
         let inner = tree.mkdir(&format!("machine.slice/libpod-{ID}.scope/container"));
         let none = tree.mkdir("machine.slice");
-        let first = walk(&tree.0, 100, &HashMap::new());
+        let first = walk(&tree.0, 100, &HashMap::default());
         let a = first.entries[&outer].clone().unwrap();
         let b = first.entries[&inner].clone().unwrap();
         assert_eq!(&*a, ID);
@@ -256,10 +263,10 @@ mod tests {
             tree.mkdir(&format!("a/{i}"));
         }
         // Root, a, and ten below: 12 directories.
-        let walked = walk(&tree.0, 5, &HashMap::new());
+        let walked = walk(&tree.0, 5, &HashMap::default());
         assert_eq!(walked.entries.len(), 5);
         assert_eq!(walked.dropped, 7);
-        let missing = walk(&tree.0.join("missing"), 5, &HashMap::new());
+        let missing = walk(&tree.0.join("missing"), 5, &HashMap::default());
         assert!(missing.entries.is_empty());
         assert_eq!(missing.errors, 1);
     }

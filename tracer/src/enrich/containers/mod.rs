@@ -206,6 +206,49 @@ impl Containers {
         found.flatten()
     }
 
+    /// Fills `containers.source` of every connection whose owner's cgroup is a container's:
+    /// one read lock for the batch (ids the cache does not know yet take [`Containers::source`]'s
+    /// path, with its walk if due), counters bumped once.
+    pub fn attach_sources(&self, conns: &mut [ConnectionStats]) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut resolved = 0u64;
+        let mut unknown: Vec<usize> = Vec::new();
+        {
+            let cache = self.cache.read();
+            // Connections of one process are often next to each other: remember the last id.
+            let mut last: Option<(u64, Option<Arc<str>>)> = None;
+            for (i, conn) in conns.iter_mut().enumerate() {
+                let id = conn.cgroup_id;
+                if id == 0 {
+                    continue;
+                }
+                let container = match &last {
+                    Some((last_id, container)) if *last_id == id => container.clone(),
+                    _ => match cache.known(id) {
+                        Some(container) => {
+                            last = Some((id, container.clone()));
+                            container.clone()
+                        }
+                        None => {
+                            unknown.push(i);
+                            continue;
+                        }
+                    },
+                };
+                resolved += u64::from(container.is_some());
+                conn.containers.source = container;
+            }
+        }
+        bump(&self.counters.container_source_resolved, resolved);
+        for i in unknown {
+            if let Some(conn) = conns.get_mut(i) {
+                conn.containers.source = self.source(conn.cgroup_id);
+            }
+        }
+    }
+
     /// `Some(container)` for a known cgroup, `None` for an unknown one (after a walk if due).
     fn lookup(&self, cgroup_id: u64) -> Option<Option<Arc<str>>> {
         let root = self.root.as_ref()?;

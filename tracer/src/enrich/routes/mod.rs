@@ -348,6 +348,8 @@ impl Routes {
         let mut pending: Vec<Key> = Vec::new();
         let mut pending_index: FxHashMap<Key, usize> = FxHashMap::default();
         let mut waiting: Vec<(usize, usize)> = Vec::new();
+        // Counted here, bumped once per call: an atomic add per connection showed in the bench.
+        let (mut hits, mut misses, mut expired) = (0u64, 0u64, 0u64);
         {
             let mut cache = active.cache.lock();
             for (i, conn) in conns.iter_mut().enumerate() {
@@ -357,23 +359,23 @@ impl Routes {
                 let key = (conn.tuple.netns, conn.tuple.src, conn.tuple.dst);
                 match cache.get(&key) {
                     Some(entry) if entry.expires > now => {
-                        bump(&c.route_cache_hits, 1);
+                        hits += 1;
                         conn.via = entry.outcome.via();
                         continue;
                     }
                     Some(_) => {
-                        bump(&c.route_cache_expired, 1);
+                        expired += 1;
                         cache.pop(&key);
                     }
                     None => {}
                 }
                 let slot = match pending_index.get(&key) {
                     Some(&slot) => {
-                        bump(&c.route_cache_hits, 1);
+                        hits += 1;
                         slot
                     }
                     None => {
-                        bump(&c.route_cache_misses, 1);
+                        misses += 1;
                         pending.push(key);
                         pending_index.insert(key, pending.len() - 1);
                         pending.len() - 1
@@ -384,6 +386,9 @@ impl Routes {
             c.route_cache_entries
                 .store(cache.len() as u64, Ordering::Relaxed);
         }
+        bump(&c.route_cache_hits, hits);
+        bump(&c.route_cache_misses, misses);
+        bump(&c.route_cache_expired, expired);
         if pending.is_empty() {
             return;
         }
