@@ -107,9 +107,21 @@ counters! {
     /// A kernel close found that userspace had already ended the flow (expiry or sweep) and
     /// discarded its own record: each flow is ended exactly once, by whoever removed it.
     CloseAlreadyEnded = 23 => "close_already_ended" : Activity,
+    /// Packet capture: a captured packet could not be written to `NT_PACKETS` (ring full): the
+    /// packet was lost to the DNS snooper.
+    PacketRingFull = 24 => "packet_ring_full" : Loss,
+    /// Packet capture: a DNS payload longer than the snap length: only its first bytes were
+    /// copied (answers beyond them are not seen; a truncated TCP segment breaks its stream).
+    PacketTruncated = 25 => "packet_truncated" : Loss,
+    /// Packet capture: a packet on a DNS port that carried no DNS payload (a TCP segment without
+    /// data, a UDP datagram shorter than a DNS header, an IPv6 packet with extension headers),
+    /// skipped. Packets on other ports are rejected on their first bytes and not counted.
+    PacketNotDns = 26 => "packet_not_dns" : Activity,
+    /// Packet capture: DNS packets copied to `NT_PACKETS`.
+    PacketCaptured = 27 => "packet_captured" : Activity,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 24;
+pub const COUNTER_COUNT: u32 = 28;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

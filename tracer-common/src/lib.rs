@@ -8,6 +8,7 @@ pub mod conn;
 pub mod counters;
 pub mod names;
 pub mod offsets;
+pub mod packet;
 pub mod tcp_state;
 pub mod tracepoint;
 

@@ -153,3 +153,11 @@ pub const MAP_UDP_PEERS: &str = "NT_UDP_PEERS";
 /// Hash map socket -> generation of each unconnected UDP socket with peer flows (see
 /// `ConnKey::socket_gen`).
 pub const MAP_UDP_SOCKS: &str = "NT_UDP_SOCKS";
+/// Packet capture: `cgroup_skb/ingress` on the cgroup v2 root.
+pub const PROG_PACKET_INGRESS: &str = "nt_packet_in";
+/// Packet capture: `cgroup_skb/egress` on the cgroup v2 root.
+pub const PROG_PACKET_EGRESS: &str = "nt_packet_out";
+/// Ring buffer of captured packets: [`crate::packet::PacketHeader`] then the payload.
+pub const MAP_PACKETS: &str = "NT_PACKETS";
+/// Global: [`crate::packet::CaptureConfig`].
+pub const GLOBAL_CAPTURE_CONFIG: &str = "NT_CAPTURE_CONFIG";

@@ -43,3 +43,11 @@ unsafe impl aya::Pod for crate::conn::UdpPeerSlot {}
 
 const _: () = assert!(core::mem::size_of::<crate::conn::UdpPeerSlotKey>() == 16);
 const _: () = assert!(core::mem::size_of::<crate::conn::UdpPeerSlot>() == 20);
+
+// SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
+unsafe impl aya::Pod for crate::packet::CaptureConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::packet::PacketHeader {}
+
+const _: () = assert!(core::mem::size_of::<crate::packet::CaptureConfig>() == 16 + 8);
+const _: () = assert!(core::mem::size_of::<crate::packet::PacketHeader>() == 24 + 16 + 32 + 8 + 8);
