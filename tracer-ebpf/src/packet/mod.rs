@@ -23,8 +23,8 @@ use tracer_common::{
     conn::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     counters::Counter,
     packet::{
-        CaptureConfig, MAX_CAPTURE_PORTS, MAX_SNAPLEN, PACKET_EGRESS, PACKET_HEADER_LEN,
-        PACKET_INGRESS, PACKET_KIND_DNS, PacketHeader,
+        CaptureConfig, MAX_SNAPLEN, PACKET_EGRESS, PACKET_HEADER_LEN, PACKET_INGRESS,
+        PACKET_KIND_DNS, PacketHeader,
     },
 };
 
@@ -183,16 +183,14 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
 
 #[inline(always)]
 fn port_matches(config: &CaptureConfig, sport: u16, dport: u16) -> bool {
-    let mut i = 0;
-    while i < MAX_CAPTURE_PORTS {
-        let port = config.ports[i];
+    // The list ends at its first zero; a fixed-length array iterates without a bounds check.
+    for &port in config.ports.iter() {
         if port == 0 {
             return false;
         }
         if port == sport || port == dport {
             return true;
         }
-        i += 1;
     }
     false
 }
