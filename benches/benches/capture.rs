@@ -3,58 +3,61 @@
 //! reject a packet on another port after reading its IP header and port bytes. This measures
 //! that against the least any program on those hooks costs, in one run.
 //!
-//! Modes, each attached ingress + egress to the cgroup v2 root:
+//! Modes, each attached ingress + egress to the cgroup v2 root with bpf_links:
 //! - `untraced`: nothing attached.
 //! - `floor`: `nt_floor_in` / `nt_floor_out`, empty programs (return 1) that exist in the eBPF
 //!   object only for this benchmark: the kernel's cost of running a program there at all.
 //! - `capture`: the real `nt_packet_in` / `nt_packet_out` with the default capture config
 //!   (ports [53], enabled), loaded from the embedded object on their own, without the
 //!   connection tracer, so the row is the capture's cost alone.
-//! - `tracer_off`, `tracer_on`: the whole tracer (default config, automatic backend) with the
-//!   capture off and on: what turning the capture on adds to a running tracer.
 //!
 //! Workloads (`tracer_benches::workloads`), on 127.0.0.1 (not port 53): `udp_echo_64` and
-//! `tcp_rr_64` (TCP_NODELAY). Packets per iteration are counted, not assumed: UDP 2 datagrams;
-//! TCP the segments both sockets sent by their `TCP_INFO` counters (data and pure ACKs, as the
-//! delayed-ACK timer and piggybacking made them). Each packet runs two programs: egress at the
-//! sender, ingress at the receiver.
+//! `tcp_rr_64` (TCP_NODELAY). Packets per iteration are counted, not assumed: UDP the datagrams
+//! sent; TCP the segments both sockets sent by their `TCP_INFO` counters (data and pure ACKs, as
+//! the delayed-ACK timer and piggybacking made them; 2.00 per round trip here: the ACKs ride on
+//! the data). Each packet runs two programs: egress at the sender, ingress at the receiver.
 //!
-//! Method (as `overhead.rs`, whose header says why): every workload thread is pinned to one CPU
-//! and the process's CPU time is compared; phases interleave U X U Y U X ... U (U untraced, X/Y
-//! the modes, their order alternating from round to round), every phase keeps the cheapest of
-//! its blocks, each mode phase is compared with the mean of the two U phases around it, and
-//! medians over the rounds are reported.
+//! Method: as `overhead.rs` (whose header says why), every workload thread is pinned to one CPU,
+//! the process's CPU time is compared, phases keep their cheapest block, each mode phase is
+//! compared with the mean of the untraced phases on both sides of it, and medians are reported.
+//! Unlike there, the phases are short (5 blocks of 5 ms) and many (U F U C U C U F ... U, 100
+//! per mode and workload): the programs are loaded once and only their links come and go
+//! between phases, because this machine's speed drifts by tens of percent over seconds (other
+//! guests of the host), which 250 ms phases with a load in between did not cancel (per-phase
+//! results swung by +-500 ns/packet on an effect of 100).
 //!
 //! Summary rows `capture/<workload>`:
 //! - `floor_ns_per_packet`, `capture_ns_per_packet`: (t_mode - t_untraced) / packets, t = CPU
 //!   time per iteration: what each adds to one packet (both of its program runs).
-//! - `ratio` = capture_ns_per_packet / floor_ns_per_packet, against the issue's target 1.3.
+//! - `ratio` = capture_ns_per_packet / floor_ns_per_packet, against the issue's target
+//!   (`target_ratio`, 1.3).
 //! - `wall_*`: the same with wall time.
 //! - `bpf_floor_ns_per_run`, `bpf_capture_ns_per_run`, `bpf_*_runs_per_packet`: the programs'
 //!   own run time per run and runs per packet, from the kernel's BPF run-time statistics, in a
 //!   separate block per mode (the statistics add two clock reads per run) minus the background
 //!   of the same duration without the workload (the programs see every process's packets).
-//! - `tracer_capture_ns_per_packet`: (t_tracer_on - t_tracer_off) / packets, from the medians
-//!   of the two tracer modes against untraced (when the tracer loads).
+//!
+//! Not measured here: the whole tracer with the capture on against off (its syscall hooks add
+//! several hundred ns per packet, which drowns a difference of this size at this machine's
+//! noise, and loading it takes too long to alternate every few ms).
 
 use std::{collections::BTreeSet, io, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, cgroup_skb::CgroupSkbLinkId},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use tracer::{
-    Config,
-    kernel::{capabilities::find_cgroup2_root, object, packet::CaptureConfig},
-};
+use tracer::kernel::{capabilities::find_cgroup2_root, object, packet::CaptureConfig};
 use tracer_benches::{
     privileged::{
-        Loaded, bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu,
-        median, pin_to_cpu, run_stats, wait_freed,
+        bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu, median,
+        pin_to_cpu, run_stats, wait_freed,
     },
     summary::{number, upsert_fields_from_env},
-    workloads::{Kind, Phase, Status, Workload, calibrate, criterion_batch, phase, workloads},
+    workloads::{
+        BLOCK, Kind, Phase, Status, Workload, calibrate, criterion_batch, phase, workloads,
+    },
 };
 use tracer_common::names::{
     GLOBAL_CAPTURE_CONFIG, MAP_PACKETS, PROG_PACKET_EGRESS, PROG_PACKET_FLOOR_EGRESS,
@@ -63,8 +66,10 @@ use tracer_common::names::{
 
 const BENCH: &str = "capture";
 
-/// Phases of each mode in the summary (untraced phases: one more than all of them).
-const ROUNDS: usize = 8;
+/// Phases of each mode per workload in the summary (untraced phases: one more than both).
+const ROUNDS: usize = 100;
+/// Duration of a block in the summary's phases, in ms.
+const SHORT_BLOCK_MS: u64 = 5;
 
 /// The issue's target: the capture adds at most this many times what the floor adds.
 const TARGET_RATIO: f64 = 1.3;
@@ -73,8 +78,6 @@ const TARGET_RATIO: f64 = 1.3;
 enum Mode {
     Floor,
     Capture,
-    TracerOff,
-    TracerOn,
 }
 
 impl Mode {
@@ -82,101 +85,109 @@ impl Mode {
         match self {
             Self::Floor => "floor",
             Self::Capture => "capture",
-            Self::TracerOff => "tracer_off",
-            Self::TracerOn => "tracer_on",
+        }
+    }
+
+    /// The ingress and egress programs.
+    fn programs(self) -> [(&'static str, CgroupSkbAttachType); 2] {
+        let (ingress, egress) = match self {
+            Self::Floor => (PROG_PACKET_FLOOR_INGRESS, PROG_PACKET_FLOOR_EGRESS),
+            Self::Capture => (PROG_PACKET_INGRESS, PROG_PACKET_EGRESS),
+        };
+        [
+            (ingress, CgroupSkbAttachType::Ingress),
+            (egress, CgroupSkbAttachType::Egress),
+        ]
+    }
+}
+
+/// One mode's two programs, loaded, and attached while `links` holds their links. Attaching
+/// and detaching loaded programs is quick (no verifier, no RCU wait for the programs to be
+/// freed), which is what lets the summary alternate modes every few milliseconds.
+struct Pair {
+    mode: Mode,
+    ebpf: Ebpf,
+    ids: BTreeSet<u32>,
+    links: Vec<(&'static str, CgroupSkbLinkId)>,
+}
+
+impl Pair {
+    /// Loads the embedded object with the capture's default configuration (what the tracer
+    /// gives it: ports [53], enabled; ring sized as configured) and loads `mode`'s two programs.
+    /// The object's other programs are not loaded; its maps are created at their declared sizes,
+    /// all valid (the connection maps are unused here), and `NT_LAYOUT`, which no packet
+    /// program reads, keeps its zeros.
+    fn load(mode: Mode) -> Result<Self, String> {
+        let config = CaptureConfig::default();
+        let bytes = object::bytes().map_err(|e| format!("{e}"))?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_PACKETS, config.ring_bytes)
+            .override_global(GLOBAL_CAPTURE_CONFIG, &config.to_kernel(), true)
+            .load(bytes)
+            .map_err(|e| format!("loading the object: {e}"))?;
+        let mut ids = BTreeSet::new();
+        for (name, _) in mode.programs() {
+            let program = program(&mut ebpf, name)?;
+            program.load().map_err(|e| format!("loading {name}: {e}"))?;
+            let info = program.info().map_err(|e| format!("{name}: {e}"))?;
+            ids.insert(info.id());
+        }
+        Ok(Self {
+            mode,
+            ebpf,
+            ids,
+            links: Vec::new(),
+        })
+    }
+
+    /// Attaches both programs to the cgroup v2 root with bpf_links, as the tracer's loader does.
+    fn attach(&mut self) -> Result<(), String> {
+        let root = find_cgroup2_root().ok_or("no cgroup v2 hierarchy to attach to")?;
+        for (name, attach_type) in self.mode.programs() {
+            let cgroup = root
+                .open()
+                .map_err(|e| format!("opening the {root}: {e}"))?;
+            let link = program(&mut self.ebpf, name)?
+                .attach(cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(|e| format!("attaching {name}: {e}"))?;
+            self.links.push((name, link));
+        }
+        Ok(())
+    }
+
+    /// Detaches both programs (they stay loaded).
+    fn detach(&mut self) -> Result<(), String> {
+        while let Some((name, link)) = self.links.pop() {
+            program(&mut self.ebpf, name)?
+                .detach(link)
+                .map_err(|e| format!("detaching {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the programs, and waits until the kernel has freed them.
+    fn unload(self) {
+        let Self { ebpf, ids, .. } = self;
+        drop(ebpf);
+        let left = wait_freed(&ids);
+        if left > 0 {
+            println!("{BENCH}: warning: {left} programs still loaded 10 s after dropping them");
         }
     }
 }
 
-/// What one mode attached; dropping it (through [`detach`]) detaches it.
-enum Attached {
-    /// Two programs of the object, on their own.
-    Programs {
-        ebpf: Ebpf,
-        ids: BTreeSet<u32>,
-    },
-    Tracer(Loaded),
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("no program {name} in the object"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))
 }
 
-impl Attached {
-    fn program_count(&self) -> usize {
-        match self {
-            Self::Programs { ids, .. } => ids.len(),
-            Self::Tracer(loaded) => loaded.program_count(),
-        }
-    }
-}
-
-fn attach(mode: Mode) -> Result<Attached, String> {
-    match mode {
-        Mode::Floor => attach_programs(PROG_PACKET_FLOOR_INGRESS, PROG_PACKET_FLOOR_EGRESS),
-        Mode::Capture => attach_programs(PROG_PACKET_INGRESS, PROG_PACKET_EGRESS),
-        Mode::TracerOff | Mode::TracerOn => {
-            let config = Config {
-                capture: CaptureConfig {
-                    enabled: mode == Mode::TracerOn,
-                    ..CaptureConfig::default()
-                },
-                ..Config::default()
-            };
-            Loaded::new(config)
-                .map(Attached::Tracer)
-                .map_err(|e| format!("loading the tracer: {e:?}"))
-        }
-    }
-}
-
-/// Loads the embedded object with the capture's default configuration (what the tracer gives
-/// it: ports [53], enabled; ring sized as configured) and attaches the two `cgroup_skb` programs
-/// named to the cgroup v2 root with bpf_links, as the tracer's loader does. The other programs of
-/// the object are not loaded; its maps are created at their declared sizes, all valid (the
-/// connection maps are unused here), and `NT_LAYOUT`, which no packet program reads, keeps its
-/// zeros.
-fn attach_programs(ingress: &str, egress: &str) -> Result<Attached, String> {
-    let config = CaptureConfig::default();
-    let bytes = object::bytes().map_err(|e| format!("{e}"))?;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(MAP_PACKETS, config.ring_bytes)
-        .override_global(GLOBAL_CAPTURE_CONFIG, &config.to_kernel(), true)
-        .load(bytes)
-        .map_err(|e| format!("loading the object: {e}"))?;
-    let root = find_cgroup2_root().ok_or("no cgroup v2 hierarchy to attach to")?;
-    let mut ids = BTreeSet::new();
-    for (name, attach_type) in [
-        (ingress, CgroupSkbAttachType::Ingress),
-        (egress, CgroupSkbAttachType::Egress),
-    ] {
-        let cgroup = root
-            .open()
-            .map_err(|e| format!("opening the {root}: {e}"))?;
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("no program {name} in the object"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        program.load().map_err(|e| format!("loading {name}: {e}"))?;
-        program
-            .attach(cgroup, attach_type, CgroupAttachMode::Single)
-            .map_err(|e| format!("attaching {name}: {e}"))?;
-        let info = program.info().map_err(|e| format!("{name}: {e}"))?;
-        ids.insert(info.id());
-    }
-    Ok(Attached::Programs { ebpf, ids })
-}
-
-/// Detaches, and waits until the kernel has freed the programs, so that the next phase does not
-/// run them.
-fn detach(attached: Attached) {
-    let left = match attached {
-        Attached::Programs { ebpf, ids } => {
-            drop(ebpf);
-            wait_freed(&ids)
-        }
-        Attached::Tracer(loaded) => loaded.unload(),
-    };
-    if left > 0 {
-        println!("{BENCH}: warning: {left} programs still loaded 10 s after detaching them");
-    }
+/// Loads and attaches `mode`'s programs.
+fn attach(mode: Mode) -> Result<Pair, String> {
+    let mut pair = Pair::load(mode)?;
+    pair.attach()?;
+    Ok(pair)
 }
 
 fn capture(c: &mut Criterion) {
@@ -189,25 +200,20 @@ fn capture(c: &mut Criterion) {
         );
         return;
     }
-    // The floor and the capture are the benchmark; the tracer rows are extra.
-    let mut modes = Vec::new();
-    for mode in [Mode::Floor, Mode::Capture, Mode::TracerOff, Mode::TracerOn] {
+    for mode in [Mode::Floor, Mode::Capture] {
         match attach(mode) {
-            Ok(attached) => {
-                println!(
-                    "{BENCH}: {} loads ({} programs)",
-                    mode.name(),
-                    attached.program_count()
-                );
-                detach(attached);
-                modes.push(mode);
+            Ok(pair) => {
+                println!("{BENCH}: {} loads and attaches", mode.name());
+                pair.unload();
             }
-            Err(err) => println!("{BENCH}: {} does not load: {err}", mode.name()),
+            Err(err) => {
+                println!(
+                    "{BENCH}: SKIP: {} does not load: {err}; no rows written",
+                    mode.name()
+                );
+                return;
+            }
         }
-    }
-    if !modes.contains(&Mode::Floor) || !modes.contains(&Mode::Capture) {
-        println!("{BENCH}: SKIP: the floor or the capture does not load; no rows written");
-        return;
     }
     let cpu = match last_allowed_cpu().and_then(|cpu| pin_to_cpu(cpu).map(|()| cpu)) {
         Ok(cpu) => {
@@ -229,11 +235,11 @@ fn capture(c: &mut Criterion) {
         });
         for mode in [Mode::Floor, Mode::Capture] {
             match attach(mode) {
-                Ok(attached) => {
+                Ok(pair) => {
                     group.bench_function(mode.name(), |b| {
                         b.iter_custom(|iters| criterion_batch(workload.as_mut(), iters, status))
                     });
-                    detach(attached);
+                    pair.unload();
                 }
                 Err(err) => status.failure = Some(io::Error::other(err)),
             }
@@ -253,7 +259,7 @@ fn capture(c: &mut Criterion) {
         .iter()
         .map(|s| s.ran && s.failure.is_none())
         .collect();
-    if let Err(err) = summary(&modes, &mut workloads, &selected) {
+    if let Err(err) = summary(&mut workloads, &selected) {
         println!("{BENCH}: summary failed: {err}; no rows written");
     }
 }
@@ -261,78 +267,70 @@ fn capture(c: &mut Criterion) {
 /// The phases of one workload in sequence: `None` untraced, else the mode measured.
 type Sequence = Vec<(Option<Mode>, Phase)>;
 
-fn summary(
-    modes: &[Mode],
-    workloads: &mut [Box<dyn Workload>],
-    selected: &[bool],
-) -> Result<(), String> {
-    let mut iters = Vec::new();
-    for (workload, &selected) in workloads.iter_mut().zip(selected) {
-        iters.push(if selected {
-            Some(calibrate(workload.as_mut()).map_err(|e| format!("{}: {e}", workload.name()))?)
-        } else {
-            None
-        });
-    }
-    if iters.iter().all(Option::is_none) {
-        return Ok(());
-    }
-    // U m0 U m1 U ... with the modes' order reversed every other round, so no mode always
-    // follows the same one (a phase can carry a little of the previous one's after-effects).
-    let mut order: Vec<Option<Mode>> = Vec::new();
-    for round in 0..ROUNDS {
-        let mut round_modes = modes.to_vec();
-        if round % 2 == 1 {
-            round_modes.reverse();
-        }
-        for mode in round_modes {
-            order.push(None);
-            order.push(Some(mode));
-        }
-    }
-    order.push(None);
+fn summary(workloads: &mut [Box<dyn Workload>], selected: &[bool]) -> Result<(), String> {
+    let mut pairs = [Pair::load(Mode::Floor)?, Pair::load(Mode::Capture)?];
+    let ours: usize = pairs.iter().map(|p| p.ids.len()).sum();
+    let mut contaminated = foreign_programs(BENCH, "summary", ours) > 0;
     let mut sequences: Vec<Sequence> = workloads.iter().map(|_| Vec::new()).collect();
-    let mut contaminated = false;
-    for (index, &mode) in order.iter().enumerate() {
-        let attached = match mode {
-            Some(mode) => {
-                let attached = attach(mode)?;
-                let when = format!("summary, phase {index} ({})", mode.name());
-                contaminated |= foreign_programs(BENCH, &when, attached.program_count()) > 0;
-                Some(attached)
-            }
-            None => {
-                contaminated |= foreign_programs(BENCH, "summary, untraced", 0) > 0;
-                None
-            }
-        };
-        for ((workload, iters), sequence) in workloads.iter_mut().zip(&iters).zip(&mut sequences) {
-            if let Some(iters) = *iters {
-                let measured = phase(workload.as_mut(), iters);
+    let mut iters = Vec::new();
+    for ((workload, &selected), sequence) in workloads.iter_mut().zip(selected).zip(&mut sequences)
+    {
+        if !selected {
+            iters.push(None);
+            continue;
+        }
+        let name = workload.name();
+        let block = calibrate(workload.as_mut()).map_err(|e| format!("{name}: {e}"))?;
+        // Phases of a few ms: this machine's speed drifts by tens of percent over seconds
+        // (other guests of the host), which only adjacent phases this short cancel.
+        let short = (block / (BLOCK.as_millis() as u64 / SHORT_BLOCK_MS)).max(1);
+        iters.push(Some(block));
+        for round in 0..ROUNDS {
+            // The modes' order alternates, so that neither always follows the other.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for index in order {
+                let measured =
+                    phase(workload.as_mut(), short).map_err(|e| format!("{name}: {e}"))?;
+                sequence.push((None, measured));
+                let Some(pair) = pairs.get_mut(index) else {
+                    continue;
+                };
+                pair.attach()?;
+                let measured = phase(workload.as_mut(), short);
+                pair.detach()?;
                 sequence.push((
-                    mode,
-                    measured.map_err(|e| format!("{}: {e}", workload.name()))?,
+                    Some(pair.mode),
+                    measured.map_err(|e| format!("{name}: {e}"))?,
                 ));
             }
         }
-        if let Some(attached) = attached {
-            detach(attached);
-        }
+        let measured = phase(workload.as_mut(), short).map_err(|e| format!("{name}: {e}"))?;
+        sequence.push((None, measured));
+        contaminated |= foreign_programs(BENCH, name, ours) > 0;
     }
-    let floor_cost = program_costs(Mode::Floor, workloads, &iters);
-    let capture_cost = program_costs(Mode::Capture, workloads, &iters);
+    let mut costs = Vec::new();
+    for pair in &mut pairs {
+        costs.push(
+            program_costs(pair, workloads, &iters).unwrap_or_else(|err| {
+                println!(
+                    "{BENCH}/{}: no BPF run-time statistics: {err}",
+                    pair.mode.name()
+                );
+                Vec::new()
+            }),
+        );
+    }
+    for pair in pairs {
+        pair.unload();
+    }
     for (index, workload) in workloads.iter().enumerate() {
         let Some(sequence) = sequences.get(index).filter(|s| !s.is_empty()) else {
             continue;
         };
-        let costs = [cost_of(&floor_cost, index), cost_of(&capture_cost, index)];
-        report(workload.name(), modes, sequence, costs, contaminated);
+        let cost = |mode: usize| costs.get(mode)?.get(index).cloned().flatten();
+        report(workload.name(), sequence, [cost(0), cost(1)], contaminated);
     }
     Ok(())
-}
-
-fn cost_of(costs: &Result<Vec<Option<ProgramCost>>, String>, index: usize) -> Option<ProgramCost> {
-    costs.as_ref().ok()?.get(index).cloned().flatten()
 }
 
 /// What the kernel's BPF statistics say about one mode's two programs under one workload.
@@ -346,78 +344,72 @@ struct ProgramCost {
     programs: Vec<(String, f64, f64)>,
 }
 
-/// Runs one block of every workload with `mode` attached and the kernel's run-time statistics
+/// Runs one block of every workload with `pair` attached and the kernel's run-time statistics
 /// on. Not part of the time comparison (the statistics add two clock reads per run).
 fn program_costs(
-    mode: Mode,
+    pair: &mut Pair,
     workloads: &mut [Box<dyn Workload>],
     iters: &[Option<u64>],
 ) -> Result<Vec<Option<ProgramCost>>, String> {
-    let result = (|| {
-        let attached = attach(mode)?;
-        let Attached::Programs { ids, .. } = &attached else {
-            return Err("not a program pair".to_owned());
+    let stats = enable_run_time_stats().map_err(|e| format!("BPF_ENABLE_STATS: {e}"))?;
+    pair.attach()?;
+    let mut costs = Vec::new();
+    for (workload, iters) in workloads.iter_mut().zip(iters) {
+        let Some(iters) = *iters else {
+            costs.push(None);
+            continue;
         };
-        let ids = ids.clone();
-        let stats = enable_run_time_stats().map_err(|e| format!("BPF_ENABLE_STATS: {e}"));
-        let mut costs = Vec::new();
-        for (workload, iters) in workloads.iter_mut().zip(iters) {
-            let (Some(iters), Ok(_)) = (*iters, &stats) else {
-                costs.push(None);
-                continue;
-            };
-            workload
-                .run((iters / 10).max(1))
-                .map_err(|e| e.to_string())?;
-            let before = run_stats(&ids);
-            let sample = workload.run(iters).map_err(|e| e.to_string())?;
-            let during = run_stats(&ids);
-            // The programs also run for every other process's packets: as long again without
-            // the workload gives that background, which is subtracted.
-            std::thread::sleep(sample.wall);
-            let after = run_stats(&ids);
-            let packets = sample.packets.max(1) as f64;
-            let mut cost = ProgramCost {
-                runs_per_packet: 0.0,
-                ns_per_run: 0.0,
-                programs: Vec::new(),
-            };
-            let (mut total_runs, mut total_ns) = (0u64, 0.0);
-            for (name, &(time_during, count_during)) in &during {
-                let (time_before, count_before) = before.get(name).copied().unwrap_or_default();
-                let (time_after, count_after) = after.get(name).copied().unwrap_or_default();
-                let background_runs = count_after.saturating_sub(count_during);
-                let background_time = time_after.saturating_sub(time_during);
-                let runs = count_during
-                    .saturating_sub(count_before)
-                    .saturating_sub(background_runs);
-                if runs == 0 {
-                    continue;
-                }
-                let ns = time_during
-                    .saturating_sub(time_before)
-                    .saturating_sub(background_time)
-                    .as_nanos() as f64;
-                total_runs += runs;
-                total_ns += ns;
-                cost.programs
-                    .push((name.clone(), runs as f64 / packets, ns / runs as f64));
-            }
-            cost.runs_per_packet = total_runs as f64 / packets;
-            cost.ns_per_run = total_ns / total_runs.max(1) as f64;
-            costs.push(Some(cost));
-        }
-        if let Err(err) = &stats {
-            println!("{BENCH}/{}: no BPF run-time statistics: {err}", mode.name());
-        }
-        drop(stats);
-        detach(attached);
-        Ok(costs)
-    })();
-    if let Err(err) = &result {
-        println!("{BENCH}/{}: no BPF run-time statistics: {err}", mode.name());
+        let cost = program_cost(&pair.ids, workload.as_mut(), iters);
+        costs.push(Some(cost.map_err(|e| format!("{}: {e}", workload.name()))?));
     }
-    result
+    pair.detach()?;
+    drop(stats);
+    Ok(costs)
+}
+
+fn program_cost(
+    ids: &BTreeSet<u32>,
+    workload: &mut dyn Workload,
+    iters: u64,
+) -> io::Result<ProgramCost> {
+    workload.run((iters / 10).max(1))?;
+    let before = run_stats(ids);
+    let sample = workload.run(iters)?;
+    let during = run_stats(ids);
+    // The programs also run for every other process's packets: as long again without the
+    // workload gives that background, which is subtracted.
+    std::thread::sleep(sample.wall);
+    let after = run_stats(ids);
+    let packets = sample.packets.max(1) as f64;
+    let mut cost = ProgramCost {
+        runs_per_packet: 0.0,
+        ns_per_run: 0.0,
+        programs: Vec::new(),
+    };
+    let (mut total_runs, mut total_ns) = (0u64, 0.0);
+    for (name, &(time_during, count_during)) in &during {
+        let (time_before, count_before) = before.get(name).copied().unwrap_or_default();
+        let (time_after, count_after) = after.get(name).copied().unwrap_or_default();
+        let background_runs = count_after.saturating_sub(count_during);
+        let background_time = time_after.saturating_sub(time_during);
+        let runs = count_during
+            .saturating_sub(count_before)
+            .saturating_sub(background_runs);
+        if runs == 0 {
+            continue;
+        }
+        let ns = time_during
+            .saturating_sub(time_before)
+            .saturating_sub(background_time)
+            .as_nanos() as f64;
+        total_runs += runs;
+        total_ns += ns;
+        cost.programs
+            .push((name.clone(), runs as f64 / packets, ns / runs as f64));
+    }
+    cost.runs_per_packet = total_runs as f64 / packets;
+    cost.ns_per_run = total_ns / total_runs.max(1) as f64;
+    Ok(cost)
 }
 
 /// Per phase of `mode`: what it added to an iteration over the mean of the untraced phases on
@@ -441,7 +433,6 @@ fn added(sequence: &[(Option<Mode>, Phase)], mode: Mode) -> (Vec<f64>, Vec<f64>)
 /// Prints and writes one workload's row.
 fn report(
     name: &str,
-    modes: &[Mode],
     sequence: &[(Option<Mode>, Phase)],
     costs: [Option<ProgramCost>; 2],
     warn: bool,
@@ -539,19 +530,6 @@ fn report(
         };
         fields.push((ns_key, number(cost.ns_per_run)));
         fields.push((runs_key, number(cost.runs_per_packet)));
-    }
-    if modes.contains(&Mode::TracerOff) && modes.contains(&Mode::TracerOn) {
-        let (off, _) = added(sequence, Mode::TracerOff);
-        let (on, _) = added(sequence, Mode::TracerOn);
-        let (off_ns, on_ns) = (median(&off), median(&on));
-        println!(
-            "{row}: whole tracer, per packet: capture off {off_ns:+.1} ns, on {on_ns:+.1} ns: \
-             the capture adds {:+.1} ns to a running tracer",
-            on_ns - off_ns
-        );
-        fields.push(("tracer_off_ns_per_packet", number(off_ns)));
-        fields.push(("tracer_on_ns_per_packet", number(on_ns)));
-        fields.push(("tracer_capture_ns_per_packet", number(on_ns - off_ns)));
     }
     if let Err(err) = upsert_fields_from_env(&row, fields) {
         eprintln!("{row}: cannot write the bench summary: {err}");
