@@ -4,13 +4,9 @@
 //! in one run. Backends that do not load get a line with their typed error; when none loads
 //! (not root, no eBPF object, ...) the benchmark prints a SKIP line and writes no rows.
 //!
-//! Workloads, on 127.0.0.1 sockets created once and reused by every measurement:
-//! - `tcp_rr_64`: TCP request/response (TCP_NODELAY): the client writes 64 B, a server thread
-//!   reads them and writes 64 B back, the client reads them. One iteration = one round trip.
-//! - `tcp_bulk_64k`: the client writes 64 KiB per iteration; a receiver thread reads into a
-//!   64 KiB buffer as fast as it can. A measurement ends when every byte written was read.
-//! - `udp_echo_64`: a connected client sends a 64 B datagram (`send`) to an unconnected server
-//!   thread, which echoes it (`recvfrom`, `sendto`); the client receives it (`recv`).
+//! Workloads (`tracer_benches::workloads`), on 127.0.0.1 sockets created once and reused by
+//! every measurement: `tcp_rr_64` (TCP request/response, 64 B each way), `tcp_bulk_64k` (64 KiB
+//! writes to a reader) and `udp_echo_64` (a 64 B datagram echoed).
 //!
 //! Every workload thread (and the measuring thread) is pinned to one CPU. Unpinned, the
 //! scheduler sometimes runs the two ends of a round trip on different CPUs of this VM, where a
@@ -53,426 +49,25 @@
 //! in one group (`overhead/<backend>/<workload>/{untraced,traced}`, wall time), for its usual
 //! report.
 
-use std::{
-    io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{io, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tracer::Backend;
 use tracer_benches::{
     privileged::{
-        Loaded, bench_mode, enable_run_time_stats, euid, last_allowed_cpu, loadable_backends,
-        median, pin_to_cpu, process_cpu_time, tracer_programs,
+        Loaded, bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu,
+        loadable_backends, median, pin_to_cpu,
     },
     summary::{number, upsert_fields_from_env},
+    workloads::{Kind, Phase, Status, Workload, calibrate, criterion_batch, phase, workloads},
 };
-
-const PAYLOAD: usize = 64;
-const BULK_CHUNK: usize = 64 * 1024;
 
 /// Traced phases of the summary (untraced phases: one more).
 const TRACED_PHASES: usize = 8;
-/// Blocks per workload per phase; the fastest is kept.
-const BLOCKS: usize = 5;
-/// Target duration of one block.
-const BLOCK: Duration = Duration::from_millis(50);
 
 /// The issue's targets.
 const TARGET_NS_ADDED: f64 = 100.0;
 const TARGET_RATIO: f64 = 0.95;
-
-/// One measurement: `iters` iterations took `wall` (and `cpu` of the process) and `calls`
-/// send/receive syscalls on both sides.
-#[derive(Clone, Copy, Debug, Default)]
-struct Sample {
-    wall: Duration,
-    cpu: Duration,
-    iters: u64,
-    calls: u64,
-}
-
-impl Sample {
-    fn wall_per_iter(&self) -> f64 {
-        self.wall.as_nanos() as f64 / self.iters.max(1) as f64
-    }
-
-    fn cpu_per_iter(&self) -> f64 {
-        self.cpu.as_nanos() as f64 / self.iters.max(1) as f64
-    }
-
-    fn calls_per_iter(&self) -> f64 {
-        self.calls as f64 / self.iters.max(1) as f64
-    }
-}
-
-/// Times `body` (wall and process CPU time); `body` returns the calls it counted.
-fn timed(iters: u64, body: impl FnOnce() -> io::Result<u64>) -> io::Result<Sample> {
-    let cpu = process_cpu_time();
-    let start = Instant::now();
-    let calls = body()?;
-    let wall = start.elapsed();
-    Ok(Sample {
-        wall,
-        cpu: process_cpu_time().saturating_sub(cpu),
-        iters,
-        calls,
-    })
-}
-
-trait Workload {
-    fn name(&self) -> &'static str;
-    /// Runs `iters` iterations.
-    fn run(&mut self, iters: u64) -> io::Result<Sample>;
-}
-
-/// Reads exactly `buf.len()` bytes, adding each read syscall to `calls`. `Ok(false)` on end of
-/// stream before the first byte.
-fn read_full(stream: &mut TcpStream, buf: &mut [u8], calls: &mut u64) -> io::Result<bool> {
-    let mut filled = 0;
-    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
-        *calls += 1;
-        match stream.read(rest) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(true)
-}
-
-/// Writes all of `buf`, adding each write syscall to `calls`.
-fn write_full(stream: &mut TcpStream, buf: &[u8], calls: &mut u64) -> io::Result<()> {
-    let mut written = 0;
-    while let Some(rest) = buf.get(written..).filter(|rest| !rest.is_empty()) {
-        *calls += 1;
-        match stream.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
-/// Joins a peer thread, reporting how it failed.
-fn join(name: &str, handle: Option<JoinHandle<io::Result<()>>>) {
-    match handle.map(JoinHandle::join) {
-        Some(Ok(Err(err))) => eprintln!("overhead: {name}: peer thread failed: {err}"),
-        Some(Err(_)) => eprintln!("overhead: {name}: peer thread panicked"),
-        _ => {}
-    }
-}
-
-/// Spawns a workload's peer thread, pinned to `cpu` (the measuring thread's CPU) if given.
-fn spawn(
-    name: &str,
-    cpu: Option<usize>,
-    body: impl FnOnce() -> io::Result<()> + Send + 'static,
-) -> io::Result<JoinHandle<io::Result<()>>> {
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            if let Some(cpu) = cpu {
-                pin_to_cpu(cpu)?;
-            }
-            body()
-        })
-}
-
-/// `tcp_rr_64`.
-struct TcpRr {
-    client: TcpStream,
-    /// Calls of the server thread. It adds a round trip's read and write calls before writing
-    /// the response, so that once the client has the response, the count includes them.
-    server_calls: Arc<AtomicU64>,
-    server: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl TcpRr {
-    fn new(cpu: Option<usize>) -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let client = TcpStream::connect(listener.local_addr()?)?;
-        let (mut server, _) = listener.accept()?;
-        client.set_nodelay(true)?;
-        server.set_nodelay(true)?;
-        let server_calls = Arc::new(AtomicU64::new(0));
-        let calls = Arc::clone(&server_calls);
-        let server = spawn("tcp_rr server", cpu, move || {
-            let mut buf = [0u8; PAYLOAD];
-            loop {
-                let mut n = 0;
-                if !read_full(&mut server, &mut buf, &mut n)? {
-                    return Ok(());
-                }
-                calls.fetch_add(n + 1, Ordering::Relaxed);
-                let mut writes = 0;
-                write_full(&mut server, &buf, &mut writes)?;
-                calls.fetch_add(writes - 1, Ordering::Relaxed);
-            }
-        })?;
-        Ok(Self {
-            client,
-            server_calls,
-            server: Some(server),
-        })
-    }
-}
-
-impl Workload for TcpRr {
-    fn name(&self) -> &'static str {
-        "tcp_rr_64"
-    }
-
-    fn run(&mut self, iters: u64) -> io::Result<Sample> {
-        let request = [7u8; PAYLOAD];
-        let mut response = [0u8; PAYLOAD];
-        let server_before = self.server_calls.load(Ordering::Relaxed);
-        let mut sample = timed(iters, || {
-            let mut calls = 0;
-            for _ in 0..iters {
-                write_full(&mut self.client, &request, &mut calls)?;
-                if !read_full(&mut self.client, &mut response, &mut calls)? {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Ok(calls)
-        })?;
-        sample.calls += self.server_calls.load(Ordering::Relaxed) - server_before;
-        Ok(sample)
-    }
-}
-
-impl Drop for TcpRr {
-    fn drop(&mut self) {
-        let _ = self.client.shutdown(Shutdown::Both);
-        join(self.name(), self.server.take());
-    }
-}
-
-/// `tcp_bulk_64k`.
-struct TcpBulk {
-    sender: TcpStream,
-    chunk: Vec<u8>,
-    /// Bytes written so far.
-    sent: u64,
-    /// Bytes read so far by the receiver (published after its call count).
-    received: Arc<AtomicU64>,
-    receiver_calls: Arc<AtomicU64>,
-    receiver: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl TcpBulk {
-    fn new(cpu: Option<usize>) -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let sender = TcpStream::connect(listener.local_addr()?)?;
-        let (mut receiver, _) = listener.accept()?;
-        let received = Arc::new(AtomicU64::new(0));
-        let receiver_calls = Arc::new(AtomicU64::new(0));
-        let (bytes, calls) = (Arc::clone(&received), Arc::clone(&receiver_calls));
-        let receiver = spawn("tcp_bulk receiver", cpu, move || {
-            let mut buf = vec![0u8; BULK_CHUNK];
-            loop {
-                let result = receiver.read(&mut buf);
-                calls.fetch_add(1, Ordering::Relaxed);
-                match result {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        bytes.fetch_add(n as u64, Ordering::Release);
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => return Err(err),
-                }
-            }
-        })?;
-        Ok(Self {
-            sender,
-            chunk: vec![7u8; BULK_CHUNK],
-            sent: 0,
-            received,
-            receiver_calls,
-            receiver: Some(receiver),
-        })
-    }
-
-    /// Waits until the receiver has read every byte written, yielding the CPU to it (they
-    /// may share one).
-    fn wait_received(&self) -> io::Result<()> {
-        while self.received.load(Ordering::Acquire) < self.sent {
-            if self.receiver.as_ref().is_none_or(JoinHandle::is_finished) {
-                return Err(io::Error::other("the receiver thread stopped"));
-            }
-            std::thread::yield_now();
-        }
-        Ok(())
-    }
-}
-
-impl Workload for TcpBulk {
-    fn name(&self) -> &'static str {
-        "tcp_bulk_64k"
-    }
-
-    fn run(&mut self, iters: u64) -> io::Result<Sample> {
-        // The previous run waited for the receiver, so its calls from here on read this run's
-        // bytes (the read it is blocked in returns this run's first bytes).
-        let receiver_before = self.receiver_calls.load(Ordering::Acquire);
-        let mut sample = timed(iters, || {
-            let mut calls = 0;
-            for _ in 0..iters {
-                write_full(&mut self.sender, &self.chunk, &mut calls)?;
-                self.sent += self.chunk.len() as u64;
-            }
-            self.wait_received()?;
-            Ok(calls)
-        })?;
-        sample.calls += self.receiver_calls.load(Ordering::Acquire) - receiver_before;
-        Ok(sample)
-    }
-}
-
-impl Drop for TcpBulk {
-    fn drop(&mut self) {
-        let _ = self.sender.shutdown(Shutdown::Both);
-        join(self.name(), self.receiver.take());
-    }
-}
-
-/// `udp_echo_64`.
-struct UdpEcho {
-    client: UdpSocket,
-    /// Calls of the server thread, added before it sends the echo (as in [`TcpRr`]).
-    server_calls: Arc<AtomicU64>,
-    server: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl UdpEcho {
-    fn new(cpu: Option<usize>) -> io::Result<Self> {
-        let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        client.connect(server.local_addr()?)?;
-        // A lost datagram (none should be: one is in flight at a time) fails the run instead
-        // of hanging it.
-        client.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let server_calls = Arc::new(AtomicU64::new(0));
-        let calls = Arc::clone(&server_calls);
-        let server = spawn("udp_echo server", cpu, move || {
-            let mut buf = [0u8; PAYLOAD];
-            loop {
-                let (n, from) = server.recv_from(&mut buf)?;
-                if n == 0 {
-                    return Ok(()); // the client's empty stop datagram
-                }
-                calls.fetch_add(2, Ordering::Relaxed);
-                server.send_to(buf.get(..n).unwrap_or_default(), from)?;
-            }
-        })?;
-        Ok(Self {
-            client,
-            server_calls,
-            server: Some(server),
-        })
-    }
-}
-
-impl Workload for UdpEcho {
-    fn name(&self) -> &'static str {
-        "udp_echo_64"
-    }
-
-    fn run(&mut self, iters: u64) -> io::Result<Sample> {
-        let request = [7u8; PAYLOAD];
-        let mut response = [0u8; PAYLOAD];
-        let server_before = self.server_calls.load(Ordering::Relaxed);
-        let mut sample = timed(iters, || {
-            for _ in 0..iters {
-                if self.client.send(&request)? != PAYLOAD
-                    || self.client.recv(&mut response)? != PAYLOAD
-                {
-                    return Err(io::Error::other("short datagram"));
-                }
-            }
-            Ok(2 * iters)
-        })?;
-        sample.calls += self.server_calls.load(Ordering::Relaxed) - server_before;
-        Ok(sample)
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        if self.client.send(&[]).is_ok() {
-            join(self.name(), self.server.take());
-        }
-    }
-}
-
-fn workloads(cpu: Option<usize>) -> Vec<Box<dyn Workload>> {
-    let made: [(&str, io::Result<Box<dyn Workload>>); 3] = [
-        ("tcp_rr_64", TcpRr::new(cpu).map(|w| Box::new(w) as _)),
-        ("tcp_bulk_64k", TcpBulk::new(cpu).map(|w| Box::new(w) as _)),
-        ("udp_echo_64", UdpEcho::new(cpu).map(|w| Box::new(w) as _)),
-    ];
-    made.into_iter()
-        .filter_map(|(name, made)| match made {
-            Ok(workload) => Some(workload),
-            Err(err) => {
-                println!("overhead: {name}: cannot set up the sockets: {err}");
-                None
-            }
-        })
-        .collect()
-}
-
-/// Counts the programs (`nt_*`) of other tracers loaded besides `ours`, which make an untraced
-/// measurement a traced one, and warns when that count changes.
-fn foreign_programs(when: &str, ours: usize) -> usize {
-    static LAST: AtomicUsize = AtomicUsize::new(0);
-    let foreign = tracer_programs().len().saturating_sub(ours);
-    if LAST.swap(foreign, Ordering::Relaxed) != foreign {
-        if foreign == 0 {
-            println!("overhead: no other tracer's programs are loaded any more ({when})");
-        } else {
-            println!(
-                "overhead: warning: {foreign} nt_* programs of another tracer are loaded from \
-                 now on ({when}): they hook these workloads too, untraced or not"
-            );
-        }
-    }
-    foreign
-}
-
-/// The state of one workload across criterion's runs.
-#[derive(Default)]
-struct Status {
-    /// Criterion ran it (not filtered out on the command line).
-    ran: bool,
-    failure: Option<io::Error>,
-}
-
-/// One criterion iteration batch of `workload`.
-fn criterion_batch(workload: &mut dyn Workload, iters: u64, status: &mut Status) -> Duration {
-    status.ran = true;
-    if status.failure.is_some() {
-        return Duration::from_nanos(iters);
-    }
-    match workload.run(iters) {
-        Ok(sample) => sample.wall,
-        Err(err) => {
-            status.failure = Some(err);
-            Duration::from_nanos(iters)
-        }
-    }
-}
 
 fn overhead(c: &mut Criterion) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -500,12 +95,16 @@ fn overhead(c: &mut Criterion) {
             None
         }
     };
-    let mut workloads = workloads(cpu);
+    let mut workloads = workloads(
+        "overhead",
+        cpu,
+        &[Kind::TcpRr, Kind::TcpBulk, Kind::UdpEcho],
+    );
     for &backend in &backends {
         let mut statuses: Vec<Status> = workloads.iter().map(|_| Status::default()).collect();
         for (workload, status) in workloads.iter_mut().zip(&mut statuses) {
             let mut group = c.benchmark_group(format!("overhead/{backend}/{}", workload.name()));
-            foreign_programs("criterion, untraced", 0);
+            foreign_programs("overhead", "criterion, untraced", 0);
             group.bench_function("untraced", |b| {
                 b.iter_custom(|iters| criterion_batch(workload.as_mut(), iters, status))
             });
@@ -546,57 +145,6 @@ fn unload(loaded: Loaded) {
     if left > 0 {
         println!("overhead: warning: {left} programs still loaded 10 s after dropping the tracer");
     }
-}
-
-/// The blocks of one workload in one phase: wall and CPU ns per iteration, calls per iteration.
-#[derive(Clone, Debug, Default)]
-struct Phase {
-    wall: Vec<f64>,
-    cpu: Vec<f64>,
-    calls: f64,
-}
-
-impl Phase {
-    /// The phase's wall time per iteration: its fastest block. Other jobs on the machine only
-    /// ever add time to a block, so the fastest is the least disturbed.
-    fn wall(&self) -> f64 {
-        self.wall.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-
-    /// The phase's CPU time per iteration: its cheapest block, likewise.
-    fn cpu(&self) -> f64 {
-        self.cpu.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-}
-
-/// Iterations for one block of about [`BLOCK`] (untraced).
-fn calibrate(workload: &mut dyn Workload) -> io::Result<u64> {
-    let mut iters = 16u64;
-    loop {
-        let sample = workload.run(iters)?;
-        if sample.wall >= BLOCK / 4 || iters >= 1 << 30 {
-            let per_iter = sample.wall_per_iter().max(1.0);
-            return Ok(((BLOCK.as_nanos() as f64 / per_iter) as u64).max(1));
-        }
-        iters *= 2;
-    }
-}
-
-/// One phase of one workload: a short warm-up (which also creates the traced connections'
-/// entries), then [`BLOCKS`] blocks.
-fn phase(workload: &mut dyn Workload, iters: u64) -> io::Result<Phase> {
-    workload.run((iters / 10).max(1))?;
-    let mut phase = Phase::default();
-    let mut total = Sample::default();
-    for _ in 0..BLOCKS {
-        let sample = workload.run(iters)?;
-        phase.wall.push(sample.wall_per_iter());
-        phase.cpu.push(sample.cpu_per_iter());
-        total.iters += sample.iters;
-        total.calls += sample.calls;
-    }
-    phase.calls = total.calls_per_iter();
-    Ok(phase)
 }
 
 /// What the kernel's BPF statistics say about one workload: the tracer's programs' own run
@@ -689,10 +237,11 @@ fn summary(
     for index in 0..2 * TRACED_PHASES + 1 {
         let loaded = if index % 2 == 1 {
             let loaded = Loaded::with_backend(backend).map_err(|e| format!("loading: {e:?}"))?;
-            contaminated |= foreign_programs("summary, traced", loaded.program_count()) > 0;
+            contaminated |=
+                foreign_programs("overhead", "summary, traced", loaded.program_count()) > 0;
             Some(loaded)
         } else {
-            contaminated |= foreign_programs("summary, untraced", 0) > 0;
+            contaminated |= foreign_programs("overhead", "summary, untraced", 0) > 0;
             None
         };
         let phases = if loaded.is_some() {

@@ -1,4 +1,4 @@
-//! Support for the privileged benchmarks (`overhead`, `e2e`), which load the real eBPF tracer:
+//! Support for the privileged benchmarks (`overhead`, `e2e`, `capture`), which load the real eBPF tracer:
 //! loading a tracer and waiting for the kernel to free its programs after dropping it, the
 //! backends that load on this host, the descriptor limit, and criterion's run mode.
 
@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     os::fd::OwnedFd,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -86,16 +87,7 @@ impl Loaded {
     /// kernel's BPF statistics report them (they only move while [`enable_run_time_stats`] is
     /// held).
     pub fn run_stats(&self) -> BTreeMap<String, (Duration, u64)> {
-        let mut stats = BTreeMap::new();
-        for program in aya::programs::loaded_programs().filter_map(Result::ok) {
-            if self.programs.contains(&program.id()) {
-                let name = program.name_as_str().unwrap_or("?").to_owned();
-                let entry = stats.entry(name).or_insert((Duration::ZERO, 0));
-                entry.0 += program.run_time();
-                entry.1 += program.run_count();
-            }
-        }
-        stats
+        run_stats(&self.programs)
     }
 
     /// Drops the tracer (which detaches its programs and closes its descriptors), then waits,
@@ -105,15 +97,56 @@ impl Loaded {
     pub fn unload(self) -> usize {
         let Self { tracer, programs } = self;
         drop(tracer);
-        let deadline = Instant::now() + UNLOAD_TIMEOUT;
-        loop {
-            let left = tracer_programs().intersection(&programs).count();
-            if left == 0 || Instant::now() > deadline {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        wait_freed(&programs)
+    }
+}
+
+/// Run time and run count so far of each of the programs `ids` (by name), as the kernel's BPF
+/// statistics report them (they only move while [`enable_run_time_stats`] is held).
+pub fn run_stats(ids: &BTreeSet<u32>) -> BTreeMap<String, (Duration, u64)> {
+    let mut stats = BTreeMap::new();
+    for program in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if ids.contains(&program.id()) {
+            let name = program.name_as_str().unwrap_or("?").to_owned();
+            let entry = stats.entry(name).or_insert((Duration::ZERO, 0));
+            entry.0 += program.run_time();
+            entry.1 += program.run_count();
         }
     }
+    stats
+}
+
+/// Waits, at most [`UNLOAD_TIMEOUT`], until the kernel has freed the programs `ids` (after
+/// their last descriptor and link are dropped, asynchronously, after an RCU grace period).
+/// Returns how many were still loaded when it stopped waiting (0: all freed).
+pub fn wait_freed(ids: &BTreeSet<u32>) -> usize {
+    let deadline = Instant::now() + UNLOAD_TIMEOUT;
+    loop {
+        let left = tracer_programs().intersection(ids).count();
+        if left == 0 || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Counts the programs (`nt_*`) loaded besides the `ours` this benchmark loaded: another
+/// tracer's, which make an untraced measurement a traced one. Warns, naming `bench` and
+/// `when`, when that count changes.
+pub fn foreign_programs(bench: &str, when: &str, ours: usize) -> usize {
+    static LAST: AtomicUsize = AtomicUsize::new(0);
+    let foreign = tracer_programs().len().saturating_sub(ours);
+    if LAST.swap(foreign, Ordering::Relaxed) != foreign {
+        if foreign == 0 {
+            println!("{bench}: no other tracer's programs are loaded any more ({when})");
+        } else {
+            println!(
+                "{bench}: warning: {foreign} nt_* programs of another tracer are loaded from \
+                 now on ({when}): they hook these workloads too, untraced or not"
+            );
+        }
+    }
+    foreign
 }
 
 /// Turns on the kernel's run-time statistics of every BPF program (`BPF_ENABLE_STATS`, 5.8+)

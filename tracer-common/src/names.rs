@@ -161,3 +161,9 @@ pub const PROG_PACKET_EGRESS: &str = "nt_packet_out";
 pub const MAP_PACKETS: &str = "NT_PACKETS";
 /// Global: [`crate::packet::CaptureConfig`].
 pub const GLOBAL_CAPTURE_CONFIG: &str = "NT_CAPTURE_CONFIG";
+/// The capture benchmark's floor: an empty `cgroup_skb/ingress` program (returns 1), never
+/// attached by the tracer. Named within the kernel's 15 characters, so that it stays apart from
+/// its egress twin in `bpftool` and in the run-time statistics.
+pub const PROG_PACKET_FLOOR_INGRESS: &str = "nt_floor_in";
+/// The capture benchmark's floor: the empty `cgroup_skb/egress` twin.
+pub const PROG_PACKET_FLOOR_EGRESS: &str = "nt_floor_out";

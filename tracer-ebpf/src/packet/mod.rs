@@ -30,6 +30,8 @@ use tracer_common::{
 
 use crate::counters::bump;
 
+mod floor;
+
 #[unsafe(no_mangle)]
 static NT_CAPTURE_CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::DISABLED);
 

@@ -11,7 +11,7 @@ pub(crate) mod kretprobe;
 pub mod layout;
 pub mod map_reader;
 pub mod netns;
-pub(crate) mod object;
+pub mod object;
 pub mod packet;
 pub mod plan;
 pub(crate) mod privileges;

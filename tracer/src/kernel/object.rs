@@ -6,8 +6,9 @@ use crate::{Error, Result};
 /// toolchain (see `build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// The embedded object, or a typed error when this build carries only the stub.
-pub(crate) fn bytes() -> Result<&'static [u8]> {
+/// The embedded object, or a typed error when this build carries only the stub. Public for the
+/// benchmarks that load single programs of it on their own (`benches/benches/capture.rs`).
+pub fn bytes() -> Result<&'static [u8]> {
     if OBJECT.is_empty() {
         return Err(Error::EbpfObjectMissing);
     }
