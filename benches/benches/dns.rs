@@ -154,31 +154,27 @@ fn pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The transaction id (first two bytes) of a payload, 0 if shorter.
+fn txid(payload: &[u8]) -> u16 {
+    match payload {
+        [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+        _ => 0,
+    }
+}
+
+/// The IPv4 address in the first 4 bytes of a record's address.
+fn v4(addr: [u8; 16]) -> u32 {
+    let [a, b, c, d, ..] = addr;
+    u32::from_ne_bytes([a, b, c, d])
+}
+
 fn floor_pairs(pairs: &[(Vec<u8>, Vec<u8>)], map: &mut FxHashMap<(u32, u16, u16), u64>) {
     for (q, r) in pairs {
         if let Some((h, payload)) = decode::packet_record(q) {
-            let id = payload
-                .get(..2)
-                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            map.insert(
-                (
-                    u32::from_ne_bytes([h.saddr[0], h.saddr[1], h.saddr[2], h.saddr[3]]),
-                    h.sport,
-                    id,
-                ),
-                h.timestamp_ns,
-            );
+            map.insert((v4(h.saddr), h.sport, txid(payload)), h.timestamp_ns);
         }
         if let Some((h, payload)) = decode::packet_record(r) {
-            let id = payload
-                .get(..2)
-                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            let key = (
-                u32::from_ne_bytes([h.daddr[0], h.daddr[1], h.daddr[2], h.daddr[3]]),
-                h.dport,
-                id,
-            );
-            black_box(map.remove(&key));
+            black_box(map.remove(&(v4(h.daddr), h.dport, txid(payload))));
         }
     }
 }

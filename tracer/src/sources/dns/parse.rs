@@ -7,10 +7,10 @@
 //! no machine-readable kind; when it refuses a message, [`classify`] walks the message again
 //! with the same rules to say why (only on that path, so the common path pays nothing).
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::net::IpAddr;
 
 use domain::{
-    base::{Message, ParsedName, ToName, iana::Rtype},
+    base::{Message, ParsedName, ToName, iana::Rtype, name::ToLabelIter},
     rdata::{A, Aaaa, Cname},
 };
 
@@ -184,33 +184,33 @@ impl Parsed<'_> {
 /// A name as the stats and the reverse cache key it: ASCII lowercased, labels joined by dots,
 /// no trailing dot ("." for the root), bytes outside printable ASCII and the dot and backslash
 /// inside a label escaped as in zone files (`\DDD`, `\.`), so distinct names stay distinct.
-pub(crate) fn name_string(name: &ParsedName<&[u8]>) -> String {
-    let mut out = String::with_capacity(64);
+pub(crate) fn name_string(name: &Name<'_>) -> String {
+    // Built as bytes (every byte pushed is ASCII), one allocation of the name's wire length.
+    let mut out: Vec<u8> = Vec::with_capacity(usize::from(name.compose_len()));
     for label in name.iter() {
         if label.is_root() {
             continue;
         }
         if !out.is_empty() {
-            out.push('.');
+            out.push(b'.');
         }
         for &b in label.as_slice() {
             match b {
-                b'.' | b'\\' => {
-                    out.push('\\');
-                    out.push(char::from(b));
-                }
-                0x21..=0x7e => out.push(char::from(b.to_ascii_lowercase())),
-                _ => {
-                    // Writing into a String cannot fail.
-                    let _ = write!(out, "\\{b:03}");
-                }
+                b'.' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+                0x21..=0x7e => out.push(b.to_ascii_lowercase()),
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'0' + b / 100,
+                    b'0' + b / 10 % 10,
+                    b'0' + b % 10,
+                ]),
             }
         }
     }
     if out.is_empty() {
-        out.push('.');
+        out.push(b'.');
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Why the parser refused `msg`: walks it with the parser's rules (questions, then every
