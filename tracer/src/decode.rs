@@ -1,5 +1,6 @@
-//! The one decoder of kernel records (`tracer_common::conn`): ring-buffer bytes into records,
-//! records into the userspace model, and the rule for when an open record may be reported.
+//! The one decoder of kernel records (`tracer_common::conn`, `tracer_common::packet`):
+//! ring-buffer bytes into records, records into the userspace model, and the rule for when an
+//! open record may be reported.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -7,6 +8,8 @@ use tracer_common::conn::{
     AF_INET6, ClosedConn, ConnStats, DIRECTION_INCOMING, FLAG_CLOSED, FLAG_CLOSED_BY_SWEEP,
     FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP,
 };
+
+use tracer_common::packet::{PACKET_HEADER_LEN, PacketHeader};
 
 use crate::model::{
     ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
@@ -115,6 +118,20 @@ pub(crate) fn closed_record(bytes: &[u8]) -> Option<ClosedConn> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ClosedConn>()) })
 }
 
+/// A packet-capture ring record (`NT_PACKETS`) as its header and its captured payload; `None`
+/// when the record is shorter than a header or than the `captured_len` bytes the header
+/// announces (a mismatched object or a corrupt record: never read past the slice). Bytes past
+/// `captured_len` (ring padding) are ignored.
+pub fn packet_record(record: &[u8]) -> Option<(PacketHeader, &[u8])> {
+    let payload = record.get(PACKET_HEADER_LEN..)?;
+    // SAFETY: PacketHeader is plain old data (any bit pattern is valid), the slice holds at
+    // least PACKET_HEADER_LEN bytes (checked above) and read_unaligned has no alignment
+    // requirement.
+    let header = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketHeader>()) };
+    let len = usize::try_from(header.captured_len).ok()?;
+    Some((header, payload.get(..len)?))
+}
+
 #[cfg(test)]
 mod tests {
     use tracer_common::conn::{AF_INET, ConnTuple, DIRECTION_OUTGOING, IPPROTO_UDP};
@@ -155,6 +172,52 @@ mod tests {
         assert!(conn.last.is_zero());
         let open = connection(&raw, &EphemeralPortRange::default(), false);
         assert_eq!((open.is_closed, open.end_reason), (false, None));
+    }
+
+    fn packet_bytes(header: &PacketHeader, payload: &[u8]) -> Vec<u8> {
+        // SAFETY: plain old data viewed as bytes.
+        let head = unsafe {
+            std::slice::from_raw_parts((&raw const *header).cast::<u8>(), PACKET_HEADER_LEN)
+        };
+        [head, payload].concat()
+    }
+
+    #[test]
+    fn packet_records_are_bounds_checked() {
+        let header = PacketHeader {
+            timestamp_ns: 5,
+            cookie: 0,
+            cgroup_id: 0,
+            seq: 0,
+            netns: 0,
+            payload_len: 3,
+            captured_len: 3,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 53,
+            dport: 4000,
+            family: 2,
+            protocol: 17,
+            direction: 1,
+            kind: 1,
+            tcp_flags: 0,
+            _pad: [0; 6],
+        };
+        let bytes = packet_bytes(&header, b"abcXX");
+        let (h, payload) = packet_record(&bytes).unwrap();
+        assert_eq!((h, payload), (header, &b"abc"[..]));
+        // Unaligned: the same record one byte into a buffer.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(packet_record(&shifted[1..]).unwrap().1, b"abc");
+        assert!(packet_record(&bytes[..PACKET_HEADER_LEN + 2]).is_none());
+        assert!(packet_record(&bytes[..PACKET_HEADER_LEN - 1]).is_none());
+        assert!(packet_record(&[]).is_none());
+        let huge = PacketHeader {
+            captured_len: u32::MAX,
+            ..header
+        };
+        assert!(packet_record(&packet_bytes(&huge, b"abc")).is_none());
     }
 
     #[test]
