@@ -9,6 +9,7 @@ use crate::{
     expiry::ExpiryConfig,
     filter::Filters,
     kernel::{conn_tracer::KernelConfig, packet::CaptureConfig, plan::BackendChoice},
+    sources::dns::DnsConfig,
     state::StateConfig,
 };
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// The packet capture that DNS is snooped from: on or off, ports, snap length, ring size.
     pub capture: CaptureConfig,
+    /// DNS stats and reverse DNS from the captured packets: timeout, caps, query types.
+    pub dns: DnsConfig,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             expiry: ExpiryConfig::from_system(),
             enrich: EnrichConfig::default(),
             capture: kernel.capture,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -74,7 +78,8 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.kernel().validate()?;
         self.state.validate()?;
-        self.enrich.validate()
+        self.enrich.validate()?;
+        self.dns.validate()
     }
 }
 

@@ -22,7 +22,8 @@ use crate::{
         conn_tracer::{ConnTracer, flow_socket_gone},
         plan::{Backend, Plan},
     },
-    model::{Connections, CounterSet, DnsStatsBatch, EphemeralPortRange, UsmStats},
+    model::{Connections, CounterSet, EphemeralPortRange, UsmStats},
+    sources::Sources,
     state::{ClientId, NetworkState},
     telemetry::{CounterInfo, CounterSource, Sample, bump},
 };
@@ -77,6 +78,8 @@ struct Shared {
     counters: Counters,
     /// Containers, NAT, routes.
     enrich: Enrichers,
+    /// Batch sources fed by the packet capture (DNS).
+    sources: Sources,
     /// The network namespaces of the latest map read: where the enrichments' event sources
     /// (conntrack) must listen.
     netns: Mutex<std::collections::HashSet<u32>>,
@@ -86,6 +89,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// Hands every captured packet now in the capture's ring to the sources (DNS), in order.
+    fn drain_packets(&self) {
+        if let Some(ring) = self.kernel.packets() {
+            ring.drain(|record| self.sources.ingest(record));
+        }
+    }
+
     fn flush_closed(&self) {
         let mut buffer = lock(&self.flush);
         buffer.clear();
@@ -150,6 +160,8 @@ pub struct CallTimings {
     pub enrich: Duration,
     /// The state pipeline (merge, deltas, intra-host, aggregation, telemetry).
     pub pipeline: Duration,
+    /// The sources: draining the packet capture, taking the DNS stats, reverse DNS names.
+    pub sources: Duration,
     /// Entries read from the kernel map.
     pub entries: usize,
     /// Whether the map was read with batched lookups.
@@ -212,6 +224,8 @@ impl StageClock {
 pub struct Tracer {
     // Field order matters: the consumer stops before the kernel side is dropped.
     consumer: Option<Consumer>,
+    /// Feeds captured packets to the sources as they arrive, when the capture runs.
+    packet_consumer: Option<Consumer>,
     shared: Arc<Shared>,
     expiry: ExpiryConfig,
     reads: Mutex<ReadBuffers>,
@@ -239,6 +253,7 @@ impl Tracer {
             ports: config.state.ephemeral_ports,
             counters: Counters::default(),
             enrich: Enrichers::start(&config.enrich),
+            sources: Sources::start(&config.dns),
             netns: Mutex::new(std::collections::HashSet::new()),
             flush: Mutex::new(Vec::new()),
         });
@@ -246,6 +261,20 @@ impl Tracer {
         let consumer = Consumer::start("tracer-closed", ring_fd, CONSUMER_IDLE_MS, move || {
             consumer_shared.flush_closed();
         })?;
+        // Drained continuously so a burst between two client calls does not fill the ring;
+        // each call drains what is left before it takes the DNS stats.
+        let packet_consumer = match shared.kernel.packets() {
+            Some(ring) => {
+                let packet_shared = Arc::clone(&shared);
+                Some(Consumer::start(
+                    "tracer-packets",
+                    ring.fd(),
+                    CONSUMER_IDLE_MS,
+                    move || packet_shared.drain_packets(),
+                )?)
+            }
+            None => None,
+        };
         tracing::info!(
             backend = %shared.kernel.plan().backend,
             reason = %shared.kernel.plan().reason,
@@ -253,6 +282,7 @@ impl Tracer {
         );
         Ok(Self {
             consumer: Some(consumer),
+            packet_consumer,
             shared,
             expiry: config.expiry,
             reads: Mutex::new(ReadBuffers::default()),
@@ -310,8 +340,12 @@ impl Tracer {
         // What aggregation needs: NAT, source containers.
         shared.enrich.attach_open(&mut active);
         clock.lap(|t| &mut t.enrich);
-        // Sources drained per call (HTTP, DNS) come with their issues; none yet.
-        let (dns, usm) = (DnsStatsBatch::default(), UsmStats::default());
+        // Sources drained per call: every packet captured so far, then the DNS stats since the
+        // previous call (queries unanswered past the timeout included). HTTP: none yet.
+        shared.drain_packets();
+        let dns = shared.sources.take_dns(now);
+        let usm = UsmStats::default();
+        clock.lap(|t| &mut t.sources);
         let totals = self.counters()?;
         // Merge, intra-host, aggregate; telemetry as this client's deltas.
         let delta = shared
@@ -323,6 +357,9 @@ impl Tracer {
         // On the result: destination containers (LocalResolver), routes.
         shared.enrich.resolve(&mut connections.conns);
         clock.lap(|t| &mut t.enrich);
+        // Reverse DNS for the IPs of what is returned, and only those.
+        connections.dns = shared.sources.names_for(&connections.conns, now);
+        clock.lap(|t| &mut t.sources);
         let mut timings = clock.timings;
         (timings.entries, timings.batched) = (read.entries, read.batched);
         *lock(&self.last_timings) = timings;
@@ -444,6 +481,7 @@ impl Tracer {
             shared.state.closed_discarded_without_clients(),
         ));
         shared.enrich.collect(&mut samples);
+        shared.sources.collect(&mut samples);
         Ok(CounterSet(samples))
     }
 
@@ -462,6 +500,7 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         // Stop and join the consumer first: it holds a reference to the kernel side.
         drop(self.consumer.take());
+        drop(self.packet_consumer.take());
     }
 }
 
