@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod cmd;
+pub mod dns;
 pub mod environment;
 pub mod kernel_view;
 pub mod leaks;
