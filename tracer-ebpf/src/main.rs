@@ -13,6 +13,7 @@ mod backend;
 mod conn;
 mod counters;
 mod iter;
+mod packet;
 mod tcp_state;
 
 #[cfg(not(test))]

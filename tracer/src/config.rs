@@ -8,7 +8,7 @@ use crate::{
     enrich::EnrichConfig,
     expiry::ExpiryConfig,
     filter::Filters,
-    kernel::{conn_tracer::KernelConfig, plan::BackendChoice},
+    kernel::{conn_tracer::KernelConfig, packet::CaptureConfig, plan::BackendChoice},
     state::StateConfig,
 };
 
@@ -33,6 +33,8 @@ pub struct Config {
     pub expiry: ExpiryConfig,
     /// Containers, NAT and routes: each on or off, with its sizes and TTLs.
     pub enrich: EnrichConfig,
+    /// The packet capture that DNS is snooped from: on or off, ports, snap length, ring size.
+    pub capture: CaptureConfig,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             filters: Filters::default(),
             expiry: ExpiryConfig::from_system(),
             enrich: EnrichConfig::default(),
+            capture: kernel.capture,
         }
     }
 }
@@ -63,6 +66,7 @@ impl Config {
             max_tracked_connections: self.max_tracked_connections,
             ring_buffer_bytes: self.ring_buffer_bytes,
             btf_path: self.btf_path.clone(),
+            capture: self.capture.clone(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The closed-connection consumer: a thread that sleeps on the ring buffer's descriptor and moves
-//! every closed connection into the state pipeline as soon as it is emitted, so the ring does not
-//! fill between two client calls. Client calls flush through the same path first.
+//! A ring consumer: a thread that sleeps on a ring buffer's descriptor and drains it as soon as
+//! records arrive, so the ring does not fill between two client calls. Two run: one moves every
+//! closed connection into the state pipeline, one feeds captured packets to the sources (DNS).
+//! Client calls drain through the same paths first.
 
 use std::{
     io,
@@ -22,9 +23,10 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
-    /// Starts a thread that calls `flush` whenever `ring_fd` becomes readable (and every
-    /// `idle_ms` regardless, as a safety net).
+    /// Starts a thread named `name` that calls `flush` whenever `ring_fd` becomes readable (and
+    /// every `idle_ms` regardless, as a safety net).
     pub(crate) fn start(
+        name: &str,
         ring_fd: i32,
         idle_ms: i32,
         flush: impl Fn() + Send + 'static,
@@ -43,7 +45,7 @@ impl Consumer {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name("tracer-closed".to_owned())
+            .name(name.to_owned())
             .spawn(move || {
                 let mut fds = [
                     libc::pollfd {

@@ -243,7 +243,7 @@ impl Tracer {
             flush: Mutex::new(Vec::new()),
         });
         let consumer_shared = Arc::clone(&shared);
-        let consumer = Consumer::start(ring_fd, CONSUMER_IDLE_MS, move || {
+        let consumer = Consumer::start("tracer-closed", ring_fd, CONSUMER_IDLE_MS, move || {
             consumer_shared.flush_closed();
         })?;
         tracing::info!(

@@ -20,31 +20,54 @@ const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);
 const BOOT_ATTEMPTS: u32 = 3;
 
 /// Boots each VM kernel (all, or those in XTASK_KERNELS) and records its runs and a `vm <label>`
-/// step.
+/// step. Up to `vm_jobs()` VMs run at once (XTASK_VM_JOBS, default 2): under TCG a guest runs
+/// the single-threaded test binary on one host core most of the time, so two guests on this
+/// 2-core machine take little more than one. Results are recorded in kernel order.
 pub fn run_all(binary: &Path, summary: &mut Summary) {
     let only: Option<Vec<String>> = std::env::var("XTASK_KERNELS")
         .ok()
         .map(|s| s.split(',').map(|k| k.trim().to_owned()).collect());
-    let mut boot_lines = Vec::new();
-    for (vm, located) in kernels::cached() {
-        if only
-            .as_ref()
-            .is_some_and(|only| !only.iter().any(|k| k == vm.label))
-        {
-            continue;
+    let selected: Vec<_> = kernels::cached()
+        .into_iter()
+        .filter(|(vm, _)| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|k| k == vm.label))
+        })
+        .collect();
+    let jobs = vm_jobs().max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<std::sync::Mutex<Option<VmOutcome>>> = selected
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(selected.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (Some((_, located)), Some(slot)) = (selected.get(i), outcomes.get(i))
+                    else {
+                        break;
+                    };
+                    let outcome = match located {
+                        Ok(kernel) => VmOutcome::Ran(vm_run(binary, kernel, timeout())),
+                        Err(err) => {
+                            VmOutcome::NotCached(format!("kernel not in the cache: {err:#}"))
+                        }
+                    };
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(outcome);
+                    }
+                }
+            });
         }
+    });
+    let mut boot_lines = Vec::new();
+    for ((vm, located), outcome) in selected.iter().zip(outcomes) {
         let step_name = format!("vm {}", vm.label);
-        let kernel = match located {
-            Ok(kernel) => kernel,
-            Err(err) => {
-                let why = format!("kernel not in the cache: {err:#}");
-                fail_all(summary, vm.package, vm.backends, &why);
-                summary.step(&step_name, false, why);
-                continue;
-            }
-        };
-        match vm_run(binary, &kernel, timeout()) {
-            Ok((runs, report, failure)) => {
+        let outcome = outcome.into_inner().ok().flatten();
+        match (located, outcome) {
+            (Ok(_), Some(VmOutcome::Ran(Ok((runs, report, failure))))) => {
                 summary.runs.extend(runs);
                 match failure {
                     None => summary.step(&step_name, true, ""),
@@ -52,9 +75,18 @@ pub fn run_all(binary: &Path, summary: &mut Summary) {
                 }
                 boot_lines.push(report);
             }
-            Err(err) => {
+            (Ok(kernel), Some(VmOutcome::Ran(Err(err)))) => {
                 let why = format!("{err:#}");
                 fail_all(summary, &kernel.release, kernel.backends, &why);
+                summary.step(&step_name, false, why);
+            }
+            (_, Some(VmOutcome::NotCached(why))) => {
+                fail_all(summary, vm.package, vm.backends, &why);
+                summary.step(&step_name, false, why);
+            }
+            (_, _) => {
+                let why = "the VM's worker did not report (it panicked)".to_owned();
+                fail_all(summary, vm.package, vm.backends, &why);
                 summary.step(&step_name, false, why);
             }
         }
@@ -62,6 +94,20 @@ pub fn run_all(binary: &Path, summary: &mut Summary) {
     for line in boot_lines {
         println!("xtask: {line}");
     }
+}
+
+/// What one VM's worker ended with.
+enum VmOutcome {
+    Ran(Result<(Vec<Run>, String, Option<String>)>),
+    NotCached(String),
+}
+
+/// XTASK_VM_JOBS: how many VMs run at once (default 2).
+fn vm_jobs() -> usize {
+    std::env::var("XTASK_VM_JOBS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
 }
 
 fn fail_all(summary: &mut Summary, kernel: &str, backends: &[&str], why: &str) {

@@ -64,7 +64,11 @@ impl Capabilities {
                         functions.insert(function.to_owned());
                     }
                 }
-                Hook::CgroupSockRelease | Hook::CgroupSockOps | Hook::IterTcp => {}
+                Hook::CgroupSockRelease
+                | Hook::CgroupSockOps
+                | Hook::IterTcp
+                | Hook::CgroupSkbIngress
+                | Hook::CgroupSkbEgress => {}
             }
         }
         let fentry = btf.is_some()
@@ -117,7 +121,11 @@ impl Capabilities {
                 | Hook::Kretprobe { function } => {
                     functions.insert(function.to_owned());
                 }
-                Hook::CgroupSockRelease | Hook::CgroupSockOps | Hook::IterTcp => {}
+                Hook::CgroupSockRelease
+                | Hook::CgroupSockOps
+                | Hook::IterTcp
+                | Hook::CgroupSkbIngress
+                | Hook::CgroupSkbEgress => {}
             }
         }
         Self {

@@ -22,9 +22,10 @@ use tracer_common::{
         UdpPeerSlotKey,
     },
     names::{
-        GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_TCP_STATES, MAP_UDP_PEERS,
-        MAP_UDP_SOCKS,
+        GLOBAL_CAPTURE_CONFIG, GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_PACKETS,
+        MAP_TCP_STATES, MAP_UDP_PEERS, MAP_UDP_SOCKS,
     },
+    packet::CaptureConfig as CaptureConfigWire,
 };
 
 use super::{
@@ -34,6 +35,7 @@ use super::{
     iter::{IterStats, TcpIter},
     kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
+    packet::{CaptureConfig, PacketRing},
     plan::{self, BackendChoice, Hook, Plan},
     privileges, skipped_runs, tracefs,
 };
@@ -50,6 +52,8 @@ pub struct KernelConfig {
     pub ring_buffer_bytes: u32,
     /// Kernel BTF to read struct offsets from (default `/sys/kernel/btf/vmlinux`).
     pub btf_path: Option<PathBuf>,
+    /// The packet capture (DNS): on or off, ports, snap length, ring size.
+    pub capture: CaptureConfig,
 }
 
 impl Default for KernelConfig {
@@ -59,6 +63,7 @@ impl Default for KernelConfig {
             max_tracked_connections: 65_536,
             ring_buffer_bytes: 1 << 20,
             btf_path: None,
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -79,19 +84,24 @@ impl KernelConfig {
                 self.max_tracked_connections
             )));
         }
-        let page = page_size();
-        let bytes = self.ring_buffer_bytes;
-        if bytes == 0
-            || bytes > MAX_RING_BUFFER_BYTES
-            || !bytes.is_multiple_of(page)
-            || !(bytes / page).is_power_of_two()
-        {
-            return Err(Error::InvalidConfig(format!(
-                "ring_buffer_bytes must be a power-of-two number of {page}-byte pages (at most {MAX_RING_BUFFER_BYTES}), got {bytes}"
-            )));
-        }
-        Ok(())
+        validate_ring_bytes("ring_buffer_bytes", self.ring_buffer_bytes)?;
+        self.capture.validate()
     }
+}
+
+/// Checks a ring buffer size: a power-of-two number of pages, at most [`MAX_RING_BUFFER_BYTES`].
+pub(crate) fn validate_ring_bytes(what: &str, bytes: u32) -> Result<()> {
+    let page = page_size();
+    if bytes == 0
+        || bytes > MAX_RING_BUFFER_BYTES
+        || !bytes.is_multiple_of(page)
+        || !(bytes / page).is_power_of_two()
+    {
+        return Err(Error::InvalidConfig(format!(
+            "{what} must be a power-of-two number of {page}-byte pages (at most {MAX_RING_BUFFER_BYTES}), got {bytes}"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the unconnected UDP flow `key` belongs to a socket that no longer exists: its
@@ -144,6 +154,8 @@ pub struct ConnTracer {
     tcp_iter: Option<TcpIter>,
     /// Totals of every read-time refresh so far.
     iter_stats: Mutex<IterStats>,
+    /// The packet capture's ring, when the capture is planned.
+    packets: Option<PacketRing>,
 }
 
 impl ConnTracer {
@@ -160,6 +172,8 @@ impl ConnTracer {
         let btf = read_btf(&btf_path)?;
         let caps = Capabilities::probe(&tracefs, Some(&btf));
         let mut plan = plan::plan(config.backend, &caps)?;
+        plan::add_capture(&mut plan, config.capture.enabled, &caps);
+        let capture = plan.probes.iter().any(|p| p.hook == Hook::CgroupSkbIngress);
         tracing::info!(backend = %plan.backend, reason = %plan.reason, "attach backend chosen");
         let layout = layout::resolve(&btf, &btf_path, &tracefs)?;
 
@@ -173,6 +187,24 @@ impl ConnTracer {
             .map_max_entries(MAP_UDP_SOCKS, config.max_tracked_connections)
             // The issue-2 state-transition probe's map is unused here: keep it tiny.
             .map_max_entries(MAP_TCP_STATES, 1)
+            // Without the capture, its ring is one page that nothing writes.
+            .map_max_entries(
+                MAP_PACKETS,
+                if capture {
+                    config.capture.ring_bytes
+                } else {
+                    page_size()
+                },
+            )
+            .override_global(
+                GLOBAL_CAPTURE_CONFIG,
+                &if capture {
+                    config.capture.to_kernel()
+                } else {
+                    CaptureConfigWire::DISABLED
+                },
+                true,
+            )
             .load(object::bytes()?)
             .map_err(|e| Error::Load(Box::new(e)))?;
         let mut attached = Attached {
@@ -212,6 +244,13 @@ impl ConnTracer {
             .and_then(|map| HashMap::try_from(map).map_err(|e| map_error(MAP_UDP_PEERS, e)))?;
         let udp_socks = take_map(&mut ebpf, MAP_UDP_SOCKS)
             .and_then(|map| HashMap::try_from(map).map_err(|e| map_error(MAP_UDP_SOCKS, e)))?;
+        let packets = if capture {
+            let ring = take_map(&mut ebpf, MAP_PACKETS)
+                .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_PACKETS, e)))?;
+            Some(PacketRing::new(ring))
+        } else {
+            None
+        };
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
         Ok(Self {
@@ -227,12 +266,18 @@ impl ConnTracer {
             closed_records_malformed: AtomicU64::new(0),
             tcp_iter: attached.tcp_iter,
             iter_stats: Mutex::new(IterStats::default()),
+            packets,
         })
     }
 
     /// The backend in use and why it was chosen.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The packet capture's ring, when the capture runs.
+    pub fn packets(&self) -> Option<&PacketRing> {
+        self.packets.as_ref()
     }
 
     /// Drains every closed-connection event currently in the ring buffer into `out`; returns
@@ -557,6 +602,20 @@ fn attach(
             let prog: &mut aya::programs::SockOps = prog;
             prog.load().map_err(fail)?;
             prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+                .map_err(fail)?;
+        }
+        (hook @ (Hook::CgroupSkbIngress | Hook::CgroupSkbEgress), Program::CgroupSkb(prog)) => {
+            // Like sock_release: a bpf_link on the cgroup v2 root, so the program sees the
+            // packets of every socket of every process, whatever its network namespace.
+            let cgroup = open_cgroup2_root("a cgroup v2 mount (for cgroup_skb)", "5.8")?;
+            let attach_type = if hook == Hook::CgroupSkbIngress {
+                aya::programs::CgroupSkbAttachType::Ingress
+            } else {
+                aya::programs::CgroupSkbAttachType::Egress
+            };
+            let prog: &mut aya::programs::CgroupSkb = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(cgroup, attach_type, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
         }
         (Hook::IterTcp, Program::Iter(prog)) => {

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod map_reader;
 pub mod netns;
 pub(crate) mod object;
+pub mod packet;
 pub mod plan;
 pub(crate) mod privileges;
 pub mod probes;

@@ -3,8 +3,8 @@
 //! table, made testable).
 
 pub use super::probes::{
-    Backend, BackendChoice, Hook, ITER_MIN_KERNEL, MIN_KERNEL, PROBES, ProbeSpec,
-    without_tcp_iterator,
+    Backend, BackendChoice, CAPTURE_MIN_KERNEL, CAPTURE_PROBES, Hook, ITER_MIN_KERNEL, MIN_KERNEL,
+    PROBES, ProbeSpec, without_tcp_iterator,
 };
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
@@ -82,6 +82,33 @@ fn target_name(hook: Hook) -> String {
         Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
         Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
         Hook::IterTcp => "iter/tcp".to_owned(),
+        Hook::CgroupSkbIngress => "cgroup_skb/ingress".to_owned(),
+        Hook::CgroupSkbEgress => "cgroup_skb/egress".to_owned(),
+    }
+}
+
+/// Adds the packet capture to `plan` when the configuration asks for it and the kernel can run
+/// it, and says in the plan's reason what was decided. Never refuses the tracer: without the
+/// capture, connections are traced and DNS stays empty (the reason says why).
+pub fn add_capture(plan: &mut Plan, enabled: bool, caps: &Capabilities) {
+    let without = if !enabled {
+        Some("off in the configuration".to_owned())
+    } else if caps.kernel < CAPTURE_MIN_KERNEL {
+        Some(format!("Linux < {CAPTURE_MIN_KERNEL}"))
+    } else if caps.cgroup2.is_none() {
+        Some("no cgroup v2 mount".to_owned())
+    } else {
+        None
+    };
+    match without {
+        Some(why) => plan
+            .reason
+            .push_str(&format!("; without packet capture ({why}): no DNS")),
+        None => {
+            plan.probes.extend_from_slice(CAPTURE_PROBES);
+            plan.reason
+                .push_str("; packet capture on cgroup_skb ingress and egress (DNS)");
+        }
     }
 }
 
@@ -250,6 +277,40 @@ mod tests {
         let err = plan(BackendChoice::Force(Backend::Tracepoint), &debian_6_1()).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("sock:sock_send_length"), "{text}");
+    }
+
+    #[test]
+    fn the_capture_is_added_only_when_asked_and_possible_and_the_reason_says_so() {
+        let caps = host_like();
+        let base = plan(BackendChoice::Auto, &caps).unwrap();
+        let mut on = base.clone();
+        add_capture(&mut on, true, &caps);
+        let added: Vec<_> = on.probes[base.probes.len()..]
+            .iter()
+            .map(|p| p.program)
+            .collect();
+        assert_eq!(
+            added,
+            [names::PROG_PACKET_INGRESS, names::PROG_PACKET_EGRESS]
+        );
+        assert!(on.reason.ends_with("(DNS)"), "{}", on.reason);
+        let mut off = base.clone();
+        add_capture(&mut off, false, &caps);
+        assert_eq!(off.probes, base.probes);
+        assert!(
+            off.reason
+                .contains("without packet capture (off in the configuration)")
+        );
+        let mut no_cgroup = base.clone();
+        let mut caps = caps;
+        caps.cgroup2 = None;
+        add_capture(&mut no_cgroup, true, &caps);
+        assert_eq!(no_cgroup.probes, base.probes);
+        assert!(
+            no_cgroup.reason.contains("(no cgroup v2 mount)"),
+            "{}",
+            no_cgroup.reason
+        );
     }
 
     #[test]

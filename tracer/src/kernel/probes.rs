@@ -84,6 +84,11 @@ pub enum Hook {
     /// the tracer runs without it and says so (TCP packets, retransmits and RTT are then as of
     /// each connection's latest application I/O).
     IterTcp,
+    /// A `BPF_PROG_TYPE_CGROUP_SKB` program on `BPF_CGROUP_INET_INGRESS` of the cgroup v2 root:
+    /// every packet a socket of any process receives (the packet capture).
+    CgroupSkbIngress,
+    /// The same on `BPF_CGROUP_INET_EGRESS`: every packet a socket sends.
+    CgroupSkbEgress,
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -349,6 +354,30 @@ const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
         max_kernel: None,
     }
 }
+
+/// The packet capture (tracer-ebpf/src/packet, tracer/src/kernel/packet.rs): not part of any
+/// backend's choice, attached on top of the chosen backend when `Config::capture.enabled`
+/// ([`super::plan::add_capture`]). Floor 5.8: the ring buffer (the hooks are 4.10,
+/// `bpf_skb_cgroup_id` 4.18).
+pub const CAPTURE_PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        program: names::PROG_PACKET_INGRESS,
+        hook: Hook::CgroupSkbIngress,
+        backends: ALL,
+        min_kernel: CAPTURE_MIN_KERNEL,
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: names::PROG_PACKET_EGRESS,
+        hook: Hook::CgroupSkbEgress,
+        backends: ALL,
+        min_kernel: CAPTURE_MIN_KERNEL,
+        max_kernel: None,
+    },
+];
+
+/// The packet capture's floor (its ring buffer).
+pub const CAPTURE_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 
 /// The first kernel with BPF iterators over TCP sockets (`iter/tcp`).
 pub const ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 9, 0);

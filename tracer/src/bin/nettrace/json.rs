@@ -98,6 +98,7 @@ pub fn line(row: &Row, ts: f64, interval_s: f64) -> String {
     o.string("protocol", protocol_name(row.protocol));
     o.string("local", &row.local);
     o.string("remote", &row.remote);
+    o.opt_string("remote_name", row.remote_name.as_deref());
     o.string(
         "direction",
         match row.direction {
@@ -179,7 +180,7 @@ mod tests {
             line(&row, 1_700_000_000.25, 2.0),
             concat!(
                 r#"{"ts":1700000000.250000,"interval_s":2.000,"pid":1234,"process":"we\"ird\n","#,
-                r#""protocol":"tcp","local":"127.0.0.1:40000","remote":"[::1]:8080","#,
+                r#""protocol":"tcp","local":"127.0.0.1:40000","remote":"[::1]:8080","remote_name":null,"#,
                 r#""direction":"out","state":"failed","tx_bytes":100,"rx_bytes":200,"#,
                 r#""tx_packets":2,"rx_packets":3,"tx_total":1000,"rx_total":2000,"#,
                 r#""retransmits":3,"rtt_us":1500,"failure":"ECONNREFUSED","cookie":42,"#,

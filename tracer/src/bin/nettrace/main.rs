@@ -186,7 +186,7 @@ impl View {
             .conns
             .iter()
             .filter(|conn| self.selection.matches(&conn.tuple))
-            .map(|conn| Row::new(conn, self.names.name(conn.tuple.pid)))
+            .map(|conn| Row::new(conn, self.names.name(conn.tuple.pid)).named(conn, &conns.dns))
             .collect();
         self.names.end_snapshot();
         row::sort_by_throughput(&mut rows);

@@ -1,11 +1,14 @@
 //! One displayed connection: what the table and the JSON lines show, built from a
 //! [`ConnectionStats`], and the throughput order.
 
-use std::cmp::Reverse;
+use std::{cmp::Reverse, net::IpAddr, sync::Arc};
 
 use tracer::model::{ConnectionStats, Direction, Protocol};
 
 use crate::{addr, errno};
+
+/// Reverse DNS of a snapshot, as `Connections::dns` holds it.
+pub type DnsNames = rustc_hash::FxHashMap<IpAddr, Vec<Arc<str>>>;
 
 /// Open, closed, or failed with an errno.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct Row {
     /// Gateway (if any) and interface of an outgoing connection to another host.
     pub via_gateway: Option<String>,
     pub via_interface: Option<String>,
+    /// The remote address's name from DNS answers the tracer saw (`Connections::dns`).
+    pub remote_name: Option<String>,
 }
 
 impl Row {
@@ -97,7 +102,17 @@ impl Row {
                 Some(name) => name.to_string(),
                 None => format!("#{}", v.interface_index),
             }),
+            remote_name: None,
         }
+    }
+
+    /// The row with the remote address's first name in `dns`, when DNS answered for it.
+    pub fn named(mut self, conn: &ConnectionStats, dns: &DnsNames) -> Self {
+        self.remote_name = dns
+            .get(&conn.tuple.dst)
+            .and_then(|names| names.first())
+            .map(|name| name.to_string());
+        self
     }
 
     /// Bytes moved this interval, both ways.
@@ -206,6 +221,20 @@ pub mod tests {
 
     #[test]
     fn udp_has_no_rtt_and_state_follows_close_and_failures() {
+        let mut names = DnsNames::default();
+        let named = conn(Protocol::Tcp, 100, 200, 1);
+        names.insert(
+            named.tuple.dst,
+            vec![Arc::from("db.example"), Arc::from("alias")],
+        );
+        let row = Row::new(&named, String::new()).named(&named, &names);
+        assert_eq!(row.remote_name.as_deref(), Some("db.example"));
+        assert_eq!(
+            Row::new(&named, String::new())
+                .named(&named, &DnsNames::default())
+                .remote_name,
+            None
+        );
         let udp = Row::new(&conn(Protocol::Udp, 1, 1, 1), "dns".to_owned());
         assert_eq!(udp.rtt_us, None);
         let mut closed = conn(Protocol::Tcp, 1, 1, 2);

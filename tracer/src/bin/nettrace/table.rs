@@ -142,7 +142,10 @@ fn cells(row: &Row, interval_s: f64) -> [String; 13] {
         row.pid.to_string(),
         protocol_name(row.protocol).to_owned(),
         row.local.clone(),
-        row.remote.clone(),
+        match &row.remote_name {
+            Some(name) => format!("{} ({})", row.remote, printable(name)),
+            None => row.remote.clone(),
+        },
         direction.to_owned(),
         state,
         units::rate(row.tx_bytes, interval_s),

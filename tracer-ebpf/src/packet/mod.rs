@@ -1,0 +1,261 @@
+//! The packet capture: `cgroup_skb` ingress and egress programs on the cgroup v2 root, so they
+//! see the packets of every socket of every process, in every network namespace (Datadog's
+//! packet socket in the root namespace misses traffic that never leaves a container's
+//! namespace). Today it copies DNS messages; HTTP and protocol classification will join it here.
+//!
+//! Owner of `NT_PACKETS` (ring of [`PacketHeader`] + payload), `NT_PACKET_SCRATCH` and the global
+//! `NT_CAPTURE_CONFIG`. Minimum kernel 5.8 (the ring buffer; the hooks are 4.10, the socket
+//! cookie 4.12, `bpf_skb_cgroup_id` 4.18). Always returns 1: the capture never drops a packet.
+//!
+//! Cost: a packet that is not on a configured port is rejected after two `bpf_skb_load_bytes`
+//! calls (the IP header and the four port bytes) and at most eight port comparisons; nothing is
+//! counted for it (a per-CPU counter on every packet would cost more than the check).
+
+use aya_ebpf::{
+    Global,
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    macros::{cgroup_skb, map},
+    maps::{PerCpuArray, RingBuf},
+    programs::SkBuffContext,
+};
+use tracer_common::{
+    conn::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    counters::Counter,
+    packet::{
+        CaptureConfig, MAX_CAPTURE_PORTS, MAX_SNAPLEN, PACKET_EGRESS, PACKET_HEADER_LEN,
+        PACKET_INGRESS, PACKET_KIND_DNS, PacketHeader,
+    },
+};
+
+use crate::counters::bump;
+
+#[unsafe(no_mangle)]
+static NT_CAPTURE_CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::DISABLED);
+
+/// Captured packets. Sized from `Config` at load time.
+#[map(name = "NT_PACKETS")]
+static NT_PACKETS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// One record under construction per CPU: the header then up to [`MAX_SNAPLEN`] payload bytes
+/// (too large for the 512-byte stack), sent with `bpf_ringbuf_output` at its real length so a
+/// 60-byte query takes 60 bytes of ring, not the snap length.
+#[repr(C)]
+struct Scratch {
+    header: PacketHeader,
+    payload: [u8; MAX_SNAPLEN as usize],
+}
+
+#[map(name = "NT_PACKET_SCRATCH")]
+static NT_PACKET_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+/// A DNS header: anything shorter on UDP is not a DNS message.
+const DNS_HEADER_LEN: u32 = 12;
+
+#[cgroup_skb(ingress)]
+pub fn nt_packet_in(ctx: SkBuffContext) -> i32 {
+    capture(&ctx, PACKET_INGRESS);
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn nt_packet_out(ctx: SkBuffContext) -> i32 {
+    capture(&ctx, PACKET_EGRESS);
+    1
+}
+
+/// Where a packet's L4 header starts and what the IP header said.
+struct Ip {
+    family: u16,
+    protocol: u8,
+    l4: u32,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn capture(ctx: &SkBuffContext, direction: u8) {
+    let skb = ctx.skb.skb;
+    // SAFETY: context field reads, rewritten by the verifier.
+    let (protocol, len) = unsafe { ((*skb).protocol, (*skb).len) };
+    let config = NT_CAPTURE_CONFIG.load();
+    if config.enabled == 0 {
+        return;
+    }
+    let Some(ip) = ip_header(skb, protocol) else {
+        return;
+    };
+    let Ok(ports) = load::<[u8; 4]>(skb, ip.l4) else {
+        return;
+    };
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    if !port_matches(&config, sport, dport) {
+        return;
+    }
+    // From here on the packet is on a DNS port: rare, so the rest may cost.
+    let (payload, seq, tcp_flags) = match ip.protocol {
+        IPPROTO_UDP => (ip.l4 + 8, 0, 0),
+        _ => {
+            let Ok(tcp) = load::<[u8; 14]>(skb, ip.l4) else {
+                return;
+            };
+            let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            let doff = u32::from(tcp[12] >> 4) * 4;
+            (ip.l4 + doff, seq, tcp[13])
+        }
+    };
+    let payload_len = len.saturating_sub(payload);
+    let too_short = match ip.protocol {
+        IPPROTO_UDP => payload_len < DNS_HEADER_LEN,
+        _ => payload_len == 0,
+    };
+    if too_short {
+        bump(Counter::PacketNotDns);
+        return;
+    }
+    let snaplen = if config.snaplen == 0 || config.snaplen > MAX_SNAPLEN {
+        MAX_SNAPLEN
+    } else {
+        config.snaplen
+    };
+    let captured = if payload_len > snaplen {
+        bump(Counter::PacketTruncated);
+        snaplen
+    } else {
+        payload_len
+    };
+    let Some(scratch) = NT_PACKET_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the pointer comes from the per-CPU map; this CPU owns its slot for the program's
+    // run (preemption is off), and the slot is only used within this run.
+    let scratch = unsafe { &mut *scratch };
+    scratch.header = PacketHeader {
+        // SAFETY: helpers allowed in cgroup_skb programs; they take the context.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        cookie: unsafe { bpf_get_socket_cookie(skb.cast()) },
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        seq,
+        netns: 0,
+        payload_len,
+        captured_len: captured,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport,
+        dport,
+        family: ip.family,
+        protocol: ip.protocol,
+        direction,
+        kind: PACKET_KIND_DNS,
+        tcp_flags,
+        _pad: [0; 6],
+    };
+    // The verifier needs the length proved in 1..=MAX_SNAPLEN at the call. LLVM knows that
+    // `captured` already is and drops any comparison, so the bound is a mask on a value it
+    // cannot see through: (c - 1) & (MAX - 1) + 1 is `captured` itself for 1..=MAX.
+    let n = (core::hint::black_box(captured).wrapping_sub(1) & (MAX_SNAPLEN - 1)) + 1;
+    // SAFETY: the destination is the slot's payload array, at least `n` bytes long.
+    let loaded =
+        unsafe { bpf_skb_load_bytes(skb.cast(), payload, scratch.payload.as_mut_ptr().cast(), n) };
+    if loaded != 0 {
+        return;
+    }
+    let size = PACKET_HEADER_LEN as u64 + u64::from(n);
+    let record: *mut Scratch = scratch;
+    // SAFETY: `record` points to `size` initialised bytes (header + n payload bytes).
+    let sent = unsafe {
+        aya_ebpf::helpers::bpf_ringbuf_output(
+            core::ptr::addr_of!(NT_PACKETS).cast_mut().cast(),
+            record.cast(),
+            size,
+            0,
+        )
+    };
+    if sent == 0 {
+        bump(Counter::PacketCaptured);
+    } else {
+        bump(Counter::PacketRingFull);
+    }
+}
+
+#[inline(always)]
+fn port_matches(config: &CaptureConfig, sport: u16, dport: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_CAPTURE_PORTS {
+        let port = config.ports[i];
+        if port == 0 {
+            return false;
+        }
+        if port == sport || port == dport {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The IP header of a TCP or UDP packet (not a later fragment), else `None`.
+#[inline(always)]
+fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
+    if protocol == u32::from(u16::to_be(ETH_P_IP as u16)) {
+        let h = load::<[u8; 20]>(skb, 0).ok()?;
+        let l4 = u32::from(h[0] & 0x0f) * 4;
+        let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+        if l4 < 20 || fragment != 0 || (h[9] != IPPROTO_TCP && h[9] != IPPROTO_UDP) {
+            return None;
+        }
+        let mut saddr = [0; 16];
+        let mut daddr = [0; 16];
+        saddr[..4].copy_from_slice(&h[12..16]);
+        daddr[..4].copy_from_slice(&h[16..20]);
+        Some(Ip {
+            family: AF_INET,
+            protocol: h[9],
+            l4,
+            saddr,
+            daddr,
+        })
+    } else if protocol == u32::from(u16::to_be(ETH_P_IPV6 as u16)) {
+        let h = load::<[u8; 40]>(skb, 0).ok()?;
+        // Extension headers are not walked: a DNS packet behind one is not captured.
+        if h[6] != IPPROTO_TCP && h[6] != IPPROTO_UDP {
+            return None;
+        }
+        let mut saddr = [0; 16];
+        let mut daddr = [0; 16];
+        saddr.copy_from_slice(&h[8..24]);
+        daddr.copy_from_slice(&h[24..40]);
+        Some(Ip {
+            family: AF_INET6,
+            protocol: h[6],
+            l4: 40,
+            saddr,
+            daddr,
+        })
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn load<T>(skb: *mut __sk_buff, offset: u32) -> Result<T, i64> {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes exactly size_of::<T>() bytes into `out` or fails.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            skb.cast(),
+            offset,
+            out.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if ret == 0 {
+        // SAFETY: initialised by the helper above.
+        Ok(unsafe { out.assume_init() })
+    } else {
+        Err(ret)
+    }
+}
