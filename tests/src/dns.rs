@@ -78,11 +78,19 @@ impl Dnsmasq {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", netns, "dnsmasq", "--keep-in-foreground"])
-            .args(["--no-resolv", "--no-hosts", "--port=53", "--bind-interfaces"])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--port=53",
+                "--bind-interfaces",
+            ])
             .arg(format!("--listen-address={listen}"))
             .args(["--user=", "--group=", "--log-queries"])
             .arg(format!("--pid-file={}", pid_file.display()))
-            .arg(format!("--log-facility={}", dir.join("dnsmasq.log").display()))
+            .arg(format!(
+                "--log-facility={}",
+                dir.join("dnsmasq.log").display()
+            ))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -117,8 +125,8 @@ impl Dnsmasq {
     fn listening(&self) -> bool {
         let pid = self.child.id();
         let bound = |file: &str, state: Option<&str>| {
-            let table = std::fs::read_to_string(format!("/proc/{pid}/net/{file}"))
-                .unwrap_or_default();
+            let table =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
             table.lines().skip(1).any(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 fields.get(1).is_some_and(|local| local.ends_with(":0035"))
