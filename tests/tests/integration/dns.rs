@@ -230,9 +230,8 @@ fn dig_into(
     answer
 }
 
-/// Adds the DNS stats of the connections of `netns` to `server`:53 in `delta` to `seen`, and
-/// checks that each of those connections carries what one dig run (one socket, one query)
-/// can: a single query.
+/// Adds the DNS stats of the connections of `netns` to `server`:53 in `delta` to `seen`;
+/// returns how many connections carried stats.
 fn observe(
     delta: &Connections,
     netns: u32,
@@ -283,22 +282,33 @@ fn queries_true(truth: &BTreeMap<Leaf, Truth>) -> u64 {
 
 /// Calls `client` until the stats of namespace A's connections to the server add up to as
 /// many queries as dig made (at most 10 s), then once more (anything counted twice would show
-/// there), and returns what they added up to.
+/// there). Returns how many connections carried stats over those calls.
 fn collect_until_complete(
     tracer: &Tracer,
     client: &str,
     netns: u32,
     truth: &BTreeMap<Leaf, Truth>,
     seen: &mut BTreeMap<Leaf, DnsStats>,
-) {
+) -> usize {
+    let mut carriers = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while queries_seen(seen) < queries_true(truth) && Instant::now() < deadline {
         let delta = tracer.get_active_connections(client).expect("call");
-        observe(&delta, netns, SERVER, seen);
+        carriers += observe(&delta, netns, SERVER, seen);
         std::thread::sleep(Duration::from_millis(50));
     }
     let delta = tracer.get_active_connections(client).expect("call");
-    observe(&delta, netns, SERVER, seen);
+    carriers + observe(&delta, netns, SERVER, seen)
+}
+
+/// Each dig run is one socket with one query: its stats reach a client on its own connection,
+/// in one call.
+fn assert_one_carrier_per_dig(carriers: usize, truth: &BTreeMap<Leaf, Truth>) {
+    assert_eq!(
+        u64::try_from(carriers).expect("count"),
+        queries_true(truth),
+        "connections that carried DNS stats, against dig runs"
+    );
 }
 
 /// The exact rcode counts of every leaf, no timeouts, and latency sums that are positive
@@ -391,8 +401,9 @@ fn dig_over_udp_and_tcp_is_counted_by_domain_type_and_rcode_within_digs_query_ti
             assert_eq!(leaf.rcodes.keys().collect::<Vec<_>>(), vec![&0]);
         }
         let mut seen = BTreeMap::new();
-        collect_until_complete(&tracer, "dns", own, &truth, &mut seen);
+        let carriers = collect_until_complete(&tracer, "dns", own, &truth, &mut seen);
         assert_matches_truth(&seen, &truth);
+        assert_one_carrier_per_dig(carriers, &truth);
         let counters = tracer.counters().expect("counters");
         assert!(counters.value("packet_captured") >= 2 * queries_true(&truth));
         assert_eq!(counters.value("packet_ring_full"), 0);
@@ -545,8 +556,9 @@ fn nxdomain_servfail_and_refused_are_failures_with_their_rcode() {
             "dnsmasq answered NXDOMAIN, SERVFAIL and REFUSED: {truth:?}"
         );
         let mut seen = BTreeMap::new();
-        collect_until_complete(&tracer, "dns", own, &truth, &mut seen);
+        let carriers = collect_until_complete(&tracer, "dns", own, &truth, &mut seen);
         assert_matches_truth(&seen, &truth);
+        assert_one_carrier_per_dig(carriers, &truth);
         for (leaf, stats) in &seen {
             assert_eq!(stats.success_latency_sum_us, 0, "{leaf:?}: {stats:?}");
         }
@@ -823,6 +835,7 @@ fn two_clients_each_get_every_dns_stat_exactly_once() {
         let mut truth = BTreeMap::new();
         let mut seen_one = BTreeMap::new();
         let mut seen_two = BTreeMap::new();
+        let (mut carriers_one, mut carriers_two) = (0, 0);
         for (i, (name, qtype, tcp)) in [
             ("h.test", "A", false),
             ("h.test", "AAAA", false),
@@ -838,16 +851,18 @@ fn two_clients_each_get_every_dns_stat_exactly_once() {
             dig_into(&mut truth, None, name, qtype, tcp);
             // Client one calls after every query, client two after every third.
             let delta = tracer.get_active_connections("one").expect("call");
-            observe(&delta, own, SERVER, &mut seen_one);
+            carriers_one += observe(&delta, own, SERVER, &mut seen_one);
             if i % 3 == 2 {
                 let delta = tracer.get_active_connections("two").expect("call");
-                observe(&delta, own, SERVER, &mut seen_two);
+                carriers_two += observe(&delta, own, SERVER, &mut seen_two);
             }
         }
-        collect_until_complete(&tracer, "one", own, &truth, &mut seen_one);
-        collect_until_complete(&tracer, "two", own, &truth, &mut seen_two);
+        carriers_one += collect_until_complete(&tracer, "one", own, &truth, &mut seen_one);
+        carriers_two += collect_until_complete(&tracer, "two", own, &truth, &mut seen_two);
         assert_matches_truth(&seen_one, &truth);
         assert_matches_truth(&seen_two, &truth);
+        assert_one_carrier_per_dig(carriers_one, &truth);
+        assert_one_carrier_per_dig(carriers_two, &truth);
         assert_eq!(seen_one, seen_two, "both clients got the same stats");
     });
 }
