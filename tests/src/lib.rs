@@ -5,9 +5,15 @@
 // This crate is test support: a failed step must fail the test that called it, with the
 // reason, which is what a panic does (aya's test guidelines: panic rather than return errors,
 // which lose their backtraces).
-#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 pub mod cmd;
+pub mod dns;
 pub mod environment;
 pub mod kernel_view;
 pub mod leaks;

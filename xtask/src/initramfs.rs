@@ -38,8 +38,11 @@ pub const WANTED_MODULES: &[&str] = &[
 /// Real tools shipped instead of busybox's applets of the same name (busybox's `ip` lacks veth and
 /// netns support, and it has no `nft`; busybox's `setpriv` lacks `--reuid` and `--bounding-set`, which the
 /// capability tests use to run the tracer as a non-root user holding an exact set). `conntrack`
-/// (conntrack-tools) is the NAT test's ground truth.
-const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv", "conntrack"];
+/// (conntrack-tools) is the NAT test's ground truth; `dnsmasq` (dnsmasq-base) and `dig`
+/// (bind9-dnsutils) are the DNS tests' server and client. dig's libraries are the bulk of the
+/// image (ICU's data alone is 31 MB): it runs with no /etc/resolv.conf, as the tests always name
+/// the server.
+const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv", "conntrack", "dnsmasq", "dig"];
 
 /// busybox-static's binary: static, so it needs no libraries.
 const BUSYBOX: &str = "/bin/busybox";
@@ -84,7 +87,8 @@ pub fn build(
     for tool in TOOLS {
         let path = cmd::find_program(tool).with_context(|| {
             format!(
-                "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux, conntrack)"
+                "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux, conntrack, \
+                 dnsmasq-base, bind9-dnsutils: `cargo xtask setup` installs them)"
             )
         })?;
         archive.file(&format!("usr/sbin/{tool}"), Data::File(path.clone()), 0o755);

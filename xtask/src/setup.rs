@@ -34,6 +34,10 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     ("nginx-light", true),
     ("curl", true),
     ("iperf3", true),
+    // The DNS tests' real server and client: dnsmasq's binary without its system service
+    // (dnsmasq-base starts no daemon at boot) and dig.
+    ("dnsmasq-base", true),
+    ("bind9-dnsutils", true),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

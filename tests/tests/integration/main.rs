@@ -12,6 +12,7 @@
 
 mod api;
 mod containers;
+mod dns;
 mod environment;
 mod identity;
 mod io_paths;
