@@ -688,18 +688,19 @@ fn a_two_second_ttl_expires_the_name_while_the_connection_stays() {
         let long = dig(None, SERVER, "h.test", "A", &[]);
         assert_eq!(long.addresses(), vec![H_V4]);
         assert!(long.answers.iter().all(|r| r.ttl == 300));
-        // Connections to both answers, kept open and moving, so each call returns them.
-        let sockets: Vec<UdpSocket> = [TTL_V4, H_V4]
+        // Flows to both answers, kept open and moving, so each call returns them. Unconnected
+        // sockets: h.test's address is S's own, whose closed port 9 answers with ICMP port
+        // unreachable, which a connected socket would report as ECONNREFUSED on its next send.
+        let sockets: Vec<(UdpSocket, IpAddr)> = [TTL_V4, H_V4]
             .into_iter()
             .map(|ip| {
                 let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
-                s.connect((ip, 9)).expect("connect");
-                s
+                (s, ip)
             })
             .collect();
         let call = || {
-            for s in &sockets {
-                s.send(b"x").expect("send");
+            for (s, ip) in &sockets {
+                s.send_to(b"x", (*ip, 9)).expect("send");
             }
             let delta = tracer.get_active_connections("dns").expect("call");
             assert_names_only_for_returned_connections(&delta);
@@ -917,9 +918,15 @@ fn all_hundred_addresses_of_a_name_map_back_to_it() {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        let counters = tracer.counters().expect("counters");
+        let capture: Vec<_> = counters
+            .iter()
+            .filter(|s| s.info.name.starts_with("dns_") || s.info.name.starts_with("packet_"))
+            .map(|s| (s.info.name, s.value))
+            .collect();
         assert!(
             unnamed.is_empty(),
-            "{} of 100 addresses without many.test: {unnamed:?}",
+            "{} of 100 addresses without many.test: {unnamed:?}; counters {capture:?}",
             unnamed.len()
         );
         assert_eq!(

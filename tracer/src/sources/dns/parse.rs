@@ -17,10 +17,6 @@ use domain::{
 /// Most CNAME hops followed from the question name (resolvers stop at about 8 too).
 pub(crate) const MAX_CNAME_CHAIN: usize = 8;
 
-/// Most answer records looked at in one response; an answer section is read up to here, so a
-/// message with absurd counts costs at most this much.
-pub(crate) const MAX_ANSWER_RECORDS: usize = 64;
-
 /// A name inside the captured bytes.
 type Name<'a> = ParsedName<&'a [u8]>;
 
@@ -117,7 +113,10 @@ impl Parsed<'_> {
         match self.msg.answer() {
             Err(_) => fault = Some(classify(self.msg.as_slice())),
             Ok(section) => {
-                for record in section.take(MAX_ANSWER_RECORDS) {
+                // No cap on the count: every record takes at least 11 bytes of the captured
+                // message (at most the snap length), so absurd counts end at its last byte as a
+                // fault, and a name with 100 addresses (1.6 kB) maps back from all of them.
+                for record in section {
                     let Ok(record) = record else {
                         fault = Some(classify(self.msg.as_slice()));
                         break;
@@ -397,6 +396,20 @@ pub(crate) mod tests {
         assert_eq!(p.answers(&mut out), None);
         assert_eq!(out.names, ["a.example", "b.example", "c.cdn.example"]);
         assert_eq!(out.addrs, [(ip("192.0.2.1"), 60), (ip("192.0.2.2"), 30)]);
+    }
+
+    #[test]
+    fn every_address_of_a_large_answer_is_read() {
+        // 300 A records: about 4.8 kB, more than any fixed record cap would take.
+        let addrs: Vec<(IpAddr, u32)> = (0..300u32)
+            .map(|i| (IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i)), 60))
+            .collect();
+        let bytes = response(9, "many.example", Rtype::A, Rcode::NOERROR, &[], &addrs);
+        let p = parse(&bytes, true).unwrap();
+        let mut out = Answers::default();
+        assert_eq!(p.answers(&mut out), None);
+        assert_eq!(out.addrs, addrs);
+        assert_eq!(out.names, ["many.example"]);
     }
 
     #[test]
