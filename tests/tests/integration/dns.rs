@@ -253,11 +253,7 @@ fn observe(
     carriers
 }
 
-fn ours<'a>(
-    delta: &'a Connections,
-    netns: u32,
-    server: IpAddr,
-) -> impl Iterator<Item = &'a ConnectionStats> {
+fn ours(delta: &Connections, netns: u32, server: IpAddr) -> impl Iterator<Item = &ConnectionStats> {
     delta
         .conns
         .iter()
