@@ -25,8 +25,8 @@ use tracer_common::{
     conn::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     counters::Counter,
     packet::{
-        CaptureConfig, MAX_SNAPLEN, PACKET_EGRESS, PACKET_HEADER_LEN, PACKET_INGRESS,
-        PACKET_KIND_DNS, PacketHeader,
+        CaptureConfig, MAX_CAPTURE_PORTS, MAX_SNAPLEN, PACKET_EGRESS, PACKET_HEADER_LEN,
+        PACKET_INGRESS, PACKET_KIND_DNS, PacketHeader,
     },
 };
 
@@ -84,11 +84,14 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: context field reads, rewritten by the verifier.
     let (protocol, len) = unsafe { ((*skb).protocol, (*skb).len) };
-    let config = NT_CAPTURE_CONFIG.load();
-    if config.enabled == 0 {
+    // The config is read field by field where it is needed (a whole-struct load is 24 bytes
+    // of loads and stack spills that a rejected packet does not need).
+    let config_ptr = config_ptr();
+    // SAFETY: the global is initialised (by the loader, or to DISABLED) and read-only.
+    if unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config_ptr).enabled)) } == 0 {
         return;
     }
-    if rejected_in_place(skb, protocol, &config) {
+    if rejected_in_place(skb, protocol, config_ptr) {
         return;
     }
     // A packet on a configured port, or one whose headers are not all in the linear area: read
@@ -101,7 +104,7 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
     };
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    if !port_matches(&config, sport, dport) {
+    if !port_matches(config_ptr, sport, dport) {
         return;
     }
     // From here on the packet is on a DNS port: rare, so the rest may cost.
@@ -125,10 +128,12 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
         bump(Counter::PacketNotDns);
         return;
     }
-    let snaplen = if config.snaplen == 0 || config.snaplen > MAX_SNAPLEN {
+    // SAFETY: see `config_ptr`.
+    let snaplen = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config_ptr).snaplen)) };
+    let snaplen = if snaplen == 0 || snaplen > MAX_SNAPLEN {
         MAX_SNAPLEN
     } else {
-        config.snaplen
+        snaplen
     };
     let captured = if payload_len > snaplen {
         bump(Counter::PacketTruncated);
@@ -195,7 +200,7 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
 /// no configured port. `false` means "look closer", also when the headers are not all there
 /// (rare for TCP and UDP, whose stacks pull their headers into the linear area).
 #[inline(always)]
-fn rejected_in_place(skb: *mut __sk_buff, protocol: u32, config: &CaptureConfig) -> bool {
+fn rejected_in_place(skb: *mut __sk_buff, protocol: u32, config: *const CaptureConfig) -> bool {
     // SAFETY: context field reads, rewritten by the verifier into the packet's bounds; every
     // byte read below is checked against `end` first, which the verifier also proves.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
@@ -239,10 +244,21 @@ fn rejected_in_place(skb: *mut __sk_buff, protocol: u32, config: &CaptureConfig)
     !port_matches(config, sport, dport)
 }
 
+/// The capture config's address: `Global` is `repr(transparent)` over its value.
 #[inline(always)]
-fn port_matches(config: &CaptureConfig, sport: u16, dport: u16) -> bool {
-    // The list ends at its first zero; a fixed-length array iterates without a bounds check.
-    for &port in config.ports.iter() {
+fn config_ptr() -> *const CaptureConfig {
+    core::ptr::addr_of!(NT_CAPTURE_CONFIG).cast::<CaptureConfig>()
+}
+
+/// Whether either port is in the config's list (which ends at its first zero). Reads the ports
+/// one by one from the global, so a list of one port costs two reads.
+#[inline(always)]
+fn port_matches(config: *const CaptureConfig, sport: u16, dport: u16) -> bool {
+    // SAFETY: `config` is the global's own address (see `config_ptr`).
+    let ports = unsafe { core::ptr::addr_of!((*config).ports) }.cast::<u16>();
+    for i in 0..MAX_CAPTURE_PORTS {
+        // SAFETY: `i` < the array's length; a volatile read of the loader-set global.
+        let port = unsafe { core::ptr::read_volatile(ports.add(i)) };
         if port == 0 {
             return false;
         }
