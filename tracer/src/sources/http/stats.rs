@@ -22,9 +22,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
-use crate::model::{HttpKey, HttpStats, UsmStats};
+use crate::model::{HttpKey, HttpMethod, HttpStats, UsmStats};
 
 /// One transaction, as the source hands it over.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub(crate) struct Observation<'a> {
     pub server: SocketAddr,
     pub path: &'a str,
     pub path_complete: bool,
-    pub method: crate::model::HttpMethod,
+    pub method: HttpMethod,
     pub status: u16,
     pub latency_ns: u64,
     /// Seen by the client's socket (else by the server's).
@@ -66,6 +66,52 @@ pub(crate) struct TakeReport {
     pub dropped: u64,
 }
 
+/// An [`HttpKey`] without its path: the first level of the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Conn {
+    client: SocketAddr,
+    server: SocketAddr,
+    method: HttpMethod,
+    path_complete: bool,
+}
+
+/// Values by [`HttpKey`], stored as key without path → path → value, so that a lookup hashes
+/// the path once, as the `&str` it is, and a path is allocated only when its key is new (the
+/// flat [`HttpKey`] map is built once per key at take).
+#[derive(Debug)]
+struct Table<V> {
+    by_conn: FxHashMap<Conn, FxHashMap<Arc<str>, V>>,
+    keys: usize,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Self {
+            by_conn: FxHashMap::default(),
+            keys: 0,
+        }
+    }
+}
+
+impl<V> Table<V> {
+    fn get_mut(&mut self, conn: &Conn, path: &str) -> Option<&mut V> {
+        self.by_conn.get_mut(conn)?.get_mut(path)
+    }
+
+    /// Inserts a key known to be absent.
+    fn insert(&mut self, conn: Conn, path: Arc<str>, value: V) {
+        self.by_conn.entry(conn).or_default().insert(path, value);
+        self.keys += 1;
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (Conn, Arc<str>, V)> + '_ {
+        self.keys = 0;
+        self.by_conn
+            .drain()
+            .flat_map(|(conn, paths)| paths.into_iter().map(move |(p, v)| (conn, p, v)))
+    }
+}
+
 /// Server observations of one key, waiting.
 #[derive(Debug)]
 struct Waiting {
@@ -77,13 +123,11 @@ struct Waiting {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct StatKeeper {
-    batch: FxHashMap<HttpKey, HttpStats>,
-    waiting: FxHashMap<HttpKey, Waiting>,
+    batch: Table<HttpStats>,
+    waiting: Table<Waiting>,
     waiting_requests: u64,
     /// Connections (client, server) with a recorded client observation → when last seen.
     local: FxHashMap<(SocketAddr, SocketAddr), u64>,
-    /// One `Arc` per distinct path of the batch and the waiting keys.
-    paths: FxHashSet<Arc<str>>,
     max_stats: usize,
     window_ns: u64,
 }
@@ -91,11 +135,10 @@ pub(crate) struct StatKeeper {
 impl StatKeeper {
     pub fn new(max_stats: usize, window_ns: u64) -> Self {
         Self {
-            batch: FxHashMap::default(),
-            waiting: FxHashMap::default(),
+            batch: Table::default(),
+            waiting: Table::default(),
             waiting_requests: 0,
             local: FxHashMap::default(),
-            paths: FxHashSet::default(),
             max_stats,
             window_ns,
         }
@@ -113,80 +156,61 @@ impl StatKeeper {
 
     /// Keys in the current batch.
     pub fn batch_len(&self) -> usize {
-        self.batch.len()
+        self.batch.keys
     }
 
-    fn key(&mut self, o: &Observation<'_>) -> HttpKey {
-        let path = match self.paths.get(o.path) {
-            Some(path) => Arc::clone(path),
-            None => {
-                let path: Arc<str> = Arc::from(o.path);
-                self.paths.insert(Arc::clone(&path));
-                path
-            }
-        };
-        HttpKey {
-            client: o.client,
-            server: o.server,
-            path,
-            path_complete: o.path_complete,
-            method: o.method,
-        }
-    }
-
-    /// Records one observation that arrived at `arrival_ns` (only read for server
-    /// observations; CLOCK_MONOTONIC ns, the clock of `take`'s `now_ns`).
+    /// Records one observation that arrived at `arrival_ns` (CLOCK_MONOTONIC ns, the clock of
+    /// `take`'s `now_ns`; a coarse reading is enough, the window is in seconds).
     pub fn observe(&mut self, o: &Observation<'_>, arrival_ns: impl FnOnce() -> u64) -> Outcome {
         let pair = (o.client, o.server);
+        let conn = Conn {
+            client: o.client,
+            server: o.server,
+            method: o.method,
+            path_complete: o.path_complete,
+        };
         if o.client_side {
             if let Some(seen) = self.local.get_mut(&pair) {
                 *seen = arrival_ns();
             } else if self.local.len() < self.max_stats {
                 self.local.insert(pair, arrival_ns());
             }
-            return self.record(o);
+            return self.record(&conn, o);
         }
         if self.local.contains_key(&pair) {
             return Outcome::Duplicate;
         }
-        let key = self.key(o);
-        if let Some(w) = self.waiting.get_mut(&key) {
+        if let Some(w) = self.waiting.get_mut(&conn, o.path) {
             w.stats.add(o.status, o.latency_ns);
             self.waiting_requests += 1;
             return Outcome::Waiting;
         }
-        if self.waiting.len() >= self.max_stats {
-            return match self.record(o) {
+        if self.waiting.keys >= self.max_stats {
+            return match self.record(&conn, o) {
                 Outcome::Recorded => Outcome::RecordedUnpaired,
                 _ => Outcome::DroppedUnpaired,
             };
         }
         let mut stats = HttpStats::default();
         stats.add(o.status, o.latency_ns);
-        self.waiting.insert(
-            key,
-            Waiting {
-                stats,
-                since_ns: arrival_ns(),
-            },
-        );
+        let since_ns = arrival_ns();
+        self.waiting
+            .insert(conn, Arc::from(o.path), Waiting { stats, since_ns });
         self.waiting_requests += 1;
         Outcome::Waiting
     }
 
-    fn record(&mut self, o: &Observation<'_>) -> Outcome {
-        let key = self.key(o);
-        if let Some(stats) = self.batch.get_mut(&key) {
+    fn record(&mut self, conn: &Conn, o: &Observation<'_>) -> Outcome {
+        if let Some(stats) = self.batch.get_mut(conn, o.path) {
             stats.add(o.status, o.latency_ns);
             return Outcome::Recorded;
         }
-        if self.batch.len() >= self.max_stats {
+        if self.batch.keys >= self.max_stats {
             return Outcome::Dropped;
         }
-        self.batch
-            .entry(key)
-            .or_default()
-            .add(o.status, o.latency_ns);
+        let mut stats = HttpStats::default();
+        stats.add(o.status, o.latency_ns);
+        self.batch.insert(*conn, Arc::from(o.path), stats);
         Outcome::Recorded
     }
 
@@ -195,25 +219,29 @@ impl StatKeeper {
     pub fn take(&mut self, now_ns: u64) -> (UsmStats, TakeReport) {
         let mut report = TakeReport::default();
         let window_ns = self.window_ns;
-        let mut settled = Vec::new();
-        self.waiting.retain(|key, w| {
-            let keep = now_ns.saturating_sub(w.since_ns) < window_ns;
-            if !keep {
-                settled.push((key.clone(), std::mem::take(&mut w.stats)));
-            }
-            keep
+        let mut settled: Vec<(Conn, Arc<str>, HttpStats)> = Vec::new();
+        self.waiting.by_conn.retain(|conn, paths| {
+            paths.retain(|path, w| {
+                let keep = now_ns.saturating_sub(w.since_ns) < window_ns;
+                if !keep {
+                    settled.push((*conn, Arc::clone(path), std::mem::take(&mut w.stats)));
+                }
+                keep
+            });
+            !paths.is_empty()
         });
-        for (key, stats) in settled {
+        self.waiting.keys = self.waiting.keys.saturating_sub(settled.len());
+        for (conn, path, stats) in settled {
             let n = stats.count();
             self.waiting_requests = self.waiting_requests.saturating_sub(n);
-            if self.local.contains_key(&(key.client, key.server)) {
+            if self.local.contains_key(&(conn.client, conn.server)) {
                 report.duplicates += n;
                 continue;
             }
-            if let Some(mine) = self.batch.get_mut(&key) {
+            if let Some(mine) = self.batch.get_mut(&conn, &path) {
                 mine.merge(&stats);
-            } else if self.batch.len() < self.max_stats {
-                self.batch.insert(key, stats);
+            } else if self.batch.keys < self.max_stats {
+                self.batch.insert(conn, path, stats);
             } else {
                 report.dropped += n;
                 continue;
@@ -225,20 +253,24 @@ impl StatKeeper {
         let keep_ns = window_ns.saturating_mul(2);
         self.local
             .retain(|_, seen| now_ns.saturating_sub(*seen) < keep_ns);
-        let batch = std::mem::take(&mut self.batch);
-        // The batch takes its paths along; the waiting keys keep theirs.
-        self.paths.clear();
-        for key in self.waiting.keys() {
-            self.paths.insert(Arc::clone(&key.path));
+        let mut http = FxHashMap::with_capacity_and_hasher(self.batch.keys, Default::default());
+        for (conn, path, stats) in self.batch.drain() {
+            let key = HttpKey {
+                client: conn.client,
+                server: conn.server,
+                path,
+                path_complete: conn.path_complete,
+                method: conn.method,
+            };
+            http.insert(key, stats);
         }
-        (UsmStats { http: batch }, report)
+        (UsmStats { http }, report)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HttpMethod;
 
     const S: u64 = 1_000_000_000;
 
