@@ -119,9 +119,20 @@ counters! {
     PacketNotDns = 26 => "packet_not_dns" : Activity,
     /// Packet capture: DNS packets copied to `NT_PACKETS`.
     PacketCaptured = 27 => "packet_captured" : Activity,
+    /// HTTP: a finished transaction could not be written to its ring (full): the transaction
+    /// is lost to the HTTP stats.
+    HttpBatchFull = 28 => "http_batch_full" : Loss,
+    /// HTTP: a request line longer than the bytes the parser reads: its path was cut (the record
+    /// is flagged `HTTP_FLAG_PATH_TRUNCATED` and still counts, under the path's prefix).
+    HttpFragmentTruncated = 29 => "http_fragment_truncated" : Activity,
+    /// HTTP: a response on a connection with no request in flight (the request was missed, or
+    /// the connection predates the tracer): that transaction is not recorded.
+    HttpResponseWithoutRequest = 30 => "http_response_without_request" : Loss,
+    /// HTTP: finished transactions written to the ring.
+    HttpTransactions = 31 => "http_transactions" : Activity,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 28;
+pub const COUNTER_COUNT: u32 = 32;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod counters;
+pub mod http;
 pub mod names;
 pub mod offsets;
 pub mod packet;

@@ -9,7 +9,7 @@ use crate::{
     expiry::ExpiryConfig,
     filter::Filters,
     kernel::{conn_tracer::KernelConfig, packet::CaptureConfig, plan::BackendChoice},
-    sources::dns::DnsConfig,
+    sources::{dns::DnsConfig, http::HttpConfig},
     state::StateConfig,
 };
 
@@ -38,6 +38,9 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// DNS stats and reverse DNS from the captured packets: timeout, caps, query types.
     pub dns: DnsConfig,
+    /// HTTP stats from the kernel's finished HTTP/1.x transactions: path bytes, quantization,
+    /// replace rules, cap.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             enrich: EnrichConfig::default(),
             capture: kernel.capture,
             dns: DnsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -74,12 +78,23 @@ impl Config {
         }
     }
 
-    /// Checks every size and limit (zero, absurd, not a power-of-two number of pages).
+    /// Checks every size and limit (zero, absurd, not a power-of-two number of pages), and
+    /// that the state can hold what the HTTP source hands it in one batch.
     pub fn validate(&self) -> Result<()> {
         self.kernel().validate()?;
         self.state.validate()?;
         self.enrich.validate()?;
-        self.dns.validate()
+        self.dns.validate()?;
+        self.http.validate()?;
+        // The state refuses a batch heavier than its whole USM limit: with a smaller limit, a
+        // busy interval's HTTP stats would reach no client at all.
+        if self.http.enabled && self.http.max_stats > self.state.max_usm_stats {
+            return Err(crate::Error::InvalidConfig(format!(
+                "http.max_stats ({}) must not exceed state.max_usm_stats ({})",
+                self.http.max_stats, self.state.max_usm_stats
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +115,24 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn http_config_is_validated_and_must_fit_the_state() {
+        let mut config = Config::default();
+        config.http.path_bytes = tracer_common::http::HTTP_PATH_MAX + 1;
+        assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
+        let mut config = Config::default();
+        config.http.replace_rules = vec![crate::sources::http::ReplaceRule {
+            pattern: "(".into(),
+            replacement: None,
+        }];
+        assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
+        let mut config = Config::default();
+        config.state.max_usm_stats = config.http.max_stats - 1;
+        assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
+        config.http.enabled = false;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The one decoder of kernel records (`tracer_common::conn`, `tracer_common::packet`):
-//! ring-buffer bytes into records, records into the userspace model, and the rule for when an
-//! open record may be reported.
+//! The one decoder of kernel records (`tracer_common::conn`, `tracer_common::packet`,
+//! `tracer_common::http`): ring-buffer bytes into records, records into the userspace model,
+//! and the rule for when an open record may be reported.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -9,7 +9,10 @@ use tracer_common::conn::{
     FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP,
 };
 
-use tracer_common::packet::{PACKET_HEADER_LEN, PacketHeader};
+use tracer_common::{
+    http::{HTTP_TRANSACTION_LEN, HttpTransaction, RECORD_KIND_OFFSET},
+    packet::{PACKET_HEADER_LEN, PacketHeader},
+};
 
 use crate::model::{
     ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
@@ -132,6 +135,26 @@ pub fn packet_record(record: &[u8]) -> Option<(PacketHeader, &[u8])> {
     Some((header, payload.get(..len)?))
 }
 
+/// The kind of a capture ring record (`PACKET_KIND_DNS`, `PACKET_KIND_HTTP`): the byte every
+/// record kind keeps at [`RECORD_KIND_OFFSET`]; `None` for a record too short to have one.
+pub fn record_kind(record: &[u8]) -> Option<u8> {
+    record.get(RECORD_KIND_OFFSET).copied()
+}
+
+/// An HTTP ring record as its [`HttpTransaction`]; `None` when the record is shorter than one
+/// (a mismatched object or a corrupt record: never read past the slice). Bytes past the
+/// transaction (ring padding) are ignored. The fields are not checked here: any bit pattern is
+/// a transaction, and the HTTP source judges (and counts) the values.
+pub fn http_record(record: &[u8]) -> Option<HttpTransaction> {
+    if record.len() < HTTP_TRANSACTION_LEN {
+        return None;
+    }
+    // SAFETY: HttpTransaction is plain old data (integers and byte arrays, explicit padding:
+    // any bit pattern is valid), the slice holds at least HTTP_TRANSACTION_LEN bytes (checked
+    // above) and read_unaligned has no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<HttpTransaction>()) })
+}
+
 #[cfg(test)]
 mod tests {
     use tracer_common::conn::{AF_INET, ConnTuple, DIRECTION_OUTGOING, IPPROTO_UDP};
@@ -218,6 +241,57 @@ mod tests {
             ..header
         };
         assert!(packet_record(&packet_bytes(&huge, b"abc")).is_none());
+    }
+
+    #[test]
+    fn http_records_are_bounds_checked_and_carry_their_kind_where_packets_do() {
+        use tracer_common::{http::PACKET_KIND_HTTP, packet::PACKET_KIND_DNS};
+        let mut tx = HttpTransaction::EMPTY;
+        tx.status = 200;
+        tx.path[0] = b'/';
+        // SAFETY: plain old data viewed as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const tx).cast::<u8>(), HTTP_TRANSACTION_LEN)
+        };
+        assert_eq!(http_record(bytes), Some(tx));
+        let mut padded = vec![0xAAu8];
+        padded.extend_from_slice(bytes);
+        padded.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(http_record(&padded[1..]), Some(tx));
+        assert_eq!(http_record(&bytes[..HTTP_TRANSACTION_LEN - 1]), None);
+        assert_eq!(http_record(&[]), None);
+        assert_eq!(record_kind(bytes), Some(PACKET_KIND_HTTP));
+        let header = PacketHeader {
+            kind: PACKET_KIND_DNS,
+            ..zero_header()
+        };
+        assert_eq!(
+            record_kind(&packet_bytes(&header, b"")),
+            Some(PACKET_KIND_DNS)
+        );
+        assert_eq!(record_kind(&bytes[..RECORD_KIND_OFFSET]), None);
+    }
+
+    fn zero_header() -> PacketHeader {
+        PacketHeader {
+            timestamp_ns: 0,
+            cookie: 0,
+            cgroup_id: 0,
+            seq: 0,
+            netns: 0,
+            payload_len: 0,
+            captured_len: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            family: 0,
+            protocol: 0,
+            direction: 0,
+            kind: 0,
+            tcp_flags: 0,
+            _pad: [0; 6],
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`model`]: the userspace data model handed to callers (`ConnectionTuple`, `ConnectionStats`, ...).
 //! - [`state`]: the per-client delta / merge / aggregate pipeline (pure Rust, no kernel access).
 //! - [`enrich`]: one module per enrichment (containers, conntrack NAT, routes), one seam.
-//! - [`sources`]: data sources fed by kernel captures other than connections (DNS).
+//! - [`sources`]: data sources fed by kernel captures other than connections (DNS, HTTP).
 //! - [`telemetry`]: the typed counter set (name, kind, doc of every counter).
 //! - [`error`]: the library's one error type.
 //! - [`Tracer`] (with [`Config`], [`filter`], [`expiry`], [`decode`]): the public entry point.

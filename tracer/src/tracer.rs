@@ -22,7 +22,7 @@ use crate::{
         conn_tracer::{ConnTracer, flow_socket_gone},
         plan::{Backend, Plan},
     },
-    model::{Connections, CounterSet, EphemeralPortRange, UsmStats},
+    model::{Connections, CounterSet, EphemeralPortRange},
     sources::Sources,
     state::{ClientId, NetworkState},
     telemetry::{CounterInfo, CounterSource, Sample, bump},
@@ -78,7 +78,7 @@ struct Shared {
     counters: Counters,
     /// Containers, NAT, routes.
     enrich: Enrichers,
-    /// Batch sources fed by the packet capture (DNS).
+    /// Batch sources fed by the packet capture (DNS, HTTP).
     sources: Sources,
     /// The network namespaces of the latest map read: where the enrichments' event sources
     /// (conntrack) must listen.
@@ -253,7 +253,7 @@ impl Tracer {
             ports: config.state.ephemeral_ports,
             counters: Counters::default(),
             enrich: Enrichers::start(&config.enrich),
-            sources: Sources::start(&config.dns),
+            sources: Sources::start(&config.dns, &config.http),
             netns: Mutex::new(std::collections::HashSet::new()),
             flush: Mutex::new(Vec::new()),
         });
@@ -341,10 +341,11 @@ impl Tracer {
         shared.enrich.attach_open(&mut active);
         clock.lap(|t| &mut t.enrich);
         // Sources drained per call: every packet captured so far, then the DNS stats since the
-        // previous call (queries unanswered past the timeout included). HTTP: none yet.
+        // previous call (queries unanswered past the timeout included) and the HTTP stats (empty
+        // until the kernel side emits transactions into a drained ring).
         shared.drain_packets();
         let dns = shared.sources.take_dns(now);
-        let usm = UsmStats::default();
+        let usm = shared.sources.take_http(now);
         clock.lap(|t| &mut t.sources);
         let totals = self.counters()?;
         // Merge, intra-host, aggregate; telemetry as this client's deltas.

@@ -33,7 +33,41 @@ pub struct Connections {
     pub conns: Vec<ConnectionStats>,
     /// Reverse DNS: hostnames for the IPs in `conns`.
     pub dns: FxHashMap<IpAddr, Vec<Arc<str>>>,
-    /// USM stats, as in [`Delta::usm`].
+    /// Application-protocol stats since this client's previous call, as in [`Delta::usm`]:
+    /// every transaction the sources recorded reaches every client once. HTTP/1.x stats are
+    /// keyed by (client, server, quantized path, method), then by status code, each with a
+    /// request count and a latency sketch (ns, 1 % relative accuracy).
+    ///
+    /// Requests and p50/p99 latency per path and status, over every client and server:
+    ///
+    /// ```no_run
+    /// use std::{collections::BTreeMap, sync::Arc};
+    ///
+    /// use tracer::{Config, Tracer, model::RequestStats};
+    ///
+    /// let tracer = Tracer::new(Config::default())?;
+    /// tracer.register_client("my-agent")?;
+    /// std::thread::sleep(std::time::Duration::from_secs(30));
+    /// let conns = tracer.get_active_connections("my-agent")?;
+    /// let mut by_path: BTreeMap<(&'static str, Arc<str>, u16), RequestStats> = BTreeMap::new();
+    /// for (key, stats) in &conns.usm.http {
+    ///     for (status, requests) in &stats.0 {
+    ///         let slot = (key.method.as_str(), Arc::clone(&key.path), *status);
+    ///         // Counts add up and sketches merge.
+    ///         by_path.entry(slot).or_default().merge(requests);
+    ///     }
+    /// }
+    /// for ((method, path, status), requests) in &by_path {
+    ///     let ms = |q: f64| requests.latency_quantile(q).unwrap_or(0.0) / 1e6;
+    ///     println!(
+    ///         "{method} {path} {status}: {} requests, p50 {:.2} ms, p99 {:.2} ms",
+    ///         requests.count,
+    ///         ms(0.5),
+    ///         ms(0.99),
+    ///     );
+    /// }
+    /// # Ok::<(), tracer::Error>(())
+    /// ```
     pub usm: UsmStats,
     /// Pipeline telemetry since this client's previous call (also in `counters`).
     pub state_telemetry: StateTelemetry,

@@ -40,5 +40,8 @@ pub use nat::IpTranslation;
 pub use protocol::ProtocolStack;
 pub use telemetry::{CounterSet, StateTelemetry};
 pub use tuple::{ConnectionTuple, Direction, Family, Protocol, TUPLE_BYTES_MAX};
-pub use usm::{AppProtocol, UsmCounters, UsmKey, UsmStats};
+pub use usm::{
+    AppProtocol, HttpKey, HttpMethod, HttpStats, LATENCY_RELATIVE_ACCURACY, LatencySketch,
+    RequestStats, UsmStats,
+};
 pub use via::Via;

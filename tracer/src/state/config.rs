@@ -21,7 +21,9 @@ pub struct StateConfig {
     pub max_closed_connections: usize,
     /// Most DNS leaves (domain × query type) held (`dns_stats_dropped` beyond). Default 75 000.
     pub max_dns_stats: usize,
-    /// Most USM keys held (`usm_stats_dropped` beyond). Default 7 500.
+    /// Most USM keys held (`usm_stats_dropped` beyond). Default 100 000, as Datadog's
+    /// `max_http_stats_buffered` (which bounds both its HTTP stat keeper and its state): at least
+    /// the HTTP source's `max_stats`, since a batch heavier than this is refused whole.
     pub max_usm_stats: usize,
     /// The ephemeral port range, for the direction fixes (read it with
     /// [`EphemeralPortRange::read`]).
@@ -41,7 +43,7 @@ impl Default for StateConfig {
             max_tracked_per_client: 131_072,
             max_closed_connections: 131_072,
             max_dns_stats: 75_000,
-            max_usm_stats: 7_500,
+            max_usm_stats: 100_000,
             ephemeral_ports: EphemeralPortRange::default(),
             aggregation: AggregationConfig::default(),
         }

@@ -6,9 +6,11 @@ use std::{
     time::Duration,
 };
 
+use rustc_hash::FxHashMap;
+
 use super::*;
 use crate::{
-    model::{AppProtocol, DnsQueryType, DnsStats, DomainStats, Protocol, UsmCounters, UsmKey},
+    model::{DnsQueryType, DnsStats, DomainStats, HttpKey, HttpMethod, Protocol},
     state::test_support::{conn, conn_between, ip},
 };
 
@@ -469,51 +471,108 @@ fn dns_stats_reach_every_client_once_attached_to_their_connection() {
     );
 }
 
+fn http_key(path: &str) -> HttpKey {
+    HttpKey {
+        client: "10.0.0.1:5000".parse().unwrap(),
+        server: "10.0.0.2:80".parse().unwrap(),
+        path: Arc::from(path),
+        path_complete: true,
+        method: HttpMethod::Get,
+    }
+}
+
+/// A batch of `latencies.len()` requests to `path` answered `status`.
+fn http_batch(path: &str, status: u16, latencies: &[u64]) -> UsmStats {
+    let mut usm = UsmStats::default();
+    let stats = usm.http.entry(http_key(path)).or_default();
+    for &l in latencies {
+        stats.add(status, l);
+    }
+    usm
+}
+
+fn call_with_usm(s: &NetworkState, client: &ClientId, usm: UsmStats) -> Delta {
+    s.get_delta(
+        client,
+        1,
+        vec![],
+        DnsStatsBatch::default(),
+        usm,
+        &CounterSet::default(),
+    )
+    .unwrap()
+}
+
+/// Requests of `path` with `status` in a delta (0 when absent).
+fn requests(delta: &Delta, path: &str, status: u16) -> u64 {
+    delta
+        .usm
+        .http
+        .get(&http_key(path))
+        .and_then(|s| s.0.get(&status))
+        .map_or(0, |r| r.count)
+}
+
 #[test]
 fn usm_stats_pass_through_to_every_client_once() {
     let s = state();
     let (a, b) = (id("a"), id("b"));
     s.register_client(&a, 0).unwrap();
     s.register_client(&b, 0).unwrap();
-    let key = UsmKey {
-        protocol: AppProtocol::Http,
-        client: "10.0.0.1:5000".parse().unwrap(),
-        server: "10.0.0.2:80".parse().unwrap(),
-        resource: Arc::from("/"),
-    };
-    let mut usm = UsmStats::default();
-    usm.0.insert(
-        key.clone(),
-        UsmCounters {
-            requests: 4,
-            errors: 1,
-            latency_sum_ns: 10,
-        },
-    );
-    let d = s
-        .get_delta(
-            &a,
-            1,
-            vec![],
-            DnsStatsBatch::default(),
-            usm.clone(),
-            &CounterSet::default(),
-        )
-        .unwrap();
-    assert_eq!(d.usm.0[&key].requests, 4);
-    let d = s
-        .get_delta(
-            &b,
-            1,
-            vec![],
-            DnsStatsBatch::default(),
-            usm,
-            &CounterSet::default(),
-        )
-        .unwrap();
-    assert_eq!(d.usm.0[&key].requests, 8);
-    assert!(call(&s, &a, vec![]).usm.0.get(&key).map(|c| c.requests) == Some(4));
+    let usm = http_batch("/", 200, &[10, 20, 30, 40]);
+    let d = call_with_usm(&s, &a, usm.clone());
+    assert_eq!(requests(&d, "/", 200), 4);
+    let d = call_with_usm(&s, &b, usm);
+    assert_eq!(requests(&d, "/", 200), 8);
+    assert_eq!(requests(&call(&s, &a, vec![]), "/", 200), 4);
     assert!(call(&s, &a, vec![]).usm.is_empty());
+}
+
+#[test]
+fn each_http_transaction_reaches_each_of_two_clients_exactly_once_with_merged_sketches() {
+    // The HTTP source hands each call what arrived since the previous take, whoever calls;
+    // every registered client must see every transaction once, summed over its calls, with
+    // sketches merged across the batches it missed.
+    let s = state();
+    let (a, b) = (id("a"), id("b"));
+    s.register_client(&a, 0).unwrap();
+    s.register_client(&b, 0).unwrap();
+    let batches = [
+        http_batch("/users/*", 200, &[1_000, 2_000]),
+        http_batch("/users/*", 500, &[9_000]),
+        http_batch("/users/*", 200, &[3_000]),
+        http_batch("/orders", 200, &[4_000, 5_000, 6_000]),
+        UsmStats::default(),
+    ];
+    // a, b, a, a, b: each call brings the next batch.
+    let order = [&a, &b, &a, &a, &b];
+    let mut seen: FxHashMap<&str, (u64, u64, u64)> = FxHashMap::default();
+    let mut latest = FxHashMap::default();
+    for (client, batch) in order.iter().zip(batches) {
+        let d = call_with_usm(&s, client, batch);
+        let e = seen.entry(client.as_str()).or_default();
+        e.0 += requests(&d, "/users/*", 200);
+        e.1 += requests(&d, "/users/*", 500);
+        e.2 += requests(&d, "/orders", 200);
+        latest.insert(client.as_str(), d);
+    }
+    for client in ["a", "b"] {
+        assert_eq!(seen[client], (3, 1, 3), "client {client}");
+    }
+    // b's last call merged batches 3 and 4 (its first had read 1 and 2): its /users/* 200
+    // stats hold the 3 000 ns request of batch 3 and none of batch 1's.
+    let users = &latest["b"].usm.http[&http_key("/users/*")].0[&200];
+    assert_eq!(users.count, 1);
+    assert_eq!(users.first_latency_ns, 3_000);
+    // a's last call read batch 4 alone: its 3 requests in one sketch.
+    let orders = &latest["a"].usm.http[&http_key("/orders")].0[&200];
+    let sketch = orders.latencies.as_ref().unwrap();
+    assert_eq!((orders.count, sketch.count()), (3, 3));
+    let p50 = orders.latency_quantile(0.5).unwrap();
+    assert!((p50 - 5_000.0).abs() <= 50.0, "{p50}");
+    // Nothing more for anyone.
+    assert!(call(&s, &a, vec![]).usm.is_empty());
+    assert!(call(&s, &b, vec![]).usm.is_empty());
 }
 
 #[test]
