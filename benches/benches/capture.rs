@@ -11,11 +11,15 @@
 //!   (ports [53], enabled), loaded from the embedded object on their own, without the
 //!   connection tracer, so the row is the capture's cost alone.
 //!
-//! Workloads (`tracer_benches::workloads`), on 127.0.0.1 (not port 53): `udp_echo_64` and
-//! `tcp_rr_64` (TCP_NODELAY). Packets per iteration are counted, not assumed: UDP the datagrams
-//! sent; TCP the segments both sockets sent by their `TCP_INFO` counters (data and pure ACKs, as
-//! the delayed-ACK timer and piggybacking made them; 2.00 per round trip here: the ACKs ride on
-//! the data). Each packet runs two programs: egress at the sender, ingress at the receiver.
+//! Workloads (`tracer_benches::workloads`), on 127.0.0.1 (not port 53): `udp_echo_64`,
+//! `tcp_rr_64` (TCP_NODELAY) and `tcp_bulk_64k` (one-way bulk transfer, 64 KiB writes: TCP
+//! traffic that is not HTTP, the HTTP parser's worst case after its first segments: every data
+//! segment is a payload segment of a socket classified not HTTP). Packets per iteration are
+//! counted, not assumed: UDP the datagrams sent; TCP the segments both sockets sent by their
+//! `TCP_INFO` counters (data and pure ACKs, as the delayed-ACK timer and piggybacking made them;
+//! 2.00 per round trip for `tcp_rr_64`: the ACKs ride on the data; loopback's MTU of 64 KiB
+//! makes bulk segments up to that size, and the receiver's ACKs are counted too). Each packet
+//! runs two programs: egress at the sender, ingress at the receiver.
 //!
 //! Method: as `overhead.rs` (whose header says why), every workload thread is pinned to one CPU,
 //! the process's CPU time is compared, phases keep their cheapest block, each mode phase is
@@ -225,7 +229,7 @@ fn capture(c: &mut Criterion) {
             None
         }
     };
-    let mut workloads = workloads(BENCH, cpu, &[Kind::UdpEcho, Kind::TcpRr]);
+    let mut workloads = workloads(BENCH, cpu, &[Kind::UdpEcho, Kind::TcpRr, Kind::TcpBulk]);
     let mut statuses: Vec<Status> = workloads.iter().map(|_| Status::default()).collect();
     for (workload, status) in workloads.iter_mut().zip(&mut statuses) {
         let mut group = c.benchmark_group(format!("{BENCH}/{}", workload.name()));
