@@ -130,9 +130,24 @@ counters! {
     HttpResponseWithoutRequest = 30 => "http_response_without_request" : Loss,
     /// HTTP: finished transactions written to the ring.
     HttpTransactions = 31 => "http_transactions" : Activity,
+    /// HTTP: a request whose response cannot be paired with it because requests overlapped on
+    /// its connection (HTTP/1.1 pipelining: a request sent before the previous one was
+    /// answered). The kernel keeps one request in flight per connection, as Datadog does, but
+    /// drops what it cannot pair instead of pairing it wrongly; counted once per request.
+    HttpPipelined = 32 => "http_pipelined" : Loss,
+    /// HTTP: a request finished without a response recognized: the next request came after
+    /// response bytes that held no status line at a segment start, or the server closed or
+    /// reset the connection first. Not recorded.
+    HttpRequestUnanswered = 33 => "http_request_unanswered" : Loss,
+    /// HTTP: a segment starting a request or a response at the same sequence number as the
+    /// last one seen in its direction (a retransmission), ignored.
+    HttpRetransmission = 34 => "http_retransmission" : Activity,
+    /// HTTP: the kernel could not allocate a socket's HTTP state (socket storage): the
+    /// socket's transactions are not recorded.
+    HttpStorageFailed = 35 => "http_storage_failed" : Loss,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 32;
+pub const COUNTER_COUNT: u32 = 36;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -1,6 +1,6 @@
 //! HTTP/1.x transactions: the record the kernel's HTTP parser emits for each finished
 //! request/response exchange, and the constants both sides read it with. Owner:
-//! `tracer-ebpf/src/packet/http.rs` (kernel side, to come) and `tracer/src/sources/http/`
+//! `tracer-ebpf/src/packet/http.rs` (kernel side) and `tracer/src/sources/http/`
 //! (userspace, which aggregates the records into per-path latency sketches).
 //!
 //! # One record per transaction per observing socket
@@ -46,7 +46,8 @@ pub const HTTP_ROLE_SERVER: u8 = 2;
 /// prefix.
 pub const HTTP_FLAG_PATH_TRUNCATED: u8 = 1;
 /// [`HttpTransaction::flags`]: the transaction was finished by the connection's end (FIN or
-/// RST) rather than by the next request on the connection; informational.
+/// RST) rather than by its status line; informational. Reserved: the kernel parser finishes
+/// every transaction at its response's status line, so it never sets it.
 pub const HTTP_FLAG_FINISHED_BY_CLOSE: u8 = 2;
 
 /// Request methods, as [`HttpTransaction::method`] carries them (0 = not one of these).
@@ -131,8 +132,10 @@ pub struct HttpTransaction {
     pub request_ns: u64,
     /// Socket cookie of the observing socket.
     pub cookie: u64,
-    /// `bpf_ktime_get_ns` when the response was last seen before the transaction was finished
-    /// (Datadog's `response_last_seen`): latency = `response_ns - request_ns`.
+    /// `bpf_ktime_get_ns` when the segment that starts the response (its status line) was seen:
+    /// latency = `response_ns - request_ns`, the time to the response's first byte. (Datadog
+    /// takes the response's last packet seen before the next request; a record here is sent at
+    /// the status line, so it needs no later packet and no close to be finished.)
     pub response_ns: u64,
     /// cgroup v2 id of the observing socket's owner (`bpf_skb_cgroup_id`); 0 if unknown.
     pub cgroup_id: u64,
@@ -207,4 +210,216 @@ impl HttpTransaction {
         _pad: [0; 4],
         path: [0; HTTP_PATH_MAX],
     };
+}
+
+/// Payload bytes the kernel parser reads to recognise a message start ([`message_start`]):
+/// the longest method and its space (8), the target's first byte, and a status line up to the
+/// byte after its code (13). A shorter segment starts no message for the parser (the shortest
+/// whole request, `GET / HTTP/1.0` and an empty line, is 18 bytes; the shortest response 17).
+pub const HTTP_PREFIX_LEN: usize = 16;
+
+/// What the first bytes of a TCP segment start, for the kernel's HTTP parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageStart {
+    /// A request line: the method (an [`HttpMethod`] as `u8`) and the offset of the request
+    /// target (the method token's length and its space).
+    Request { method: u8, target: u32 },
+    /// A status line (`HTTP/1.0` or `HTTP/1.1`, a space, three digits, then a space or the
+    /// line's end) with this code.
+    Response { status: u16 },
+    /// Neither: a body, another protocol, or a segment too short to tell.
+    Other,
+}
+
+/// A method token and its space as the little-endian word of a prefix's first 8 bytes.
+const fn word(token: &[u8]) -> u64 {
+    let mut w = 0u64;
+    let mut shift = 0;
+    let mut rest = token;
+    while let [byte, tail @ ..] = rest {
+        if shift < 64 {
+            w |= (*byte as u64) << shift;
+        }
+        shift += 8;
+        rest = tail;
+    }
+    w
+}
+
+/// The bits of the first `len` bytes of such a word.
+const fn mask(len: usize) -> u64 {
+    if len >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    }
+}
+
+/// (word, mask, method, token length with its space) of the nine methods of [`HttpMethod`].
+const METHODS: [(u64, u64, u8, u32); 9] = {
+    const fn m(token: &[u8], method: HttpMethod) -> (u64, u64, u8, u32) {
+        (
+            word(token),
+            mask(token.len()),
+            method as u8,
+            token.len() as u32,
+        )
+    }
+    [
+        m(b"GET ", HttpMethod::Get),
+        m(b"POST ", HttpMethod::Post),
+        m(b"PUT ", HttpMethod::Put),
+        m(b"DELETE ", HttpMethod::Delete),
+        m(b"HEAD ", HttpMethod::Head),
+        m(b"OPTIONS ", HttpMethod::Options),
+        m(b"PATCH ", HttpMethod::Patch),
+        m(b"CONNECT ", HttpMethod::Connect),
+        m(b"TRACE ", HttpMethod::Trace),
+    ]
+};
+
+const STATUS_LINE: u64 = word(b"HTTP/1.");
+const STATUS_LINE_MASK: u64 = mask(7);
+
+/// What a segment whose payload starts with `prefix` starts: a request (one of the nine
+/// methods, a space, then a visible ASCII byte: `/`, `*` or an absolute form), a status line,
+/// or neither. Word compares, no loop over bytes and no index that can fail: the kernel parser
+/// runs it on every segment of an HTTP socket (and the verifier rejects a panic path).
+#[inline(always)]
+pub fn message_start(prefix: &[u8; HTTP_PREFIX_LEN]) -> MessageStart {
+    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, ..] = *prefix;
+    let w = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+    if w & STATUS_LINE_MASK == STATUS_LINE {
+        let digit = |b: u8| b.is_ascii_digit();
+        if (b7 == b'0' || b7 == b'1')
+            && b8 == b' '
+            && digit(b9)
+            && digit(b10)
+            && digit(b11)
+            && (b12 == b' ' || b12 == b'\r')
+        {
+            let status =
+                u16::from(b9 - b'0') * 100 + u16::from(b10 - b'0') * 10 + u16::from(b11 - b'0');
+            return MessageStart::Response { status };
+        }
+        return MessageStart::Other;
+    }
+    for (pattern, mask, method, len) in METHODS {
+        if w & mask == pattern {
+            let first = prefix.get(len as usize).copied().unwrap_or(0);
+            if (0x21..=0x7e).contains(&first) {
+                return MessageStart::Request {
+                    method,
+                    target: len,
+                };
+            }
+            return MessageStart::Other;
+        }
+    }
+    MessageStart::Other
+}
+
+/// Whether `byte` ends a request target's path: a space, `?`, `#`, or the line's end.
+#[inline(always)]
+pub fn is_path_end(byte: u8) -> bool {
+    matches!(byte, b' ' | b'?' | b'#' | b'\r' | b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::format;
+
+    use super::*;
+
+    fn start(bytes: &[u8]) -> MessageStart {
+        let mut prefix = [0u8; HTTP_PREFIX_LEN];
+        for (dst, src) in prefix.iter_mut().zip(bytes) {
+            *dst = *src;
+        }
+        message_start(&prefix)
+    }
+
+    #[test]
+    fn every_method_starts_a_request_at_its_target() {
+        for method in HttpMethod::ALL {
+            let line = format!("{} /x HTTP/1.1\r\n", method.as_str());
+            assert_eq!(
+                start(line.as_bytes()),
+                MessageStart::Request {
+                    method: method as u8,
+                    target: method.as_str().len() as u32 + 1,
+                },
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            start(b"OPTIONS * HTTP/1.1"),
+            MessageStart::Request {
+                method: HttpMethod::Options as u8,
+                target: 8
+            }
+        );
+        assert_eq!(
+            start(b"GET http://h/ HTTP/1.1"),
+            MessageStart::Request {
+                method: 1,
+                target: 4
+            }
+        );
+    }
+
+    #[test]
+    fn near_misses_are_not_requests() {
+        for bytes in [
+            &b"GET  / HTTP/1.1"[..],
+            b"GET\t/ HTTP/1.1",
+            b"get / HTTP/1.1",
+            b"GETS / HTTP/1.1",
+            b"POS / HTTP/1.1",
+            b"PUTT / HTTP/1.1",
+            b"DELETE\r\n",
+            b"OPTIONS\t*",
+            b"",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"*2\r\n$3\r\nGET\r\n",
+        ] {
+            assert_eq!(start(bytes), MessageStart::Other, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn status_lines_carry_their_code() {
+        for (line, status) in [
+            (&b"HTTP/1.1 200 OK\r\n"[..], 200),
+            (b"HTTP/1.0 404 Not Found", 404),
+            (b"HTTP/1.1 100 Continue", 100),
+            (b"HTTP/1.1 500\r\n", 500),
+            (b"HTTP/1.1 999 x", 999),
+        ] {
+            assert_eq!(start(line), MessageStart::Response { status }, "{line:?}");
+        }
+        for line in [
+            &b"HTTP/2 200 OK\r\n\r\n"[..],
+            b"HTTP/1.2 200 OK",
+            b"HTTP/1.1 20 OK\r\n",
+            b"HTTP/1.1 2000 OK",
+            b"HTTP/1.1  200 OK",
+            b"HTTP/1.1 2x0 OK",
+            b"http/1.1 200 OK",
+        ] {
+            assert_eq!(start(line), MessageStart::Other, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_path_ends_at_a_space_query_fragment_or_line_end() {
+        for byte in [b' ', b'?', b'#', b'\r', b'\n'] {
+            assert!(is_path_end(byte));
+        }
+        for byte in [b'/', b'a', b'%', b'.', b'-', b'&', b'='] {
+            assert!(!is_path_end(byte));
+        }
+    }
 }

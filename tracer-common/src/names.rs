@@ -159,6 +159,12 @@ pub const PROG_PACKET_INGRESS: &str = "nt_packet_in";
 pub const PROG_PACKET_EGRESS: &str = "nt_packet_out";
 /// Ring buffer of captured packets: [`crate::packet::PacketHeader`] then the payload.
 pub const MAP_PACKETS: &str = "NT_PACKETS";
+/// HTTP parser: socket storage with each TCP socket's classification (HTTP or not) and the
+/// sequence numbers of its last request and response starts.
+pub const MAP_HTTP_SOCKS: &str = "NT_HTTP_SOCKS";
+/// HTTP parser: socket storage with the request in flight of each HTTP socket, the
+/// [`crate::http::HttpTransaction`] it becomes.
+pub const MAP_HTTP_INFLIGHT: &str = "NT_HTTP_INFLIGHT";
 /// Global: [`crate::packet::CaptureConfig`].
 pub const GLOBAL_CAPTURE_CONFIG: &str = "NT_CAPTURE_CONFIG";
 /// The capture benchmark's floor: an empty `cgroup_skb/ingress` program (returns 1), never

@@ -18,6 +18,7 @@ pub const PACKET_EGRESS: u8 = 1;
 pub const PACKET_INGRESS: u8 = 2;
 
 /// What a record carries: a DNS message (UDP payload, or a TCP segment's payload to reassemble).
+/// HTTP transactions share the ring with kind [`crate::http::PACKET_KIND_HTTP`].
 pub const PACKET_KIND_DNS: u8 = 1;
 
 /// The capture's configuration, a read-only global (`NT_CAPTURE_CONFIG`) set at load time, so
@@ -31,7 +32,20 @@ pub struct CaptureConfig {
     pub snaplen: u32,
     /// 1 when the capture runs (the programs return at once otherwise).
     pub enabled: u32,
+    /// 1 when TCP payload on any port (other than `ports`) goes through the HTTP/1.x parser
+    /// (`tracer-ebpf/src/packet/http.rs`); 0: TCP packets off `ports` are rejected on their
+    /// ports, as UDP ones.
+    pub http: u32,
 }
+
+// The loader writes this struct over the global's bytes: the layout is the ABI.
+const _: () = {
+    assert!(core::mem::size_of::<CaptureConfig>() == 28);
+    assert!(core::mem::offset_of!(CaptureConfig, ports) == 0);
+    assert!(core::mem::offset_of!(CaptureConfig, snaplen) == 16);
+    assert!(core::mem::offset_of!(CaptureConfig, enabled) == 20);
+    assert!(core::mem::offset_of!(CaptureConfig, http) == 24);
+};
 
 impl CaptureConfig {
     /// Capture off.
@@ -39,6 +53,7 @@ impl CaptureConfig {
         ports: [0; MAX_CAPTURE_PORTS],
         snaplen: DEFAULT_SNAPLEN,
         enabled: 0,
+        http: 0,
     };
 }
 

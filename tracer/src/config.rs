@@ -34,7 +34,8 @@ pub struct Config {
     pub expiry: ExpiryConfig,
     /// Containers, NAT and routes: each on or off, with its sizes and TTLs.
     pub enrich: EnrichConfig,
-    /// The packet capture that DNS is snooped from: on or off, ports, snap length, ring size.
+    /// The packet capture that DNS is snooped from and HTTP parsed in: on or off, ports, snap
+    /// length, ring size, the kernel's HTTP parser.
     pub capture: CaptureConfig,
     /// DNS stats and reverse DNS from the captured packets: timeout, caps, query types.
     pub dns: DnsConfig,
@@ -67,14 +68,18 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The kernel-side part.
+    /// The kernel-side part. The kernel's HTTP parser runs only when the HTTP source consumes
+    /// what it emits (`http.enabled`) and the capture asks for it (`capture.http`).
     pub fn kernel(&self) -> KernelConfig {
         KernelConfig {
             backend: self.backend,
             max_tracked_connections: self.max_tracked_connections,
             ring_buffer_bytes: self.ring_buffer_bytes,
             btf_path: self.btf_path.clone(),
-            capture: self.capture.clone(),
+            capture: CaptureConfig {
+                http: self.capture.http && self.http.enabled,
+                ..self.capture.clone()
+            },
         }
     }
 
@@ -133,6 +138,17 @@ mod tests {
         assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
         config.http.enabled = false;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_kernel_parses_http_only_when_the_source_consumes_it() {
+        let mut config = Config::default();
+        assert_eq!(config.kernel().capture.to_kernel().http, 1);
+        config.http.enabled = false;
+        assert_eq!(config.kernel().capture.to_kernel().http, 0);
+        config.http.enabled = true;
+        config.capture.http = false;
+        assert_eq!(config.kernel().capture.to_kernel().http, 0);
     }
 
     #[test]

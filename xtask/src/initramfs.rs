@@ -41,16 +41,35 @@ pub const WANTED_MODULES: &[&str] = &[
 /// (conntrack-tools) is the NAT test's ground truth; `dnsmasq` (dnsmasq-base) and `dig`
 /// (bind9-dnsutils) are the DNS tests' server and client. dig's libraries are the bulk of the
 /// image (ICU's data alone is 31 MB): it runs with no /etc/resolv.conf, as the tests always name
-/// the server.
-const TOOLS: &[&str] = &["ip", "nft", "tc", "setpriv", "conntrack", "dnsmasq", "dig"];
+/// the server. `nginx` (nginx-light) and `curl` are the HTTP tests' server and client: nginx
+/// runs from a config of the test's (every path under its temporary directory) and, as root,
+/// looks its default user up in /etc/passwd, shipped below; curl's libraries add about 10 MB.
+const TOOLS: &[&str] = &[
+    "ip",
+    "nft",
+    "tc",
+    "setpriv",
+    "conntrack",
+    "dnsmasq",
+    "dig",
+    "nginx",
+    "curl",
+];
 
 /// busybox-static's binary: static, so it needs no libraries.
 const BUSYBOX: &str = "/bin/busybox";
 
 pub const TEST_BINARY_IN_IMAGE: &str = "/xtask/integration";
 
-/// Host files some tools read when present (nft and getaddrinfo resolve protocol/service names).
-const ETC_FILES: &[&str] = &["/etc/protocols", "/etc/services", "/etc/nsswitch.conf"];
+/// Host files some tools read when present (nft and getaddrinfo resolve protocol/service names;
+/// nginx started as root resolves its worker user, even with `master_process off`).
+const ETC_FILES: &[&str] = &[
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+];
 
 pub struct Built {
     pub modules: Vec<String>,
@@ -88,7 +107,7 @@ pub fn build(
         let path = cmd::find_program(tool).with_context(|| {
             format!(
                 "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux, conntrack, \
-                 dnsmasq-base, bind9-dnsutils: `cargo xtask setup` installs them)"
+                 dnsmasq-base, bind9-dnsutils, nginx-light, curl: `cargo xtask setup` installs them)"
             )
         })?;
         archive.file(&format!("usr/sbin/{tool}"), Data::File(path.clone()), 0o755);

@@ -14,6 +14,7 @@ mod api;
 mod containers;
 mod dns;
 mod environment;
+mod http;
 mod identity;
 mod io_paths;
 mod lifecycle;

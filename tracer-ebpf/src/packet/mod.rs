@@ -1,17 +1,21 @@
 //! The packet capture: `cgroup_skb` ingress and egress programs on the cgroup v2 root, so they
 //! see the packets of every socket of every process, in every network namespace (Datadog's
 //! packet socket in the root namespace misses traffic that never leaves a container's
-//! namespace). Today it copies DNS messages; HTTP and protocol classification will join it here.
+//! namespace). It copies DNS messages, and hands TCP segments on other ports to the HTTP/1.x
+//! parser (`http.rs`), which writes finished transactions to the same ring.
 //!
-//! Owner of `NT_PACKETS` (ring of [`PacketHeader`] + payload), `NT_PACKET_SCRATCH` and the global
-//! `NT_CAPTURE_CONFIG`. Minimum kernel 5.8 (the ring buffer; the hooks are 4.10, the socket
-//! cookie 4.12, `bpf_skb_cgroup_id` 4.18). Always returns 1: the capture never drops a packet.
+//! Owner of `NT_PACKETS` (ring of [`PacketHeader`] + payload, and of `HttpTransaction` records),
+//! `NT_PACKET_SCRATCH` and the global `NT_CAPTURE_CONFIG`. Minimum kernel 5.8 (the ring buffer;
+//! the hooks are 4.10, the socket cookie 4.12, `bpf_skb_cgroup_id` 4.18, socket storage 5.2).
+//! Always returns 1: the capture never drops a packet.
 //!
-//! Cost: a packet that is not on a configured port is rejected from its linear bytes, read in
-//! place (direct packet access: no helper call), after at most eight port comparisons; nothing
-//! is counted for it (a per-CPU counter on every packet would cost more than the check). Only
-//! packets on a configured port, or whose headers are not in the linear area, are read again
-//! with `bpf_skb_load_bytes`.
+//! Cost: a packet is triaged from its linear bytes, read in place (direct packet access: no
+//! helper call): not TCP or UDP, a later fragment, or not on a configured port and not a TCP
+//! segment with payload (or FIN/RST) with HTTP on: rejected after at most eight port
+//! comparisons, nothing counted (a per-CPU counter on every packet would cost more than the
+//! check). Pure ACKs stay on that path: their payload length is computed from `skb->len` and
+//! the header lengths. Packets on a configured port, or whose headers are not in the linear
+//! area, are read again with `bpf_skb_load_bytes`.
 
 use aya_ebpf::{
     Global,
@@ -33,6 +37,7 @@ use tracer_common::{
 use crate::counters::bump;
 
 mod floor;
+mod http;
 
 #[unsafe(no_mangle)]
 static NT_CAPTURE_CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::DISABLED);
@@ -71,12 +76,12 @@ pub fn nt_packet_out(ctx: SkBuffContext) -> i32 {
 }
 
 /// Where a packet's L4 header starts and what the IP header said.
-struct Ip {
-    family: u16,
-    protocol: u8,
-    l4: u32,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+pub(super) struct Ip {
+    pub family: u16,
+    pub protocol: u8,
+    pub l4: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 #[inline(always)]
@@ -91,8 +96,13 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
     if unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config_ptr).enabled)) } == 0 {
         return;
     }
-    if rejected_in_place(skb, protocol, config_ptr) {
-        return;
+    match triage_in_place(skb, protocol, len, config_ptr) {
+        Triage::Reject => return,
+        Triage::Http(segment) => {
+            http::segment(skb, protocol, direction, &segment);
+            return;
+        }
+        Triage::Look => {}
     }
     // A packet on a configured port, or one whose headers are not all in the linear area: read
     // again with the helper, which also reaches paged data.
@@ -105,6 +115,16 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     if !port_matches(config_ptr, sport, dport) {
+        // Only a TCP packet whose headers were not in the linear area gets here (a packet in
+        // place on no configured port was triaged above): the HTTP parser's, read again.
+        if ip.protocol == IPPROTO_TCP && http_enabled(config_ptr) {
+            let Ok(tcp) = load::<[u8; 14]>(skb, ip.l4) else {
+                return;
+            };
+            if let Some(segment) = Segment::of(len, ip.l4, sport, dport, &tcp) {
+                http::segment(skb, protocol, direction, &segment);
+            }
+        }
         return;
     }
     // From here on the packet is on a DNS port: rare, so the rest may cost.
@@ -180,58 +200,123 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
     let size = PACKET_HEADER_LEN as u64 + u64::from(n);
     let record: *mut Scratch = scratch;
     // SAFETY: `record` points to `size` initialised bytes (header + n payload bytes).
-    let sent = unsafe {
-        aya_ebpf::helpers::bpf_ringbuf_output(
-            core::ptr::addr_of!(NT_PACKETS).cast_mut().cast(),
-            record.cast(),
-            size,
-            0,
-        )
-    };
-    if sent == 0 {
+    if unsafe { ring_output(record.cast(), size) } {
         bump(Counter::PacketCaptured);
     } else {
         bump(Counter::PacketRingFull);
     }
 }
 
-/// The fast path: whether the packet can be rejected from its bytes in the skb's linear area,
-/// read in place (direct packet access, no helper call): not TCP or UDP, a later fragment, or
-/// no configured port. `false` means "look closer", also when the headers are not all there
-/// (rare for TCP and UDP, whose stacks pull their headers into the linear area).
+/// Copies `size` bytes from `record` into `NT_PACKETS`; whether they fit (false: ring full).
+///
+/// # Safety
+/// `record` must point to `size` readable bytes the verifier can prove (a map value or the
+/// stack).
 #[inline(always)]
-fn rejected_in_place(skb: *mut __sk_buff, protocol: u32, config: *const CaptureConfig) -> bool {
+unsafe fn ring_output(record: *mut core::ffi::c_void, size: u64) -> bool {
+    // SAFETY: per the caller; the ring is this module's map.
+    unsafe {
+        aya_ebpf::helpers::bpf_ringbuf_output(
+            core::ptr::addr_of!(NT_PACKETS).cast_mut().cast(),
+            record,
+            size,
+            0,
+        ) == 0
+    }
+}
+
+/// A TCP segment for the HTTP parser: where its payload starts (from the IP header) and how
+/// long it is, its sequence number, flags and ports.
+pub(super) struct Segment {
+    pub payload: u32,
+    pub payload_len: u32,
+    pub seq: u32,
+    pub flags: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// TCP flags the parser looks at.
+pub(super) const TCP_FIN: u8 = 0x01;
+pub(super) const TCP_RST: u8 = 0x04;
+
+impl Segment {
+    /// The segment of a packet of `len` bytes whose TCP header (first 14 bytes: `tcp`) starts
+    /// at `l4`; `None` for a segment without payload, FIN or RST (a pure ACK or SYN: nothing
+    /// for the parser).
+    #[inline(always)]
+    fn of(len: u32, l4: u32, sport: u16, dport: u16, tcp: &[u8; 14]) -> Option<Self> {
+        let payload = l4 + u32::from(tcp[12] >> 4) * 4;
+        let payload_len = len.saturating_sub(payload);
+        let flags = tcp[13];
+        if payload_len == 0 && flags & (TCP_FIN | TCP_RST) == 0 {
+            return None;
+        }
+        Some(Self {
+            payload,
+            payload_len,
+            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            flags,
+            sport,
+            dport,
+        })
+    }
+}
+
+/// What the look at a packet's linear bytes decided.
+enum Triage {
+    /// Nothing for the capture.
+    Reject,
+    /// On a configured port, or headers not all in the linear area: read again with the helper.
+    Look,
+    /// A TCP segment on no configured port with payload, FIN or RST, HTTP parsing on.
+    Http(Segment),
+}
+
+/// The fast path: what a packet is, from its bytes in the skb's linear area, read in place
+/// (direct packet access, no helper call): [`Triage::Reject`] for not TCP or UDP, a later
+/// fragment, or no configured port and not a TCP segment the HTTP parser wants (a pure ACK is
+/// rejected here, from `len` and its header lengths); [`Triage::Look`] when a configured port
+/// matches or the headers are not all there (rare for TCP and UDP, whose stacks pull their
+/// headers into the linear area).
+#[inline(always)]
+fn triage_in_place(
+    skb: *mut __sk_buff,
+    protocol: u32,
+    len: u32,
+    config: *const CaptureConfig,
+) -> Triage {
     // SAFETY: context field reads, rewritten by the verifier into the packet's bounds; every
     // byte read below is checked against `end` first, which the verifier also proves.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     let (l4, transport) = if protocol == u32::from(u16::to_be(ETH_P_IP as u16)) {
         if start + 20 > end {
-            return false;
+            return Triage::Look;
         }
         let h = start as *const u8;
         // SAFETY: 20 bytes from `start` are inside the packet (checked above).
         let (vihl, frag_hi, frag_lo, proto) = unsafe { (*h, *h.add(6), *h.add(7), *h.add(9)) };
         let fragment = u16::from_be_bytes([frag_hi, frag_lo]) & 0x1fff;
         if fragment != 0 {
-            return true;
+            return Triage::Reject;
         }
         (usize::from(vihl & 0x0f) * 4, proto)
     } else if protocol == u32::from(u16::to_be(ETH_P_IPV6 as u16)) {
         if start + 40 > end {
-            return false;
+            return Triage::Look;
         }
         // SAFETY: 40 bytes from `start` are inside the packet (checked above).
         (40, unsafe { *(start as *const u8).add(6) })
     } else {
-        return true;
+        return Triage::Reject;
     };
     if transport != IPPROTO_TCP && transport != IPPROTO_UDP {
         // An IPv6 extension header is not walked (see `ip_header`): not captured either way.
-        return true;
+        return Triage::Reject;
     }
     let ports = start + l4;
     if ports + 4 > end {
-        return false;
+        return Triage::Look;
     }
     let p = ports as *const u8;
     // SAFETY: 4 bytes from `ports` are inside the packet (checked above).
@@ -241,7 +326,39 @@ fn rejected_in_place(skb: *mut __sk_buff, protocol: u32, config: *const CaptureC
             u16::from_be_bytes([*p.add(2), *p.add(3)]),
         )
     };
-    !port_matches(config, sport, dport)
+    if port_matches(config, sport, dport) {
+        return Triage::Look;
+    }
+    if transport != IPPROTO_TCP || !http_enabled(config) {
+        return Triage::Reject;
+    }
+    if ports + 14 > end {
+        return Triage::Look;
+    }
+    // SAFETY: 14 bytes from `ports` are inside the packet (checked above).
+    let (doff, flags) = unsafe { (*p.add(12), *p.add(13)) };
+    // `l4` is at most 60: the sum cannot wrap.
+    let payload = l4 as u32 + u32::from(doff >> 4) * 4;
+    if len <= payload && flags & (TCP_FIN | TCP_RST) == 0 {
+        return Triage::Reject;
+    }
+    // SAFETY: as above (bytes 4..8 of the 14).
+    let seq = unsafe { u32::from_be_bytes([*p.add(4), *p.add(5), *p.add(6), *p.add(7)]) };
+    Triage::Http(Segment {
+        payload,
+        payload_len: len.saturating_sub(payload),
+        seq,
+        flags,
+        sport,
+        dport,
+    })
+}
+
+/// Whether the HTTP parser runs (`CaptureConfig::http`).
+#[inline(always)]
+fn http_enabled(config: *const CaptureConfig) -> bool {
+    // SAFETY: `config` is the global's own address (see `config_ptr`).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config).http)) != 0 }
 }
 
 /// The capture config's address: `Global` is `repr(transparent)` over its value.
@@ -271,7 +388,7 @@ fn port_matches(config: *const CaptureConfig, sport: u16, dport: u16) -> bool {
 
 /// The IP header of a TCP or UDP packet (not a later fragment), else `None`.
 #[inline(always)]
-fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
+pub(super) fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
     if protocol == u32::from(u16::to_be(ETH_P_IP as u16)) {
         let h = load::<[u8; 20]>(skb, 0).ok()?;
         let l4 = u32::from(h[0] & 0x0f) * 4;
@@ -313,7 +430,7 @@ fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
 }
 
 #[inline(always)]
-fn load<T>(skb: *mut __sk_buff, offset: u32) -> Result<T, i64> {
+pub(super) fn load<T>(skb: *mut __sk_buff, offset: u32) -> Result<T, i64> {
     let mut out = core::mem::MaybeUninit::<T>::uninit();
     // SAFETY: the helper writes exactly size_of::<T>() bytes into `out` or fails.
     let ret = unsafe {

@@ -52,7 +52,7 @@ pub struct KernelConfig {
     pub ring_buffer_bytes: u32,
     /// Kernel BTF to read struct offsets from (default `/sys/kernel/btf/vmlinux`).
     pub btf_path: Option<PathBuf>,
-    /// The packet capture (DNS): on or off, ports, snap length, ring size.
+    /// The packet capture (DNS, HTTP): on or off, ports, snap length, ring size, HTTP parsing.
     pub capture: CaptureConfig,
 }
 
@@ -172,7 +172,12 @@ impl ConnTracer {
         let btf = read_btf(&btf_path)?;
         let caps = Capabilities::probe(&tracefs, Some(&btf));
         let mut plan = plan::plan(config.backend, &caps)?;
-        plan::add_capture(&mut plan, config.capture.enabled, &caps);
+        plan::add_capture(
+            &mut plan,
+            config.capture.enabled,
+            config.capture.http,
+            &caps,
+        );
         let capture = plan.probes.iter().any(|p| p.hook == Hook::CgroupSkbIngress);
         tracing::info!(backend = %plan.backend, reason = %plan.reason, "attach backend chosen");
         let layout = layout::resolve(&btf, &btf_path, &tracefs)?;

@@ -1,7 +1,7 @@
 //! Owner, in userspace, of the packet capture (`tracer-ebpf/src/packet/`): its configuration
 //! and the reader of its ring `NT_PACKETS`. The programs are attached by the loader with the
 //! rest of the plan (rows in [`super::probes::CAPTURE_PROBES`]); what the records mean is the
-//! business of the sources that consume them (DNS today, HTTP next).
+//! business of the sources that consume them (DNS packets, HTTP transactions).
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -23,8 +23,14 @@ pub struct CaptureConfig {
     /// truncated and counted (`packet_truncated`).
     pub snaplen: u32,
     /// Size of the capture's ring in bytes, a power-of-two number of pages (default 1 MiB,
-    /// about 8 000 DNS packets of 100 bytes between two wake-ups of its reader).
+    /// about 8 000 DNS packets of 100 bytes, or 4 000 HTTP transactions of 248 bytes, between
+    /// two wake-ups of its reader).
     pub ring_bytes: u32,
+    /// Whether the programs parse HTTP/1.x on TCP payload of every other port (default on).
+    /// The kernel parser runs only when this and `Config::http.enabled` are both on
+    /// ([`crate::Config::kernel`] combines them); off, TCP packets off `ports` are rejected on
+    /// their ports, as before the parser existed.
+    pub http: bool,
 }
 
 impl Default for CaptureConfig {
@@ -34,6 +40,7 @@ impl Default for CaptureConfig {
             ports: vec![53],
             snaplen: wire::DEFAULT_SNAPLEN,
             ring_bytes: 1 << 20,
+            http: true,
         }
     }
 }
@@ -69,6 +76,7 @@ impl CaptureConfig {
         }
         out.snaplen = self.snaplen;
         out.enabled = u32::from(self.enabled);
+        out.http = u32::from(self.enabled && self.http);
         out
     }
 }
@@ -117,7 +125,7 @@ mod tests {
         config.validate().unwrap();
         let kernel = config.to_kernel();
         assert_eq!(kernel.ports, [53, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!((kernel.snaplen, kernel.enabled), (512, 1));
+        assert_eq!((kernel.snaplen, kernel.enabled, kernel.http), (512, 1, 1));
     }
 
     #[test]
@@ -157,6 +165,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(off.to_kernel().enabled, 0);
+        assert_eq!(
+            off.to_kernel().http,
+            0,
+            "no HTTP parsing without the capture"
+        );
         assert_eq!(off.to_kernel().ports[..3], [53, 5353, 0]);
+        let no_http = CaptureConfig {
+            http: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            (no_http.to_kernel().enabled, no_http.to_kernel().http),
+            (1, 0)
+        );
     }
 }

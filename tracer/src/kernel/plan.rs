@@ -88,9 +88,10 @@ fn target_name(hook: Hook) -> String {
 }
 
 /// Adds the packet capture to `plan` when the configuration asks for it and the kernel can run
-/// it, and says in the plan's reason what was decided. Never refuses the tracer: without the
-/// capture, connections are traced and DNS stays empty (the reason says why).
-pub fn add_capture(plan: &mut Plan, enabled: bool, caps: &Capabilities) {
+/// it, and says in the plan's reason what was decided (with `http`: whether the capture's
+/// programs also parse HTTP/1.x). Never refuses the tracer: without the capture, connections
+/// are traced and DNS and HTTP stay empty (the reason says why).
+pub fn add_capture(plan: &mut Plan, enabled: bool, http: bool, caps: &Capabilities) {
     let without = if !enabled {
         Some("off in the configuration".to_owned())
     } else if caps.kernel < CAPTURE_MIN_KERNEL {
@@ -101,13 +102,16 @@ pub fn add_capture(plan: &mut Plan, enabled: bool, caps: &Capabilities) {
         None
     };
     match without {
-        Some(why) => plan
-            .reason
-            .push_str(&format!("; without packet capture ({why}): no DNS")),
+        Some(why) => plan.reason.push_str(&format!(
+            "; without packet capture ({why}): no DNS, no HTTP"
+        )),
         None => {
             plan.probes.extend_from_slice(CAPTURE_PROBES);
-            plan.reason
-                .push_str("; packet capture on cgroup_skb ingress and egress (DNS)");
+            plan.reason.push_str(if http {
+                "; packet capture on cgroup_skb ingress and egress (DNS, HTTP/1.x)"
+            } else {
+                "; packet capture on cgroup_skb ingress and egress (DNS)"
+            });
         }
     }
 }
@@ -284,7 +288,7 @@ mod tests {
         let caps = host_like();
         let base = plan(BackendChoice::Auto, &caps).unwrap();
         let mut on = base.clone();
-        add_capture(&mut on, true, &caps);
+        add_capture(&mut on, true, true, &caps);
         let added: Vec<_> = on.probes[base.probes.len()..]
             .iter()
             .map(|p| p.program)
@@ -293,9 +297,13 @@ mod tests {
             added,
             [names::PROG_PACKET_INGRESS, names::PROG_PACKET_EGRESS]
         );
-        assert!(on.reason.ends_with("(DNS)"), "{}", on.reason);
+        assert!(on.reason.ends_with("(DNS, HTTP/1.x)"), "{}", on.reason);
+        let mut dns_only = base.clone();
+        add_capture(&mut dns_only, true, false, &caps);
+        assert_eq!(dns_only.probes, on.probes);
+        assert!(dns_only.reason.ends_with("(DNS)"), "{}", dns_only.reason);
         let mut off = base.clone();
-        add_capture(&mut off, false, &caps);
+        add_capture(&mut off, false, true, &caps);
         assert_eq!(off.probes, base.probes);
         assert!(
             off.reason
@@ -304,7 +312,7 @@ mod tests {
         let mut no_cgroup = base.clone();
         let mut caps = caps;
         caps.cgroup2 = None;
-        add_capture(&mut no_cgroup, true, &caps);
+        add_capture(&mut no_cgroup, true, true, &caps);
         assert_eq!(no_cgroup.probes, base.probes);
         assert!(
             no_cgroup.reason.contains("(no cgroup v2 mount)"),

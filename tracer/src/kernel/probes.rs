@@ -358,7 +358,7 @@ const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
 /// The packet capture (tracer-ebpf/src/packet, tracer/src/kernel/packet.rs): not part of any
 /// backend's choice, attached on top of the chosen backend when `Config::capture.enabled`
 /// ([`super::plan::add_capture`]). Floor 5.8: the ring buffer (the hooks are 4.10,
-/// `bpf_skb_cgroup_id` 4.18).
+/// `bpf_skb_cgroup_id` 4.18, the HTTP parser's socket storage 5.2).
 pub const CAPTURE_PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         program: names::PROG_PACKET_INGRESS,

@@ -1,0 +1,458 @@
+//! The HTTP/1.x parser: TCP segments from the capture's triage (`mod.rs`: a segment with payload,
+//! FIN or RST, on no DNS port) become [`HttpTransaction`] records in `NT_PACKETS`, one per
+//! request/response exchange per observing socket.
+//!
+//! Owner of the socket storages `NT_HTTP_SOCKS` and `NT_HTTP_INFLIGHT` (freed by the kernel with
+//! their socket: nothing to clean up, nothing keyed by a tuple that could be reused).
+//!
+//! # Per socket: classification, then one request in flight
+//! `NT_HTTP_SOCKS` holds a 16-byte [`HttpSock`] for each TCP socket that sent or received
+//! payload. Its `class` is decided from the first payload segments, in either direction: one
+//! that starts a request (`METHOD SP` and a visible byte, for the nine methods of
+//! [`HttpMethod`]) or a status line (`HTTP/1.x NNN`) makes the socket HTTP; [`MAX_TRIES`]
+//! segments that start neither make it not HTTP for good. A segment of a not-HTTP socket costs
+//! `bpf_sk_fullsock` + `bpf_sk_storage_get` + one compare, and no read of its payload: that is
+//! the price of bulk traffic that is not HTTP (the capture benchmark's `tcp_bulk_64k` row). A
+//! connection that was in the middle of a message when the tracer started, and stays in the
+//! middle of messages for [`MAX_TRIES`] segments, is missed (classified not HTTP).
+//!
+//! For an HTTP socket, each segment's first [`HTTP_PREFIX_LEN`] payload bytes are read
+//! ([`message_start`], `tracer-common`, unit-tested there):
+//! - a request start (direction = the request's: egress on the client's socket, ingress on the
+//!   server's) fills `NT_HTTP_INFLIGHT`, the record to be: method, path (the request target up
+//!   to a space, `?`, `#` or the line's end, at most [`HTTP_PATH_MAX`] bytes, flagged
+//!   truncated when cut), start time, the observing socket's tuple and role;
+//! - a status line in the other direction finishes it: status and time, then the record is
+//!   copied to the ring straight from the socket storage. `1xx` interim responses (`100
+//!   Continue`) are skipped, `101` finishes it;
+//! - anything else in the response's direction marks the request as answered (response bytes
+//!   seen without a status line at a segment's start).
+//!
+//! # Retransmissions, keep-alive, pipelining
+//! The sequence number of the last request start and of the last response start are kept; a
+//! segment that starts a message at the same sequence number is a retransmission and ignored
+//! (`http_retransmission`). Keep-alive works by construction: the next request starts a new
+//! transaction once the previous one was answered.
+//!
+//! Pipelining (a request sent before the previous one was answered: a second request start
+//! while one is in flight and no response byte came) cannot be paired from segment starts
+//! alone: several responses may share a segment, so a response can be missed and every later
+//! pairing would be off by one. Datadog keeps one request in flight and pairs whatever comes;
+//! here the connection enters a pipelined mode that drops every request, each counted once in
+//! `http_pipelined`, until as many final responses as requests have been seen; then the next
+//! request starts afresh. A response missed in that mode keeps the connection there (its
+//! transactions keep being counted, never recorded wrongly).
+//!
+//! Other drops, each counted: a response with no request in flight
+//! (`http_response_without_request`), a request superseded by the next after response bytes
+//! without a status line, or ended by the server's FIN or an RST (`http_request_unanswered`),
+//! the ring full (`http_batch_full`), no memory for the storage (`http_storage_failed`).
+//!
+//! Not synchronised: a socket's ingress and egress can run at once on two CPUs. A request
+//! cannot be answered before its segment left, so the two programs of one exchange do not
+//! overlap; pipelined traffic may, and is dropped anyway.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_skb_cgroup_id, bpf_skb_load_bytes,
+    },
+    macros::btf_map,
+};
+use tracer_common::{
+    counters::Counter,
+    http::{
+        HTTP_FLAG_PATH_TRUNCATED, HTTP_PATH_MAX, HTTP_PREFIX_LEN, HTTP_ROLE_CLIENT,
+        HTTP_ROLE_SERVER, HTTP_TRANSACTION_LEN, HttpTransaction, MessageStart as Start,
+        PACKET_KIND_HTTP, is_path_end, message_start,
+    },
+    packet::PACKET_EGRESS,
+};
+
+use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output};
+use crate::counters::bump;
+
+/// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
+#[repr(C)]
+pub struct HttpSock {
+    /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`] or [`CLASS_NOT_HTTP`].
+    class: u8,
+    /// Payload segments seen while [`CLASS_UNKNOWN`].
+    tries: u8,
+    /// `SOCK_*` bits.
+    flags: u8,
+    /// Direction of the last request start (`PACKET_EGRESS`: this is the client's socket); 0
+    /// before any.
+    req_dir: u8,
+    /// Pipelined mode: requests whose final response has not been seen.
+    outstanding: u8,
+    _pad: [u8; 3],
+    /// Sequence number of the last request start (valid with [`SOCK_REQ_SEQ`]).
+    req_seq: u32,
+    /// Sequence number of the last response start (valid with [`SOCK_RESP_SEQ`]).
+    resp_seq: u32,
+}
+
+const CLASS_UNKNOWN: u8 = 0;
+const CLASS_HTTP: u8 = 1;
+const CLASS_NOT_HTTP: u8 = 2;
+
+/// A request is in flight (its record is in `NT_HTTP_INFLIGHT`).
+const SOCK_PENDING: u8 = 1;
+/// Payload came in the response's direction since the request in flight started.
+const SOCK_ANSWERED: u8 = 2;
+/// Requests overlapped: pipelined mode (see the module docs).
+const SOCK_PIPELINED: u8 = 4;
+const SOCK_REQ_SEQ: u8 = 8;
+const SOCK_RESP_SEQ: u8 = 16;
+
+/// Payload segments that start no HTTP message before a socket is classified not HTTP.
+const MAX_TRIES: u8 = 4;
+
+#[btf_map(name = "NT_HTTP_SOCKS")]
+static NT_HTTP_SOCKS: SkStorage<HttpSock> = SkStorage::new();
+
+#[btf_map(name = "NT_HTTP_INFLIGHT")]
+static NT_HTTP_INFLIGHT: SkStorage<HttpTransaction> = SkStorage::new();
+
+/// The storage of `sk` in `map`, created zeroed with `create`; null if absent or if it could
+/// not be created.
+#[inline(always)]
+fn storage<T>(map: &SkStorage<T>, sk: *mut bpf_sock, create: bool) -> *mut T {
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    // SAFETY: `sk` is a full socket (from `bpf_sk_fullsock`); the map is a socket storage.
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            flags,
+        )
+    }
+    .cast()
+}
+
+/// Entry from the capture: one TCP segment with payload, FIN or RST of the packet `skb`.
+#[inline(always)]
+pub(super) fn segment(skb: *mut __sk_buff, protocol: u32, direction: u8, seg: &Segment) {
+    // SAFETY: a context field read (the verifier rewrites it into the skb's socket, or null).
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: `sk` is the skb's socket, checked non-null; the helper returns null unless it is
+    // a full socket (not a request or time-wait socket).
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return;
+    }
+    let state = storage(&NT_HTTP_SOCKS, sk, false);
+    // The cheap end for bulk traffic that is not HTTP: one lookup and this compare.
+    // SAFETY: a non-null storage pointer is this socket's value.
+    if !state.is_null() && unsafe { (*state).class } == CLASS_NOT_HTTP {
+        return;
+    }
+    parse(skb, protocol, direction, seg, sk, state);
+}
+
+#[inline(always)]
+fn parse(
+    skb: *mut __sk_buff,
+    protocol: u32,
+    direction: u8,
+    seg: &Segment,
+    sk: *mut bpf_sock,
+    state: *mut HttpSock,
+) {
+    let start = if seg.payload_len >= HTTP_PREFIX_LEN as u32 {
+        prefix(skb, seg.payload).map_or(Start::Other, |p| message_start(&p))
+    } else {
+        Start::Other
+    };
+    let state = if state.is_null() {
+        if seg.payload_len == 0 {
+            // A FIN or RST of a socket never seen with payload: nothing to finish.
+            return;
+        }
+        let created = storage(&NT_HTTP_SOCKS, sk, true);
+        if created.is_null() {
+            bump(Counter::HttpStorageFailed);
+            return;
+        }
+        created
+    } else {
+        state
+    };
+    // SAFETY: this socket's storage value; see the module docs on concurrent runs.
+    let st = unsafe { &mut *state };
+    if st.class == CLASS_UNKNOWN {
+        if let Start::Other = start {
+            if seg.payload_len > 0 {
+                st.tries = st.tries.saturating_add(1);
+                if st.tries >= MAX_TRIES {
+                    st.class = CLASS_NOT_HTTP;
+                }
+            }
+            return;
+        }
+        st.class = CLASS_HTTP;
+    }
+    match start {
+        Start::Request { method, target } => {
+            request(skb, protocol, direction, seg, sk, st, method, target);
+        }
+        Start::Response { status } => response(direction, seg, sk, st, status),
+        Start::Other => {
+            if seg.payload_len > 0 && st.flags & SOCK_PENDING != 0 && direction != st.req_dir {
+                st.flags |= SOCK_ANSWERED;
+            }
+        }
+    }
+    // The connection ends: the responder's FIN, or an RST either way (the client's FIN may
+    // be a half-close after its request, still answered).
+    let closing = seg.flags & TCP_RST != 0 || (seg.flags & TCP_FIN != 0 && direction != st.req_dir);
+    if closing && st.flags & SOCK_PENDING != 0 {
+        st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
+        bump(Counter::HttpRequestUnanswered);
+    }
+}
+
+/// A request start in `direction`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn request(
+    skb: *mut __sk_buff,
+    protocol: u32,
+    direction: u8,
+    seg: &Segment,
+    sk: *mut bpf_sock,
+    st: &mut HttpSock,
+    method: u8,
+    target: u32,
+) {
+    if st.flags & SOCK_REQ_SEQ != 0 && st.req_seq == seg.seq && st.req_dir == direction {
+        bump(Counter::HttpRetransmission);
+        return;
+    }
+    st.req_seq = seg.seq;
+    st.req_dir = direction;
+    st.flags |= SOCK_REQ_SEQ;
+    if st.flags & SOCK_PIPELINED != 0 {
+        if st.outstanding > 0 {
+            st.outstanding = st.outstanding.saturating_add(1);
+            bump(Counter::HttpPipelined);
+            return;
+        }
+        // Every request of the pipelined run was answered: this one starts afresh.
+        st.flags &= !SOCK_PIPELINED;
+    } else if st.flags & SOCK_PENDING != 0 {
+        if st.flags & SOCK_ANSWERED == 0 {
+            // Sent before the one in flight was answered: pipelining. Neither can be paired.
+            st.flags = (st.flags | SOCK_PIPELINED) & !(SOCK_PENDING | SOCK_ANSWERED);
+            st.outstanding = 2;
+            bump(Counter::HttpPipelined);
+            bump(Counter::HttpPipelined);
+            return;
+        }
+        // Response bytes came, but no status line at a segment's start.
+        bump(Counter::HttpRequestUnanswered);
+    }
+    st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
+    let tx = storage(&NT_HTTP_INFLIGHT, sk, true);
+    if tx.is_null() {
+        bump(Counter::HttpStorageFailed);
+        return;
+    }
+    // SAFETY: this socket's storage value.
+    let tx = unsafe { &mut *tx };
+    if begin(skb, protocol, direction, seg, tx, method, target) {
+        st.flags |= SOCK_PENDING;
+    }
+}
+
+/// Fills the record of a request starting in this segment; false if its headers could not be
+/// read again (the request is not in flight then).
+#[inline(always)]
+fn begin(
+    skb: *mut __sk_buff,
+    protocol: u32,
+    direction: u8,
+    seg: &Segment,
+    tx: &mut HttpTransaction,
+    method: u8,
+    target: u32,
+) -> bool {
+    let Some(ip) = ip_header(skb, protocol) else {
+        return false;
+    };
+    let egress = direction == PACKET_EGRESS;
+    // The observing socket's tuple: its own end first.
+    let (saddr, daddr, sport, dport) = if egress {
+        (ip.saddr, ip.daddr, seg.sport, seg.dport)
+    } else {
+        (ip.daddr, ip.saddr, seg.dport, seg.sport)
+    };
+    // SAFETY: helpers allowed in cgroup_skb programs; they take the context.
+    tx.request_ns = unsafe { bpf_ktime_get_ns() };
+    tx.cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    tx.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    tx.response_ns = 0;
+    tx.netns = 0;
+    tx.status = 0;
+    tx.saddr = saddr;
+    tx.daddr = daddr;
+    tx.sport = sport;
+    tx.dport = dport;
+    tx.family = ip.family;
+    tx.method = method;
+    tx.role = if egress {
+        HTTP_ROLE_CLIENT
+    } else {
+        HTTP_ROLE_SERVER
+    };
+    tx.kind = PACKET_KIND_HTTP;
+    tx._pad = [0; 4];
+    tx.flags = 0;
+    zero_path(tx);
+    path(skb, seg, tx, target);
+    true
+}
+
+/// Copies the request target's path (the bytes from `target` up to a space, `?`, `#` or the
+/// line's end) into `tx.path`, zeroing the rest, and sets its length and truncation flag.
+#[inline(always)]
+fn path(skb: *mut __sk_buff, seg: &Segment, tx: &mut HttpTransaction, target: u32) {
+    // The target is within the prefix, so within the payload.
+    let available = seg.payload_len.saturating_sub(target);
+    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call, on a value LLVM
+    // cannot fold (see the same in `capture`).
+    let n = core::hint::black_box(available.min(HTTP_PATH_MAX as u32));
+    if n == 0 || n > HTTP_PATH_MAX as u32 {
+        tx.path_len = 0;
+        tx.path_captured = 0;
+        return;
+    }
+    // SAFETY: the destination is the record's path array, `n` <= its length.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            skb.cast(),
+            seg.payload + target,
+            tx.path.as_mut_ptr().cast(),
+            n,
+        )
+    };
+    if loaded != 0 {
+        tx.path_len = 0;
+        tx.path_captured = 0;
+        return;
+    }
+    // One pass: find the end, zero from there (the query must not leave the kernel).
+    let mut end = n;
+    let mut found = false;
+    for (i, byte) in tx.path.iter_mut().enumerate() {
+        let i = i as u32;
+        if i >= n {
+            break;
+        }
+        if found {
+            *byte = 0;
+        } else if is_path_end(*byte) {
+            found = true;
+            end = i;
+            *byte = 0;
+        }
+    }
+    if !found {
+        // Cut by the copy or by the segment's end, unless the very next byte ends it.
+        let next_ends =
+            available > n && load::<u8>(skb, seg.payload + target + n).is_ok_and(is_path_end);
+        if !next_ends {
+            tx.flags |= HTTP_FLAG_PATH_TRUNCATED;
+            bump(Counter::HttpFragmentTruncated);
+        }
+    }
+    // `end` <= HTTP_PATH_MAX, which fits in u16.
+    tx.path_len = end as u16;
+    tx.path_captured = end as u16;
+}
+
+/// Zeroes `tx.path` with 8-byte stores (an assignment becomes a call to a byte-wise `memset`
+/// subprogram: 160 iterations on every request).
+#[inline(always)]
+fn zero_path(tx: &mut HttpTransaction) {
+    const WORDS: usize = HTTP_PATH_MAX / 8;
+    const _: () = assert!(HTTP_PATH_MAX.is_multiple_of(8));
+    const _: () = assert!(core::mem::offset_of!(HttpTransaction, path).is_multiple_of(8));
+    let words = tx.path.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: word `i` < WORDS is inside the path array, 8-aligned (the record is a map
+        // value, 8-aligned, and the path sits at an 8-aligned offset).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// A status line in `direction`.
+#[inline(always)]
+fn response(direction: u8, seg: &Segment, sk: *mut bpf_sock, st: &mut HttpSock, status: u16) {
+    if st.req_dir == direction {
+        // Bytes in the request's direction that look like a status line: a request body.
+        return;
+    }
+    if st.flags & SOCK_RESP_SEQ != 0 && st.resp_seq == seg.seq {
+        bump(Counter::HttpRetransmission);
+        return;
+    }
+    st.resp_seq = seg.seq;
+    st.flags |= SOCK_RESP_SEQ;
+    if (100..200).contains(&status) && status != 101 {
+        // Interim (100 Continue, 103 Early Hints): the final response is still to come.
+        return;
+    }
+    if st.flags & SOCK_PIPELINED != 0 {
+        // Its request was counted when the run became pipelined.
+        st.outstanding = st.outstanding.saturating_sub(1);
+        return;
+    }
+    if st.flags & SOCK_PENDING == 0 {
+        bump(Counter::HttpResponseWithoutRequest);
+        return;
+    }
+    st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
+    let tx = storage(&NT_HTTP_INFLIGHT, sk, false);
+    if tx.is_null() {
+        // Created with the request: gone only if the kernel freed it meanwhile.
+        bump(Counter::HttpStorageFailed);
+        return;
+    }
+    // SAFETY: this socket's storage value.
+    let record = unsafe { &mut *tx };
+    record.status = status;
+    // SAFETY: a helper allowed everywhere.
+    record.response_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the storage value is a whole HttpTransaction.
+    if unsafe { ring_output(tx.cast(), HTTP_TRANSACTION_LEN as u64) } {
+        bump(Counter::HttpTransactions);
+    } else {
+        bump(Counter::HttpBatchFull);
+    }
+}
+
+/// The first [`HTTP_PREFIX_LEN`] payload bytes, in place when they are in the linear area.
+#[inline(always)]
+fn prefix(skb: *mut __sk_buff, payload: u32) -> Option<[u8; HTTP_PREFIX_LEN]> {
+    // SAFETY: context field reads; the bytes are read only after the bound check, which the
+    // verifier also proves.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let at = start + payload as usize;
+    if at + HTTP_PREFIX_LEN <= end {
+        // SAFETY: HTTP_PREFIX_LEN bytes from `at` are inside the packet (checked above).
+        return Some(unsafe { core::ptr::read_unaligned(at as *const [u8; HTTP_PREFIX_LEN]) });
+    }
+    load(skb, payload).ok()
+}
