@@ -99,6 +99,9 @@ const CLASS_UNKNOWN: u8 = 0;
 const CLASS_HTTP: u8 = 1;
 const CLASS_NOT_HTTP: u8 = 2;
 
+/// The kernel's `TCP_LISTEN` (`bpf_sock::state` numbers are the kernel's TCP states).
+const TCP_LISTEN: u32 = 10;
+
 /// A request is in flight (its record is in `NT_HTTP_INFLIGHT`).
 const SOCK_PENDING: u8 = 1;
 /// Payload came in the response's direction since the request in flight started.
@@ -178,6 +181,13 @@ fn parse(
     let state = if state.is_null() {
         if seg.payload_len == 0 {
             // A FIN or RST of a socket never seen with payload: nothing to finish.
+            return;
+        }
+        // SAFETY: a context field of the full socket `sk`.
+        if unsafe { (*sk).state } == TCP_LISTEN {
+            // Data that came with the handshake's last ACK reaches the listener, before the
+            // accepted socket exists: not a connection's segment (the client's socket still
+            // records the exchange).
             return;
         }
         let created = storage(&NT_HTTP_SOCKS, sk, true);
