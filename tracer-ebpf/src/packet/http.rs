@@ -217,7 +217,7 @@ fn parse(
         Start::Request { method, target } => {
             request(skb, protocol, direction, seg, sk, st, method, target);
         }
-        Start::Response { status } => response(direction, seg, sk, st, status),
+        Start::Response { status } => response(skb, direction, seg, sk, st, status),
         Start::Other => {
             if seg.payload_len > 0 && st.flags & SOCK_PENDING != 0 && direction != st.req_dir {
                 st.flags |= SOCK_ANSWERED;
@@ -246,11 +246,14 @@ fn request(
     method: u8,
     target: u32,
 ) {
-    if st.flags & SOCK_REQ_SEQ != 0 && st.req_seq == seg.seq && st.req_dir == direction {
+    let Some(seq) = seq_of(skb, seg) else {
+        return;
+    };
+    if st.flags & SOCK_REQ_SEQ != 0 && st.req_seq == seq && st.req_dir == direction {
         bump(Counter::HttpRetransmission);
         return;
     }
-    st.req_seq = seg.seq;
+    st.req_seq = seq;
     st.req_dir = direction;
     st.flags |= SOCK_REQ_SEQ;
     if st.flags & SOCK_PIPELINED != 0 {
@@ -407,18 +410,36 @@ fn zero_path(tx: &mut HttpTransaction) {
     }
 }
 
+/// The segment's sequence number (read again: only message starts need it).
+#[inline(always)]
+fn seq_of(skb: *mut __sk_buff, seg: &Segment) -> Option<u32> {
+    load::<[u8; 4]>(skb, seg.l4 + 4)
+        .ok()
+        .map(u32::from_be_bytes)
+}
+
 /// A status line in `direction`.
 #[inline(always)]
-fn response(direction: u8, seg: &Segment, sk: *mut bpf_sock, st: &mut HttpSock, status: u16) {
+fn response(
+    skb: *mut __sk_buff,
+    direction: u8,
+    seg: &Segment,
+    sk: *mut bpf_sock,
+    st: &mut HttpSock,
+    status: u16,
+) {
     if st.req_dir == direction {
         // Bytes in the request's direction that look like a status line: a request body.
         return;
     }
-    if st.flags & SOCK_RESP_SEQ != 0 && st.resp_seq == seg.seq {
+    let Some(seq) = seq_of(skb, seg) else {
+        return;
+    };
+    if st.flags & SOCK_RESP_SEQ != 0 && st.resp_seq == seq {
         bump(Counter::HttpRetransmission);
         return;
     }
-    st.resp_seq = seg.seq;
+    st.resp_seq = seq;
     st.flags |= SOCK_RESP_SEQ;
     if (100..200).contains(&status) && status != 101 {
         // Interim (100 Continue, 103 Early Hints): the final response is still to come.

@@ -225,12 +225,13 @@ unsafe fn ring_output(record: *mut core::ffi::c_void, size: u64) -> bool {
     }
 }
 
-/// A TCP segment for the HTTP parser: where its payload starts (from the IP header) and how
-/// long it is, its sequence number, flags and ports.
+/// A TCP segment for the HTTP parser: where its TCP header and payload start (from the IP
+/// header), how long the payload is, its flags and ports. The sequence number is read only for
+/// the few segments that start a message (`http::seq_of`).
 pub(super) struct Segment {
+    pub l4: u32,
     pub payload: u32,
     pub payload_len: u32,
-    pub seq: u32,
     pub flags: u8,
     pub sport: u16,
     pub dport: u16,
@@ -253,9 +254,9 @@ impl Segment {
             return None;
         }
         Some(Self {
+            l4,
             payload,
             payload_len,
-            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
             flags,
             sport,
             dport,
@@ -342,12 +343,10 @@ fn triage_in_place(
     if len <= payload && flags & (TCP_FIN | TCP_RST) == 0 {
         return Triage::Reject;
     }
-    // SAFETY: as above (bytes 4..8 of the 14).
-    let seq = unsafe { u32::from_be_bytes([*p.add(4), *p.add(5), *p.add(6), *p.add(7)]) };
     Triage::Http(Segment {
+        l4: l4 as u32,
         payload,
         payload_len: len.saturating_sub(payload),
-        seq,
         flags,
         sport,
         dport,
