@@ -122,6 +122,12 @@ pub fn current_cgroup_id() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }
 
+/// The current task's command name (`comm`, NUL-padded); zeros if the helper fails.
+#[inline(always)]
+pub fn current_comm() -> [u8; 16] {
+    aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
+}
+
 /// Thread-group id of the current task (the process, not the thread).
 #[inline(always)]
 pub fn current_tgid() -> u32 {
