@@ -38,19 +38,6 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // (dnsmasq-base starts no daemon at boot) and dig.
     ("dnsmasq-base", true),
     ("bind9-dnsutils", true),
-    // Real clients whose first bytes are the protocol classifier's fixtures
-    // (tracer-common/tests/classify.rs), to record them again: psql, redis-cli, the mariadb
-    // client, kcat, amqp-tools, and the Python clients pymongo, kafka-python and grpcio. (The
-    // servers used for the server side, postgresql, redis-server, mariadb-server and
-    // rabbitmq-server, are not installed here: their packages start system services.)
-    ("postgresql-client", true),
-    ("redis-tools", true),
-    ("mariadb-client", true),
-    ("kcat", true),
-    ("amqp-tools", true),
-    ("python3-pymongo", true),
-    ("python3-kafka", true),
-    ("python3-grpcio", true),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
