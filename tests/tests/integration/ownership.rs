@@ -264,12 +264,10 @@ fn each_side_carries_the_cgroup_id_of_its_owner() {
     });
 }
 
-/// The owner's name as the task had it (`/proc/self/task/<tid>/comm`), NUL-padded like the
-/// kernel's `comm`.
-fn own_thread_comm() -> [u8; 16] {
-    // SAFETY: no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
+/// This process's name as `/proc/self/comm` has it (its main thread's `comm`), NUL-padded like
+/// the kernel's.
+fn own_process_comm() -> [u8; 16] {
+    let name = std::fs::read_to_string("/proc/self/comm").expect("comm");
     let mut out = [0u8; 16];
     for (slot, byte) in out.iter_mut().zip(name.trim_end_matches('\n').bytes()) {
         *slot = byte;
@@ -279,7 +277,9 @@ fn own_thread_comm() -> [u8; 16] {
 
 /// A real program that connects and exits at once (dig over TCP): its connection carries its
 /// name as the kernel recorded it, so a user sees `dig` although the process was gone before
-/// anyone could look in /proc; the accepting side carries this test thread's name.
+/// anyone could look in /proc. The name is the process's (its main thread's `comm`), not the
+/// thread's that made the call: dig connects from its `isc-net-0000` worker, and this test's
+/// accepting side runs on a thread of its own.
 #[test]
 fn a_short_lived_client_keeps_its_name_after_it_exited() {
     in_fresh_netns(|| {
@@ -305,11 +305,12 @@ fn a_short_lived_client_keeps_its_name_after_it_exited() {
         let dig_pid = dig.id();
         let (mut conn, client_addr) = listener.accept().expect("accept");
         let mut query = [0u8; 2];
-        conn.read_exact(&mut query).expect("the query's length prefix");
+        conn.read_exact(&mut query)
+            .expect("the query's length prefix");
         // No answer: closing makes dig give up and exit.
         drop(conn);
         dig.wait().expect("dig exits");
-        let server_comm = own_thread_comm();
+        let server_comm = own_process_comm();
 
         let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
         let outgoing = the_one(&closed, client_addr, server_addr);
@@ -327,7 +328,7 @@ fn a_short_lived_client_keeps_its_name_after_it_exited() {
         assert_eq!(
             incoming.comm,
             server_comm,
-            "the accepting thread's name: {:?} vs {:?}",
+            "the accepting process's name: {:?} vs {:?}",
             String::from_utf8_lossy(&incoming.comm),
             String::from_utf8_lossy(&server_comm)
         );

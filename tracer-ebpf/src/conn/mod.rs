@@ -118,7 +118,7 @@ pub fn entry(
     if origin.pid != 0 {
         // An owned origin is the current task (`Origin::current`): its name, read once here
         // rather than on every call that builds an origin.
-        stats.comm = sock::current_comm();
+        stats.comm = sock::current_comm(offsets);
     }
     if key.peer_family != 0 {
         // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
@@ -267,7 +267,7 @@ fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     if stats.tuple.pid == 0 {
         stats.tuple.pid = sock::current_tgid();
         stats.cgroup_id = sock::current_cgroup_id();
-        stats.comm = sock::current_comm();
+        stats.comm = sock::current_comm(&layout::layout().sock);
     }
     if bytes > 0 {
         if sending {
@@ -346,7 +346,7 @@ pub fn set_owner(sk: u64, tgid: u32) {
     {
         stats.tuple.pid = tgid;
         stats.cgroup_id = sock::current_cgroup_id();
-        stats.comm = sock::current_comm();
+        stats.comm = sock::current_comm(&layout::layout().sock);
     }
 }
 
