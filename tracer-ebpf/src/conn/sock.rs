@@ -138,9 +138,17 @@ pub fn current_comm(offsets: &SockOffsets) -> [u8; 16] {
     let leader: Result<u64, i32> = read_kernel(task, offsets.task_group_leader);
     if let Ok(leader) = leader
         && leader != 0
-        && let Ok(comm) = read_kernel::<[u8; 16]>(leader, offsets.task_comm)
     {
-        return comm;
+        // Up to the first NUL only, into a zeroed buffer: kernels before 6.x set `comm` on exec
+        // with strlcpy, which leaves the old name's tail after the NUL ("dig\0rship::a_sh" for a
+        // dig forked from a thread of that name), and two names that differ after their NUL
+        // must not be two names. (bpf_get_current_comm below pads with NULs itself.)
+        let mut comm = [0u8; 16];
+        let src = leader.wrapping_add(u64::from(offsets.task_comm)) as *const u8;
+        // SAFETY: bpf_probe_read_kernel_str validates the address; a bad one returns an error.
+        if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut comm) }.is_ok() {
+            return comm;
+        }
     }
     aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
 }

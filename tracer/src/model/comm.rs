@@ -10,8 +10,14 @@ use std::fmt;
 pub struct Comm([u8; 16]);
 
 impl Comm {
-    /// From the kernel's bytes.
-    pub const fn new(bytes: [u8; 16]) -> Self {
+    /// From the kernel's bytes. Whatever follows the first NUL is cleared, so that equal names
+    /// are equal values whatever an older kernel left behind them.
+    pub fn new(mut bytes: [u8; 16]) -> Self {
+        if let Some(end) = bytes.iter().position(|&b| b == 0)
+            && let Some(tail) = bytes.get_mut(end..)
+        {
+            tail.fill(0);
+        }
         Self(bytes)
     }
 
@@ -60,5 +66,9 @@ mod tests {
         let mut bad = [0u8; 16];
         bad[..2].copy_from_slice(&[0xff, b'a']);
         assert_eq!(Comm::new(bad).to_string(), "\u{fffd}a");
+        let mut stale = *b"dig\0rship::a_sh\0";
+        assert_eq!(Comm::new(stale), Comm::new(b));
+        stale[3] = b'x';
+        assert_ne!(Comm::new(stale), Comm::new(b));
     }
 }
