@@ -112,6 +112,10 @@ pub struct ConnStats {
     /// directory), taken in process context together with `tuple.pid`; 0 until the owner is
     /// known.
     pub cgroup_id: u64,
+    /// The owner's command name (`bpf_get_current_comm`: the thread's `comm`, at most 15 bytes
+    /// and a NUL), taken with `tuple.pid`; all zero until the owner is known. Kept by the
+    /// kernel so a process that exited before userspace looked it up still has a name.
+    pub comm: [u8; 16],
 }
 
 /// `flags`: the TCP connection reached CLOSE while its application still had received bytes

@@ -4,6 +4,7 @@
 //! so that map keys hash the same on both sides and `aya::Pod` is sound.
 #![no_std]
 
+pub mod classify;
 pub mod conn;
 pub mod counters;
 pub mod http;

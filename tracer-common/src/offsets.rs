@@ -48,6 +48,15 @@ pub struct SockOffsets {
     pub tcp_copied_seq: u16,
     /// `sock.sk_socket`: the user's `struct socket`, NULL once the application closed it
     pub sk_socket: u16,
+    /// `task_struct.group_leader`: the process's main thread (whose `comm` is the process name
+    /// that `ps` and `/proc/<pid>/comm` show; a worker thread may be named otherwise, as dig's
+    /// `isc-net-0000`)
+    pub task_group_leader: u16,
+    /// `task_struct.comm`
+    pub task_comm: u16,
+    /// `sock.sk_receive_queue.qlen`: empty when unread bytes were discarded (a close with
+    /// unread data purges the queue before the state becomes CLOSE)
+    pub sk_receive_queue_qlen: u16,
 }
 
 /// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).

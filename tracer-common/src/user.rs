@@ -31,10 +31,10 @@ unsafe impl aya::Pod for crate::offsets::KernelLayout {}
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnKey>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnTuple>() == 48);
 const _: () =
-    assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8);
-const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 136);
+    assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 152);
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 40 + 24 + 8 + 4 + 12 + 4 + 18);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 12 + 4 + 18);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

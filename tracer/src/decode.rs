@@ -15,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::model::{
-    ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
+    Comm, ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
     StatCounters, connection_cookie,
 };
 
@@ -107,6 +107,7 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
     conn.end_reason = closed.then(|| end_reason(stats.flags));
     conn.is_assured = stats.sent_packets > 0 && stats.recv_packets > 0;
     conn.cgroup_id = stats.cgroup_id;
+    conn.comm = Comm::new(stats.comm);
     conn
 }
 
@@ -180,6 +181,7 @@ mod tests {
             flags: FLAG_ESTABLISHED | FLAG_EXPIRED,
             failure: 111,
             cgroup_id: 77,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             ..ConnStats::default()
         };
         raw.tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -192,6 +194,7 @@ mod tests {
         assert_eq!(conn.tcp_failures.iter().collect::<Vec<_>>(), vec![(111, 1)]);
         assert_eq!(conn.end_reason, Some(EndReason::Expired));
         assert_eq!(conn.cgroup_id, 77);
+        assert_eq!(conn.comm.to_string(), "curl");
         assert!(conn.last.is_zero());
         let open = connection(&raw, &EphemeralPortRange::default(), false);
         assert_eq!((open.is_closed, open.end_reason), (false, None));

@@ -263,3 +263,74 @@ fn each_side_carries_the_cgroup_id_of_its_owner() {
         );
     });
 }
+
+/// This process's name as `/proc/self/comm` has it (its main thread's `comm`), NUL-padded like
+/// the kernel's.
+fn own_process_comm() -> [u8; 16] {
+    let name = std::fs::read_to_string("/proc/self/comm").expect("comm");
+    let mut out = [0u8; 16];
+    for (slot, byte) in out.iter_mut().zip(name.trim_end_matches('\n').bytes()) {
+        *slot = byte;
+    }
+    out
+}
+
+/// A real program that connects and exits at once (dig over TCP): its connection carries its
+/// name as the kernel recorded it, so a user sees `dig` although the process was gone before
+/// anyone could look in /proc. The name is the process's (its main thread's `comm`), not the
+/// thread's that made the call: dig connects from its `isc-net-0000` worker, and this test's
+/// accepting side runs on a thread of its own.
+#[test]
+fn a_short_lived_client_keeps_its_name_after_it_exited() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut dig = std::process::Command::new("dig")
+            .args([
+                "+tcp",
+                "+tries=1",
+                "+time=2",
+                &format!("-p{}", server_addr.port()),
+                "@127.0.0.1",
+                "name.test",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dig (installed by `cargo xtask setup`, shipped in the VMs)");
+        let dig_pid = dig.id();
+        let (mut conn, client_addr) = listener.accept().expect("accept");
+        let mut query = [0u8; 2];
+        conn.read_exact(&mut query)
+            .expect("the query's length prefix");
+        // No answer: closing makes dig give up and exit.
+        drop(conn);
+        dig.wait().expect("dig exits");
+        let server_comm = own_process_comm();
+
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
+        let outgoing = the_one(&closed, client_addr, server_addr);
+        assert_eq!(outgoing.tuple.pid, dig_pid, "dig's pid");
+        let mut dig_comm = [0u8; 16];
+        dig_comm[..3].copy_from_slice(b"dig");
+        assert_eq!(
+            outgoing.comm,
+            dig_comm,
+            "dig's name: {:?}",
+            String::from_utf8_lossy(&outgoing.comm)
+        );
+        let incoming = the_one(&closed, server_addr, client_addr);
+        assert_eq!(incoming.tuple.pid, std::process::id());
+        assert_eq!(
+            incoming.comm,
+            server_comm,
+            "the accepting process's name: {:?} vs {:?}",
+            String::from_utf8_lossy(&incoming.comm),
+            String::from_utf8_lossy(&server_comm)
+        );
+    });
+}

@@ -133,3 +133,61 @@ fn skipped_program_runs_are_reported_where_the_kernel_counts_them() {
         );
     });
 }
+
+/// A server that reads part of a request and closes: the kernel purges the unread bytes, resets
+/// the connection and sets CLOSE before it orphans the socket, after the release hook ran.
+/// The end must still be emitted once, at that CLOSE (it was left pending forever, waiting for
+/// bytes nobody could read), with the bytes that were read; the client sees the reset.
+#[test]
+fn a_server_closing_with_unread_bytes_ends_its_connection_once() {
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("addr");
+        client.write_all(&[7u8; 40]).expect("write");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut head = [0u8; 2];
+        conn.read_exact(&mut head).expect("read");
+        // Wait until all 40 bytes are queued on the server side, so the close finds 38 unread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut peeked = [0u8; 64];
+        while conn.peek(&mut peeked).expect("peek") < 38 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bytes never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(conn);
+        let mut rest = [0u8; 1];
+        let reset = client.read(&mut rest);
+        assert!(
+            matches!(&reset, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the client sees the reset: {reset:?}"
+        );
+        drop(client);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
+        assert_eq!(
+            closed.len(),
+            2,
+            "{:?}",
+            closed.iter().map(|c| summary(&c.stats)).collect::<Vec<_>>()
+        );
+        let server_side = the_one(&closed, server_addr, client_addr);
+        assert_eq!((server_side.sent_bytes, server_side.recv_bytes), (0, 2));
+        assert_ne!(server_side.flags & FLAG_CLOSED, 0);
+        let client_side = the_one(&closed, client_addr, server_addr);
+        assert_eq!(client_side.sent_bytes, 40);
+        assert_eq!(client_side.failure, 104, "ECONNRESET");
+        let open = tracer.connections().expect("read");
+        assert!(
+            !open.iter().any(|(_, s)| s.tuple.netns == netns),
+            "nothing left open in the map"
+        );
+    });
+}

@@ -115,6 +115,11 @@ pub fn entry(
     stats.tuple = tuple;
     stats.tuple.pid = origin.pid;
     stats.cgroup_id = origin.cgroup_id;
+    if origin.pid != 0 {
+        // An owned origin is the current task (`Origin::current`): its name, read once here
+        // rather than on every call that builds an origin.
+        stats.comm = sock::current_comm(offsets);
+    }
     if key.peer_family != 0 {
         // An unconnected UDP flow: the socket has no remote end, the key's peer is it.
         if key.peer_family == tracer_common::conn::AF_INET && sock::is_v4_mapped(&stats.tuple.saddr)
@@ -262,6 +267,7 @@ fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     if stats.tuple.pid == 0 {
         stats.tuple.pid = sock::current_tgid();
         stats.cgroup_id = sock::current_cgroup_id();
+        stats.comm = sock::current_comm(&layout::layout().sock);
     }
     if bytes > 0 {
         if sending {
@@ -340,6 +346,7 @@ pub fn set_owner(sk: u64, tgid: u32) {
     {
         stats.tuple.pid = tgid;
         stats.cgroup_id = sock::current_cgroup_id();
+        stats.comm = sock::current_comm(&layout::layout().sock);
     }
 }
 

@@ -98,7 +98,11 @@ pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Res
 }
 
 /// Whether TCP socket `sk` holds received bytes its application has not read yet and still
-/// can (the socket is not orphaned).
+/// can: the socket is not orphaned and the bytes are still queued. An application that closes
+/// a socket with unread data makes the kernel purge the receive queue, reset the connection and
+/// set CLOSE before it orphans the socket (`__tcp_close`): at that CLOSE the sequence numbers
+/// still say "unread" and the socket is still owned, but nothing is left to read, and the
+/// release hook already ran; waiting would leave the end pending forever.
 #[inline(always)]
 pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
     let (Ok(rcv_nxt), Ok(copied)) = (
@@ -110,7 +114,9 @@ pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
     // The peer's FIN takes one sequence number too, consumed when the application reads EOF.
     let unread = rcv_nxt.wrapping_sub(copied);
     let owned = read_kernel::<u64>(sk, offsets.sk_socket).is_ok_and(|socket| socket != 0);
-    owned && unread > 0
+    // A received FIN is queued too, so EOF not yet read keeps the queue non-empty.
+    let queued = read_kernel::<u32>(sk, offsets.sk_receive_queue_qlen).is_ok_and(|n| n > 0);
+    owned && unread > 0 && queued
 }
 
 /// The cgroup v2 id of the current task (its cgroup directory's inode). Only tracing programs
@@ -120,6 +126,31 @@ pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
 pub fn current_cgroup_id() -> u64 {
     // SAFETY: no preconditions.
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
+}
+
+/// The current process's name: its main thread's `comm` (`current->group_leader->comm`, what
+/// `/proc/<pid>/comm` shows), or the current thread's own if that read fails. Only from tracing
+/// programs (process context; `bpf_get_current_task`).
+#[inline(always)]
+pub fn current_comm(offsets: &SockOffsets) -> [u8; 16] {
+    // SAFETY: no preconditions; the task is only dereferenced through probe reads.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let leader: Result<u64, i32> = read_kernel(task, offsets.task_group_leader);
+    if let Ok(leader) = leader
+        && leader != 0
+    {
+        // Up to the first NUL only, into a zeroed buffer: kernels before 6.x set `comm` on exec
+        // with strlcpy, which leaves the old name's tail after the NUL ("dig\0rship::a_sh" for a
+        // dig forked from a thread of that name), and two names that differ after their NUL
+        // must not be two names. (bpf_get_current_comm below pads with NULs itself.)
+        let mut comm = [0u8; 16];
+        let src = leader.wrapping_add(u64::from(offsets.task_comm)) as *const u8;
+        // SAFETY: bpf_probe_read_kernel_str validates the address; a bad one returns an error.
+        if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut comm) }.is_ok() {
+            return comm;
+        }
+    }
+    aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
 }
 
 /// Thread-group id of the current task (the process, not the thread).

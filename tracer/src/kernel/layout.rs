@@ -45,6 +45,9 @@ pub fn sock_offsets(btf: &Btf, btf_path: &Path) -> Result<SockOffsets> {
         tcp_rcv_nxt: offset("tcp_sock", "rcv_nxt")?,
         tcp_copied_seq: offset("tcp_sock", "copied_seq")?,
         sk_socket: offset("sock", "sk_socket")?,
+        task_group_leader: offset("task_struct", "group_leader")?,
+        task_comm: offset("task_struct", "comm")?,
+        sk_receive_queue_qlen: offset("sock", "sk_receive_queue.qlen")?,
     })
 }
 

@@ -3,6 +3,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::model::{
+    comm::Comm,
     counters::StatCounters,
     dns::{DnsKey, DomainStats},
     ephemeral::EphemeralPort,
@@ -114,6 +115,8 @@ pub struct ConnectionStats {
     /// (`bpf_get_current_cgroup_id`); 0 when unknown. It is what [`ContainerIds::source`] is
     /// resolved from.
     pub cgroup_id: u64,
+    /// The owner's command name, recorded by the kernel with the pid (empty when unknown).
+    pub comm: Comm,
     /// Outgoing connections to other hosts: the route's gateway and interface.
     pub via: Option<Via>,
     /// Protocol classification.
@@ -147,6 +150,7 @@ impl ConnectionStats {
             nat: None,
             containers: ContainerIds::default(),
             cgroup_id: 0,
+            comm: Comm::default(),
             via: None,
             protocol_stack: ProtocolStack::default(),
             static_tags: 0,

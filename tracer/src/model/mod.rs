@@ -17,6 +17,7 @@
 //! kernel never changes a complete tuple. Each identity a client was shown ends exactly once
 //! ([`ConnectionStats::end_reason`]).
 
+pub mod comm;
 pub mod connection;
 pub mod cookie;
 pub mod counters;
@@ -30,6 +31,7 @@ pub mod tuple;
 pub mod usm;
 pub mod via;
 
+pub use comm::Comm;
 pub use connection::{ConnectionStats, ContainerIds, EndReason, TcpFailures};
 pub use cookie::{connection_cookie, hash_cookie_bytes};
 pub use counters::{CounterDelta, PACKET_WRAP_MAX_DELTA, StatCounters};

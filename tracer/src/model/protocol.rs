@@ -1,7 +1,12 @@
 //! Protocol classification of a connection (the USM classifier's output).
 
 /// The protocols detected on a connection, one code per layer; 0 means "not classified". The
-/// codes are those of the kernel classifier and are passed through unchanged.
+/// codes are those of the kernel classifier (`tracer_common::classify`, numbered as Datadog's
+/// USM numbers each layer) and are passed through unchanged:
+/// - api: 1 gRPC;
+/// - application: 1 HTTP/1.x, 2 HTTP/2, 3 Kafka, 4 MongoDB, 5 PostgreSQL, 6 AMQP, 7 Redis,
+///   8 MySQL;
+/// - encryption: 1 TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ProtocolStack {
     /// API layer (e.g. gRPC).
@@ -41,20 +46,22 @@ impl ProtocolStack {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::classify::{PROTO_GRPC, PROTO_HTTP, PROTO_KAFKA, PROTO_TLS};
+
     use super::*;
 
     #[test]
     fn stacks_are_compatible_when_each_layer_is_equal_or_unknown() {
         let http = ProtocolStack {
-            application: 1,
+            application: PROTO_HTTP,
             ..Default::default()
         };
         let tls = ProtocolStack {
-            encryption: 2,
+            encryption: PROTO_TLS,
             ..Default::default()
         };
         let kafka = ProtocolStack {
-            application: 3,
+            application: PROTO_KAFKA,
             ..Default::default()
         };
         assert!(http.is_compatible(&tls));
@@ -65,20 +72,20 @@ mod tests {
     #[test]
     fn merge_fills_only_unknown_layers() {
         let mut a = ProtocolStack {
-            application: 1,
+            application: PROTO_HTTP,
             ..Default::default()
         };
         a.merge(&ProtocolStack {
-            api: 4,
-            application: 3,
-            encryption: 2,
+            api: PROTO_GRPC,
+            application: PROTO_KAFKA,
+            encryption: PROTO_TLS,
         });
         assert_eq!(
             a,
             ProtocolStack {
-                api: 4,
-                application: 1,
-                encryption: 2
+                api: PROTO_GRPC,
+                application: PROTO_HTTP,
+                encryption: PROTO_TLS
             }
         );
     }

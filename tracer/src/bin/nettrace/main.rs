@@ -186,7 +186,16 @@ impl View {
             .conns
             .iter()
             .filter(|conn| self.selection.matches(&conn.tuple))
-            .map(|conn| Row::new(conn, self.names.name(conn.tuple.pid)).named(conn, &conns.dns))
+            .map(|conn| {
+                // The kernel's name of the owner first: it is right even when the process has
+                // exited (or its pid was reused) before this lookup; /proc when it has none.
+                let name = if conn.comm.is_empty() {
+                    self.names.name(conn.tuple.pid)
+                } else {
+                    conn.comm.to_string()
+                };
+                Row::new(conn, name).named(conn, &conns.dns)
+            })
             .collect();
         self.names.end_snapshot();
         row::sort_by_throughput(&mut rows);
