@@ -343,14 +343,20 @@ fn begin(
 fn path(skb: *mut __sk_buff, seg: &Segment, tx: &mut HttpTransaction, target: u32) {
     // The target is within the prefix, so within the payload.
     let available = seg.payload_len.saturating_sub(target);
-    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call, on a value LLVM
-    // cannot fold (see the same in `capture`).
-    let n = core::hint::black_box(available.min(HTTP_PATH_MAX as u32));
-    if n == 0 || n > HTTP_PATH_MAX as u32 {
+    if available == 0 {
         tx.path_len = 0;
         tx.path_captured = 0;
         return;
     }
+    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call. Kernels before
+    // 6.2 do not carry a bound found on one register to another, and LLVM turns
+    // `n == 0 || n > MAX` into a compare on `n - 1` in a register of its own: so the bound is
+    // checked on `m` (opaque to LLVM, which cannot drop the check) and the length is `m + 1`.
+    let m = core::hint::black_box(available.min(HTTP_PATH_MAX as u32) - 1);
+    if m >= HTTP_PATH_MAX as u32 {
+        return;
+    }
+    let n = m + 1;
     // SAFETY: the destination is the record's path array, `n` <= its length.
     let loaded = unsafe {
         bpf_skb_load_bytes(
