@@ -6,8 +6,10 @@
 //!   (`overhead`, `e2e`, `capture`).
 //! - [`workloads`]: the loopback TCP/UDP workloads of `overhead` and `capture`, measured in
 //!   phases of blocks.
+//! - [`wrk`]: running wrk and parsing its report (`nginx`).
 
 pub mod data;
 pub mod privileged;
 pub mod summary;
 pub mod workloads;
+pub mod wrk;

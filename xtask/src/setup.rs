@@ -30,9 +30,10 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // conntrack-tools' CLI: ground truth of the NAT translations (`conntrack -L`).
     ("conntrack", true),
     // Real servers and clients the host tests compare against (ground truth nobody here wrote):
-    // nginx and its access log, curl, iperf3.
+    // nginx and its access log, curl, iperf3; wrk drives nginx in the `nginx` benchmark.
     ("nginx-light", true),
     ("curl", true),
+    ("wrk", true),
     ("iperf3", true),
     // The DNS tests' real server and client: dnsmasq's binary without its system service
     // (dnsmasq-base starts no daemon at boot) and dig.

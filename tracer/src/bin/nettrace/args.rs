@@ -33,7 +33,11 @@ options:
 
 table: only connections that moved in the interval (closed ones once, with their last bytes),
 busiest first. TX/s, RX/s: this interval. TX, RX, RETR: totals since the tracer first saw the
-connection. RTT: smoothed TCP round trip in ms. The header lists non-zero loss counters.
+connection. RTT: smoothed TCP round trip in ms. APP: the application protocol the kernel
+classified, layers top first (HTTP, HTTP2, gRPC/HTTP2, TLS, Kafka, Mongo, Postgres, AMQP,
+Redis, MySQL; - unknown). REQ/s: HTTP/1.x requests this connection carried in the interval
+(as client or server); 5XX%: the share of them answered 5xx (4xx are not counted as errors;
+the JSON lines give http_4xx and http_5xx). The header lists non-zero loss counters.
 
 exit status: 0 done or interrupted, 1 tracer error, 2 usage error";
 

@@ -96,6 +96,7 @@ pub fn line(row: &Row, ts: f64, interval_s: f64) -> String {
     o.number("pid", row.pid);
     o.string("process", &row.process);
     o.string("protocol", protocol_name(row.protocol));
+    o.opt_string("app_protocol", row.app_protocol.as_deref());
     o.string("local", &row.local);
     o.string("remote", &row.remote);
     o.opt_string("remote_name", row.remote_name.as_deref());
@@ -133,6 +134,21 @@ pub fn line(row: &Row, ts: f64, interval_s: f64) -> String {
     o.opt_string("nat_remote", row.nat_remote.as_deref());
     o.opt_string("via_gateway", row.via_gateway.as_deref());
     o.opt_string("via_interface", row.via_interface.as_deref());
+    // HTTP of the interval: counts, requests per second, and the 5xx share (null without
+    // requests); 4xx answers are counted, not errors.
+    let http = row.http.unwrap_or_default();
+    o.number("http_requests", http.requests);
+    o.number("http_4xx", http.client_errors);
+    o.number("http_5xx", http.server_errors);
+    o.float(
+        "http_rps",
+        http.per_second(interval_s).unwrap_or(f64::NAN),
+        3,
+    );
+    match http.error_rate() {
+        Some(rate) => o.float("http_error_rate", rate, 4),
+        None => o.raw("http_error_rate", "null"),
+    }
     o.finish()
 }
 
@@ -180,12 +196,14 @@ mod tests {
             line(&row, 1_700_000_000.25, 2.0),
             concat!(
                 r#"{"ts":1700000000.250000,"interval_s":2.000,"pid":1234,"process":"we\"ird\n","#,
-                r#""protocol":"tcp","local":"127.0.0.1:40000","remote":"[::1]:8080","remote_name":null,"#,
+                r#""protocol":"tcp","app_protocol":null,"local":"127.0.0.1:40000","remote":"[::1]:8080","#,
+                r#""remote_name":null,"#,
                 r#""direction":"out","state":"failed","tx_bytes":100,"rx_bytes":200,"#,
                 r#""tx_packets":2,"rx_packets":3,"tx_total":1000,"rx_total":2000,"#,
                 r#""retransmits":3,"rtt_us":1500,"failure":"ECONNREFUSED","cookie":42,"#,
                 r#""container":null,"container_dest":null,"nat_remote":null,"#,
-                r#""via_gateway":null,"via_interface":null}"#
+                r#""via_gateway":null,"via_interface":null,"http_requests":0,"http_4xx":0,"#,
+                r#""http_5xx":0,"http_rps":0.000,"http_error_rate":null}"#
             )
         );
     }
@@ -207,9 +225,32 @@ mod tests {
         });
         let text = line(&Row::new(&c, "x".to_owned()), 0.0, 1.0);
         assert!(
-            text.ends_with(concat!(
+            text.contains(concat!(
                 r#""container":"abc","container_dest":null,"nat_remote":"198.51.100.2:8080","#,
-                r##""via_gateway":"192.0.2.254","via_interface":"#3"}"##
+                r##""via_gateway":"192.0.2.254","via_interface":"#3","http_requests":0,"##
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn http_fields_render_counts_rate_and_5xx_share() {
+        let mut row = Row::new(&conn(Protocol::Tcp, 1, 1, 9), "nginx".to_owned());
+        row.app_protocol = Some("HTTP".to_owned());
+        row.http = Some(crate::app::HttpCounts {
+            requests: 8,
+            client_errors: 2,
+            server_errors: 1,
+        });
+        let text = line(&row, 0.0, 2.0);
+        assert!(
+            text.contains(r#""protocol":"tcp","app_protocol":"HTTP","#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(concat!(
+                r#""http_requests":8,"http_4xx":2,"http_5xx":1,"http_rps":4.000,"#,
+                r#""http_error_rate":0.1250}"#
             )),
             "{text}"
         );

@@ -4,6 +4,7 @@
 //! an aligned table (busiest first) or as JSON lines. See [`args::USAGE`].
 
 mod addr;
+mod app;
 mod args;
 mod clock;
 mod errno;
@@ -182,6 +183,7 @@ impl View {
 
     fn show(&mut self, conns: &Connections, interval_s: f64) -> Result<(), Failure> {
         let unix_time = clock::unix_now();
+        let http = app::HttpIndex::new(&conns.usm.http);
         let mut rows: Vec<Row> = conns
             .conns
             .iter()
@@ -194,7 +196,9 @@ impl View {
                 } else {
                     conn.comm.to_string()
                 };
-                Row::new(conn, name).named(conn, &conns.dns)
+                Row::new(conn, name)
+                    .named(conn, &conns.dns)
+                    .with_http(conn, &http)
             })
             .collect();
         self.names.end_snapshot();

@@ -5,7 +5,11 @@ use std::{cmp::Reverse, net::IpAddr, sync::Arc};
 
 use tracer::model::{ConnectionStats, Direction, Protocol};
 
-use crate::{addr, errno};
+use crate::{
+    addr,
+    app::{self, HttpCounts, HttpIndex},
+    errno,
+};
 
 /// Reverse DNS of a snapshot, as `Connections::dns` holds it.
 pub type DnsNames = rustc_hash::FxHashMap<IpAddr, Vec<Arc<str>>>;
@@ -24,6 +28,11 @@ pub struct Row {
     pub process: String,
     pub pid: u32,
     pub protocol: Protocol,
+    /// The application protocol stack's name ("HTTP", "gRPC/HTTP2"); `None`: not classified.
+    pub app_protocol: Option<String>,
+    /// HTTP requests this connection carried in the interval, as client or server; `None`:
+    /// none seen.
+    pub http: Option<HttpCounts>,
     pub local: String,
     pub remote: String,
     pub direction: Direction,
@@ -75,6 +84,8 @@ impl Row {
             process,
             pid: t.pid,
             protocol: t.protocol,
+            app_protocol: app::protocol_name(&conn.protocol_stack),
+            http: None,
             local: addr::endpoint(t.src, t.sport),
             remote: addr::endpoint(t.dst, t.dport),
             direction: conn.direction,
@@ -112,6 +123,12 @@ impl Row {
             .get(&conn.tuple.dst)
             .and_then(|names| names.first())
             .map(|name| name.to_string());
+        self
+    }
+
+    /// The row with the HTTP requests `index` holds for this connection.
+    pub fn with_http(mut self, conn: &ConnectionStats, index: &HttpIndex) -> Self {
+        self.http = index.counts(&conn.tuple);
         self
     }
 
@@ -217,6 +234,40 @@ pub mod tests {
         assert_eq!(row.rtt_us, Some(1500));
         assert_eq!(row.state, State::Open);
         assert_eq!(row.failure(), None);
+    }
+
+    #[test]
+    fn row_names_the_protocol_stack_and_takes_its_http_requests() {
+        use tracer::model::{HttpKey, HttpMethod, HttpStats};
+        use tracer_common::classify::{PROTO_GRPC, PROTO_HTTP2};
+
+        let mut c = conn(Protocol::Tcp, 1, 1, 1);
+        let row = Row::new(&c, String::new());
+        assert_eq!((row.app_protocol, row.http), (None, None));
+        c.protocol_stack.api = PROTO_GRPC;
+        c.protocol_stack.application = PROTO_HTTP2;
+        // The connection is 127.0.0.1:40000 -> [::1]:8080; a key with it as the server.
+        let key = HttpKey {
+            client: "[::1]:8080".parse().unwrap(),
+            server: "127.0.0.1:40000".parse().unwrap(),
+            path: Arc::from("/"),
+            path_complete: true,
+            method: HttpMethod::Post,
+        };
+        let mut stats = HttpStats::default();
+        stats.add(200, 10);
+        stats.add(502, 10);
+        let index = HttpIndex::new([(&key, &stats)]);
+        let row = Row::new(&c, String::new()).with_http(&c, &index);
+        assert_eq!(row.app_protocol.as_deref(), Some("gRPC/HTTP2"));
+        assert_eq!(
+            row.http,
+            Some(HttpCounts {
+                requests: 2,
+                client_errors: 0,
+                server_errors: 1
+            })
+        );
     }
 
     #[test]

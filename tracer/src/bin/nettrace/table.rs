@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use tracer::{Backend, model::Direction};
 
 use crate::{
+    app::HttpCounts,
     clock,
     row::{Row, State, protocol_name},
     telemetry::{self, Telemetry},
@@ -32,10 +33,14 @@ enum Align {
     Right,
 }
 
-const COLUMNS: [(&str, Align); 13] = [
+/// Number of columns.
+const WIDTH: usize = 16;
+
+const COLUMNS: [(&str, Align); WIDTH] = [
     ("PROCESS", Align::Left),
     ("PID", Align::Right),
     ("PROTO", Align::Left),
+    ("APP", Align::Left),
     ("LOCAL", Align::Left),
     ("REMOTE", Align::Left),
     ("DIR", Align::Left),
@@ -46,6 +51,8 @@ const COLUMNS: [(&str, Align); 13] = [
     ("RX", Align::Right),
     ("RETR", Align::Right),
     ("RTT", Align::Right),
+    ("REQ/s", Align::Right),
+    ("5XX%", Align::Right),
 ];
 
 /// The snapshot as text, ending with a newline.
@@ -79,7 +86,7 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
     );
     out.push('\n');
 
-    let cells: Vec<[String; 13]> = snapshot
+    let cells: Vec<[String; WIDTH]> = snapshot
         .rows
         .iter()
         .take(shown)
@@ -111,7 +118,7 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
     out
 }
 
-fn push_line(out: &mut String, cells: &[String; 13], widths: &[usize; 13]) {
+fn push_line(out: &mut String, cells: &[String; WIDTH], widths: &[usize; WIDTH]) {
     let mut line = String::new();
     for (((cell, width), (_, align)), index) in cells.iter().zip(widths).zip(COLUMNS).zip(0..) {
         if index > 0 {
@@ -126,7 +133,7 @@ fn push_line(out: &mut String, cells: &[String; 13], widths: &[usize; 13]) {
     out.push('\n');
 }
 
-fn cells(row: &Row, interval_s: f64) -> [String; 13] {
+fn cells(row: &Row, interval_s: f64) -> [String; WIDTH] {
     let direction = match row.direction {
         Direction::Incoming => "in",
         Direction::Outgoing => "out",
@@ -141,6 +148,9 @@ fn cells(row: &Row, interval_s: f64) -> [String; 13] {
         printable(&row.process),
         row.pid.to_string(),
         protocol_name(row.protocol).to_owned(),
+        row.app_protocol
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), printable),
         row.local.clone(),
         match &row.remote_name {
             Some(name) => format!("{} ({})", row.remote, printable(name)),
@@ -154,7 +164,25 @@ fn cells(row: &Row, interval_s: f64) -> [String; 13] {
         units::bytes(row.rx_total),
         row.retransmits.to_string(),
         rtt_ms(row.rtt_us),
+        http_rate(row.http.as_ref(), interval_s),
+        http_errors(row.http.as_ref()),
     ]
+}
+
+/// HTTP requests per second, one decimal, or `-` when the connection carried none.
+pub fn http_rate(http: Option<&HttpCounts>, interval_s: f64) -> String {
+    match http.and_then(|h| h.per_second(interval_s)) {
+        Some(rate) => format!("{rate:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// The share of HTTP requests answered 5xx in percent, one decimal, or `-` without requests.
+pub fn http_errors(http: Option<&HttpCounts>) -> String {
+    match http.and_then(HttpCounts::error_rate) {
+        Some(rate) => format!("{:.1}", rate * 100.0),
+        None => "-".to_owned(),
+    }
 }
 
 /// `1.5` (ms, one decimal) or `-`.
@@ -200,8 +228,15 @@ mod tests {
     fn columns_stay_aligned_with_long_addresses() {
         let mut long = conn(Protocol::Tcp, 2048, 0, 1);
         long.tuple.dst = "2001:db8:1234:5678:9abc:def0:1111:2222".parse().unwrap();
+        let mut http = Row::new(&long, "curl".to_owned());
+        http.app_protocol = Some("HTTP".to_owned());
+        http.http = Some(HttpCounts {
+            requests: 5,
+            client_errors: 3,
+            server_errors: 1,
+        });
         let rows = vec![
-            Row::new(&long, "curl".to_owned()),
+            http,
             Row::new(&conn(Protocol::Udp, 1, 1, 2), "systemd-resolve".to_owned()),
         ];
         let text = snapshot_text(&rows, None);
@@ -216,8 +251,19 @@ mod tests {
         }
         assert!(lines[4].contains("[2001:db8:1234:5678:9abc:def0:1111:2222]:8080"));
         assert!(lines[4].contains("1.0 KiB/s"));
-        assert!(lines[4].ends_with("1.5"), "{}", lines[4]);
-        assert!(lines[5].ends_with("-"), "{}", lines[5]);
+        let tail = |line: &str| -> Vec<String> {
+            let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            words[words.len() - 3..].to_vec()
+        };
+        // RTT, REQ/s (5 requests in 2 s), 5XX% (1 of 5).
+        assert_eq!(tail(lines[4]), ["1.5", "2.5", "20.0"], "{}", lines[4]);
+        assert_eq!(tail(lines[5]), ["-", "-", "-"], "{}", lines[5]);
+        assert_eq!(
+            lines[3].find("APP"),
+            lines[4].find("HTTP"),
+            "APP column start"
+        );
+        assert!(lines[5].contains(" udp    -     127.0.0.1"), "{}", lines[5]);
         assert_eq!(
             lines[3].find("REMOTE"),
             lines[5].find("[::1]:8080"),
