@@ -7,12 +7,14 @@
 //! - `/return200`: `return 200 "ok\n"` (no file access: the tracer's share is largest), and
 //! - `/static`: a 1 KiB static file.
 //!
-//! Each location gets three phases of wrk (`-t1 -c4 -d<secs>s --latency`, 5 s by default,
-//! `NGINX_BENCH_SECS` to change): untraced, traced, untraced. Traced: a `tracer::Tracer` with
-//! the default configuration (the connection tracer, the packet capture and its HTTP/1.x parser,
-//! the HTTP source), and a client thread calling `get_active_connections` every second, as an
-//! agent would. The tracer is loaded once for both locations' traced phases (loading takes
-//! seconds) and dropped before the last untraced phases.
+//! Each location gets four phases of wrk (`-t1 -c4 -d<secs>s --latency`, 5 s by default,
+//! `NGINX_BENCH_SECS` to change): untraced; connections only (a `tracer::Tracer` with the
+//! capture's HTTP parser off: `capture.http = false`); traced (the default configuration: the
+//! connection tracer, the packet capture and its HTTP/1.x parser, the HTTP source); untraced.
+//! Each traced phase has a client thread calling `get_active_connections` every second, as an
+//! agent would. Each tracer is loaded once for both locations (loading takes seconds) and
+//! dropped before the next phase. traced / connections only is the HTTP parser's own share;
+//! traced / untraced is the whole tracer's, whose syscall-path cost is issue 12's.
 //!
 //! Printed per location: requests/s and wrk's p50/p99 latency of each phase, and the ratio of
 //! the traced requests/s to the mean of the two untraced phases around it (target >= 0.95).
@@ -234,27 +236,13 @@ fn run(secs: u64) -> Result<(), String> {
         .map(|(_, path)| run_wrk(&url(path), THREADS, CONNECTIONS, secs))
         .collect::<Result<_, _>>()?;
 
-    let load_start = Instant::now();
-    let loaded = Arc::new(Loaded::new(Config::default()).map_err(|e| format!("loading: {e}"))?);
-    println!(
-        "{BENCH}: tracer loaded in {:.1} s: backend {}, {} programs",
-        load_start.elapsed().as_secs_f64(),
-        loaded.tracer.backend(),
-        loaded.program_count()
-    );
-    let agent = Agent::start(Arc::clone(&loaded), server.addr)?;
-    let traced: Vec<Wrk> = LOCATIONS
-        .iter()
-        .map(|(_, path)| run_wrk(&url(path), THREADS, CONNECTIONS, secs))
-        .collect::<Result<_, _>>()?;
-    // One more call after the last phase, so that its transactions are handed out.
-    thread::sleep(Duration::from_millis(200));
-    let (seen, calls) = agent.finish()?;
-    let loaded = Arc::try_unwrap(loaded).map_err(|_| "the tracer is still shared".to_owned())?;
-    let left = loaded.unload();
-    if left > 0 {
-        println!("{BENCH}: warning: {left} programs still loaded 10 s after dropping the tracer");
-    }
+    // Connections only (the capture's HTTP parser off), then everything: the difference is
+    // what HTTP parsing costs on top of the connection tracing.
+    let mut without_http = Config::default();
+    without_http.capture.http = false;
+    let (conns_only, _, _) =
+        traced_phases(secs, &url, server.addr, without_http, "connections only")?;
+    let (traced, seen, calls) = traced_phases(secs, &url, server.addr, Config::default(), "full")?;
     let after: Vec<Wrk> = LOCATIONS
         .iter()
         .map(|(_, path)| run_wrk(&url(path), THREADS, CONNECTIONS, secs))
@@ -277,18 +265,61 @@ fn run(secs: u64) -> Result<(), String> {
         call_ms(0.5),
         call_ms(1.0)
     );
-    for (((name, _), (before, traced)), after) in
-        LOCATIONS.iter().zip(before.iter().zip(&traced)).zip(&after)
-    {
-        report(name, before, traced, after);
+    for (i, (name, _)) in LOCATIONS.iter().enumerate() {
+        if let (Some(b), Some(c), Some(t), Some(a)) = (
+            before.get(i),
+            conns_only.get(i),
+            traced.get(i),
+            after.get(i),
+        ) {
+            report(name, b, c, t, a);
+        }
     }
     Ok(())
 }
 
-fn report(name: &str, before: &Wrk, traced: &Wrk, after: &Wrk) {
+type Phases = (Vec<Wrk>, u64, Vec<Duration>);
+
+/// Loads a tracer with `config`, runs wrk on every location with an agent polling, unloads it:
+/// the phases' results, the HTTP requests the agent saw and its calls' durations.
+fn traced_phases(
+    secs: u64,
+    url: &dyn Fn(&str) -> String,
+    server: SocketAddr,
+    config: Config,
+    label: &str,
+) -> Result<Phases, String> {
+    let load_start = Instant::now();
+    let loaded = Arc::new(Loaded::new(config).map_err(|e| format!("loading: {e}"))?);
+    println!(
+        "{BENCH}: tracer ({label}) loaded in {:.1} s: backend {}, {} programs",
+        load_start.elapsed().as_secs_f64(),
+        loaded.tracer.backend(),
+        loaded.program_count()
+    );
+    let agent = Agent::start(Arc::clone(&loaded), server)?;
+    let traced: Vec<Wrk> = LOCATIONS
+        .iter()
+        .map(|(_, path)| run_wrk(&url(path), THREADS, CONNECTIONS, secs))
+        .collect::<Result<_, _>>()?;
+    // One more call after the last phase, so that its transactions are handed out.
+    thread::sleep(Duration::from_millis(200));
+    let (seen, calls) = agent.finish()?;
+    let loaded = Arc::try_unwrap(loaded).map_err(|_| "the tracer is still shared".to_owned())?;
+    let left = loaded.unload();
+    if left > 0 {
+        println!("{BENCH}: warning: {left} programs still loaded 10 s after dropping the tracer");
+    }
+    Ok((traced, seen, calls))
+}
+
+fn report(name: &str, before: &Wrk, conns_only: &Wrk, traced: &Wrk, after: &Wrk) {
     let row = format!("{BENCH}/{name}");
     let untraced = (before.requests_per_s + after.requests_per_s) / 2.0;
     let ratio = traced.requests_per_s / untraced;
+    let conns_ratio = conns_only.requests_per_s / untraced;
+    // HTTP parsing's own share: everything against connections only.
+    let http_ratio = traced.requests_per_s / conns_only.requests_per_s;
     let verdict = if ratio >= TARGET_RATIO {
         "met"
     } else {
@@ -301,13 +332,15 @@ fn report(name: &str, before: &Wrk, traced: &Wrk, after: &Wrk) {
         )
     };
     println!(
-        "{row}: untraced {}, traced {}, untraced {}: ratio traced/untraced {ratio:.3} [target >= \
-         {TARGET_RATIO} {verdict}]",
+        "{row}: untraced {}, connections only {}, traced {}, untraced {}: ratio traced/untraced \
+         {ratio:.3} [target >= {TARGET_RATIO} {verdict}]; connections only/untraced \
+         {conns_ratio:.3}; traced/connections only {http_ratio:.3} (the HTTP parser's share)",
         phase(before),
+        phase(conns_only),
         phase(traced),
         phase(after)
     );
-    let errors = before.errors + traced.errors + after.errors;
+    let errors = before.errors + conns_only.errors + traced.errors + after.errors;
     if errors > 0 {
         println!("{row}: warning: wrk reported {errors} errors or non-2xx responses");
     }
@@ -316,6 +349,9 @@ fn report(name: &str, before: &Wrk, traced: &Wrk, after: &Wrk) {
         ("traced_rps", number(traced.requests_per_s)),
         ("untraced_after_rps", number(after.requests_per_s)),
         ("ratio", number(ratio)),
+        ("connections_only_rps", number(conns_only.requests_per_s)),
+        ("connections_only_ratio", number(conns_ratio)),
+        ("http_share_ratio", number(http_ratio)),
         ("target_ratio", number(TARGET_RATIO)),
         ("untraced_before_p50_us", number(before.p50_us)),
         ("untraced_before_p99_us", number(before.p99_us)),

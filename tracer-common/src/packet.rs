@@ -36,11 +36,17 @@ pub struct CaptureConfig {
     /// (`tracer-ebpf/src/packet/http.rs`); 0: TCP packets off `ports` are rejected on their
     /// ports, as UDP ones.
     pub http: u32,
+    /// Bytes waiting in the ring from which a record wakes the reader up; below, records are
+    /// written without a wake-up and the reader finds them at its next timed poll or call. 0:
+    /// the kernel's default (a wake-up whenever the reader has caught up, i.e. one per record
+    /// at a steady rate: a context switch per HTTP transaction).
+    pub wakeup_bytes: u32,
 }
 
 // The loader writes this struct over the global's bytes: the layout is the ABI.
 const _: () = {
-    assert!(core::mem::size_of::<CaptureConfig>() == 28);
+    assert!(core::mem::size_of::<CaptureConfig>() == 32);
+    assert!(core::mem::offset_of!(CaptureConfig, wakeup_bytes) == 28);
     assert!(core::mem::offset_of!(CaptureConfig, ports) == 0);
     assert!(core::mem::offset_of!(CaptureConfig, snaplen) == 16);
     assert!(core::mem::offset_of!(CaptureConfig, enabled) == 20);
@@ -54,6 +60,7 @@ impl CaptureConfig {
         snaplen: DEFAULT_SNAPLEN,
         enabled: 0,
         http: 0,
+        wakeup_bytes: 0,
     };
 }
 

@@ -49,7 +49,7 @@ unsafe impl aya::Pod for crate::packet::CaptureConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::packet::PacketHeader {}
 
-const _: () = assert!(core::mem::size_of::<crate::packet::CaptureConfig>() == 16 + 12);
+const _: () = assert!(core::mem::size_of::<crate::packet::CaptureConfig>() == 16 + 16);
 const _: () = assert!(core::mem::size_of::<crate::packet::PacketHeader>() == 24 + 16 + 32 + 8 + 8);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, size asserted

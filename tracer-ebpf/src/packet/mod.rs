@@ -19,7 +19,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
     maps::{PerCpuArray, RingBuf},
@@ -214,15 +214,26 @@ fn capture(ctx: &SkBuffContext, direction: u8) {
 /// stack).
 #[inline(always)]
 unsafe fn ring_output(record: *mut core::ffi::c_void, size: u64) -> bool {
+    let ring = core::ptr::addr_of!(NT_PACKETS).cast_mut().cast();
+    let config = config_ptr();
+    // SAFETY: `config` is the global's own address (see `config_ptr`).
+    let wakeup =
+        u64::from(unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config).wakeup_bytes)) });
+    // Wake the reader only once enough is waiting (see `CaptureConfig::wakeup_bytes`).
+    let flags = if wakeup == 0 {
+        0
+    } else {
+        // SAFETY: the ring is this module's map; the query reads its positions only.
+        let waiting =
+            unsafe { aya_ebpf::helpers::bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)) };
+        if waiting >= wakeup {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            u64::from(BPF_RB_NO_WAKEUP)
+        }
+    };
     // SAFETY: per the caller; the ring is this module's map.
-    unsafe {
-        aya_ebpf::helpers::bpf_ringbuf_output(
-            core::ptr::addr_of!(NT_PACKETS).cast_mut().cast(),
-            record,
-            size,
-            0,
-        ) == 0
-    }
+    unsafe { aya_ebpf::helpers::bpf_ringbuf_output(ring, record, size, flags) == 0 }
 }
 
 /// A TCP segment for the HTTP parser: where its TCP header and payload start (from the IP

@@ -11,6 +11,13 @@ use tracer_common::packet::{self as wire, MAX_CAPTURE_PORTS, MAX_SNAPLEN};
 
 use crate::{Error, Result};
 
+/// The reader is woken when an eighth of the ring is waiting: at 180,000 HTTP records a second
+/// (wrk against nginx on loopback, both ends observed) a wake-up per record cost more than the
+/// parsing; with this, a 1 MiB ring wakes its reader every ~500 records, and the rest is read
+/// by the reader's timed poll (`CONSUMER_IDLE_MS`) or the next call, which drains the ring
+/// first. Seven eighths stay free for what arrives while the reader wakes up.
+const WAKEUP_FRACTION: u32 = 8;
+
 /// The capture's switch and sizes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureConfig {
@@ -77,6 +84,7 @@ impl CaptureConfig {
         out.snaplen = self.snaplen;
         out.enabled = u32::from(self.enabled);
         out.http = u32::from(self.enabled && self.http);
+        out.wakeup_bytes = self.ring_bytes / WAKEUP_FRACTION;
         out
     }
 }
@@ -179,5 +187,12 @@ mod tests {
             (no_http.to_kernel().enabled, no_http.to_kernel().http),
             (1, 0)
         );
+        // The reader is woken at an eighth of the ring, whatever its size.
+        assert_eq!(CaptureConfig::default().to_kernel().wakeup_bytes, 128 << 10);
+        let big = CaptureConfig {
+            ring_bytes: 8 << 20,
+            ..Default::default()
+        };
+        assert_eq!(big.to_kernel().wakeup_bytes, 1 << 20);
     }
 }
