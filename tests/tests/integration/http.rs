@@ -1032,3 +1032,108 @@ fn nginx_and_curl_every_request_of_the_access_log_once_within_nginxs_request_tim
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// wrk: load.
+
+/// Whether wrk can run here (`wrk -v` exits 1 after printing its version); in the host run its
+/// absence fails the test.
+fn wrk_or_skip() -> bool {
+    let present = Command::new("wrk")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !present {
+        let host = std::env::var("TRACER_TEST_HOST").is_ok_and(|v| v == "1");
+        assert!(
+            !host,
+            "wrk is installed by `cargo xtask setup` for the host run"
+        );
+        eprintln!(
+            "SKIP: wrk is not in this VM image: the nginx and own-server tests cover the parser"
+        );
+    }
+    present
+}
+
+/// wrk from Debian drives nginx for two seconds over four keep-alive connections while a client
+/// polls every 200 ms, as an agent would: every request in nginx's access log is handed out
+/// exactly once per (client port, path, method, status), with nothing dropped on the way (the
+/// failure message lists the kernel's HTTP counters: batch full, storage, unanswered).
+#[test]
+fn wrk_load_every_request_of_the_access_log_once() {
+    if !first_backend_of_kernel("HTTP under wrk load")
+        || !nginx_and_curl_or_skip()
+        || !wrk_or_skip()
+    {
+        return;
+    }
+    in_fresh_netns(|| {
+        addresses();
+        let upstream_addr = SocketAddr::new(IpAddr::V4(SERVER_IP), UPSTREAM_PORT);
+        let _upstream = OwnServer::start(upstream_addr);
+        let nginx = Nginx::start(upstream_addr);
+        let nginx_addr = SocketAddr::new(IpAddr::V4(SERVER_IP), NGINX_PORT);
+        let Some(tracer) = new_tracer() else {
+            return;
+        };
+        tracer.register_client("wrk").expect("register");
+        let mut wrk = Command::new("wrk")
+            .args(["-t1", "-c4", "-d2s", &format!("http://{nginx_addr}/alpha")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wrk");
+        let mut seen = BTreeMap::new();
+        let mut calls = 0;
+        while wrk.try_wait().expect("wrk").is_none() {
+            observe(
+                &tracer.get_active_connections("wrk").expect("call"),
+                nginx_addr,
+                &mut seen,
+            );
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = wrk.wait_with_output().expect("wrk output");
+        assert!(
+            out.status.success(),
+            "wrk: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = nginx.stop();
+        assert!(log.len() > 1000, "wrk made only {} requests", log.len());
+        let want = log.len() as u64;
+        let rest = collect(
+            &tracer,
+            "wrk",
+            &[nginx_addr],
+            want.saturating_sub(total(&seen)),
+        );
+        for (key, s) in rest.into_iter().flatten() {
+            seen.entry(key).or_default().count += s.count;
+        }
+        let mut truth: BTreeMap<TxKey, u64> = BTreeMap::new();
+        for l in &log {
+            *truth
+                .entry((l.client_port, l.uri.clone(), l.method.clone(), l.status))
+                .or_default() += 1;
+        }
+        assert_eq!(
+            seen.iter()
+                .map(|(k, s)| (k.clone(), s.count))
+                .collect::<BTreeMap<_, _>>(),
+            truth,
+            "requests by (client port, uri, method, status): tracer (left, {calls} calls during \
+             the load), access log (right); counters {:?}",
+            http_counters(&tracer)
+        );
+        eprintln!(
+            "http: wrk made {want} requests on {} connections, each handed out once ({calls} \
+             calls during the load)",
+            truth.len()
+        );
+    });
+}
