@@ -59,9 +59,14 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
         bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
-    macros::btf_map,
+    macros::{btf_map, map},
+    maps::PerCpuArray,
 };
 use tracer_common::{
+    classify::{
+        CLASSIFY_BYTES, Classification, ClassifyBuf, PROTO_HTTP, PROTO_HTTP2, PROTO_UNKNOWN,
+        classify, classify_http2_headers,
+    },
     counters::Counter,
     http::{
         HTTP_FLAG_PATH_TRUNCATED, HTTP_PATH_MAX, HTTP_PREFIX_LEN, HTTP_ROLE_CLIENT,
@@ -72,14 +77,15 @@ use tracer_common::{
 };
 
 use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output};
-use crate::counters::bump;
+use crate::{conn, counters::bump};
 
 /// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
 #[repr(C)]
 pub struct HttpSock {
     /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`] or [`CLASS_NOT_HTTP`].
     class: u8,
-    /// Payload segments seen while [`CLASS_UNKNOWN`].
+    /// While [`CLASS_UNKNOWN`]: payload segments seen. Once classified: segments seen since
+    /// (while a stack write is pending or HTTP/2 is searched for gRPC), which bounds both.
     tries: u8,
     /// `SOCK_*` bits.
     flags: u8,
@@ -88,16 +94,28 @@ pub struct HttpSock {
     req_dir: u8,
     /// Pipelined mode: requests whose final response has not been seen.
     outstanding: u8,
-    _pad: [u8; 3],
+    /// The protocol stack classified (api, application, encryption: `classify` codes), kept
+    /// here until [`conn::protocol::set`] wrote it into the connection entry.
+    stack: [u8; 3],
     /// Sequence number of the last request start (valid with [`SOCK_REQ_SEQ`]).
     req_seq: u32,
     /// Sequence number of the last response start (valid with [`SOCK_RESP_SEQ`]).
     resp_seq: u32,
 }
 
+/// Not classified yet: each payload segment goes through `classify`.
 const CLASS_UNKNOWN: u8 = 0;
+/// HTTP/1.x: the parser runs on every segment.
 const CLASS_HTTP: u8 = 1;
+/// Nothing left to do for this socket (not HTTP/1.x, its stack written or given up): the bulk
+/// fast path, one storage lookup and this compare.
 const CLASS_NOT_HTTP: u8 = 2;
+/// HTTP/2: its later payloads go through `classify_http2_headers` (gRPC), for at most
+/// [`MAX_H2_TRIES`] segments.
+const CLASS_HTTP2: u8 = 3;
+/// Classified, not HTTP/1.x, its stack not yet written into the connection entry: each segment
+/// retries the write, for at most [`MAX_WRITE_TRIES`] segments.
+const CLASS_CLASSIFIED: u8 = 4;
 
 /// The kernel's `TCP_LISTEN` (`bpf_sock::state` numbers are the kernel's TCP states).
 const TCP_LISTEN: u32 = 10;
@@ -110,15 +128,33 @@ const SOCK_ANSWERED: u8 = 2;
 const SOCK_PIPELINED: u8 = 4;
 const SOCK_REQ_SEQ: u8 = 8;
 const SOCK_RESP_SEQ: u8 = 16;
+/// `stack` changed and is not yet in the connection entry.
+const SOCK_STACK_PENDING: u8 = 32;
 
-/// Payload segments that start no HTTP message before a socket is classified not HTTP.
+/// Payload segments that `classify` does not recognise before a socket is given up (unknown,
+/// and not HTTP).
 const MAX_TRIES: u8 = 4;
+/// Segments after an HTTP/2 classification in which a response HEADERS frame is looked for
+/// (gRPC): grpcio's server sends its response HEADERS in its third payload, the client's
+/// request goes in between.
+const MAX_H2_TRIES: u8 = 8;
+/// Segments after a classification in which the connection entry may appear (an accepted
+/// socket's entry is created by the backends' hooks, which may run after its first segment);
+/// past them the stack is given up (`protocol_stack_unwritten`), so a socket whose entry never
+/// comes (a full table, a socket outside the tracer) pays one lookup per segment only this long.
+const MAX_WRITE_TRIES: u8 = 32;
 
 #[btf_map(name = "NT_HTTP_SOCKS")]
 static NT_HTTP_SOCKS: SkStorage<HttpSock> = SkStorage::new();
 
 #[btf_map(name = "NT_HTTP_INFLIGHT")]
 static NT_HTTP_INFLIGHT: SkStorage<HttpTransaction> = SkStorage::new();
+
+/// The payload bytes handed to the classifier, one per CPU: `classify` reads at offsets that
+/// depend on earlier bytes, which kernels before 5.12 refuse on the stack (see
+/// `tracer_common::classify`); a map value is fine everywhere.
+#[map(name = "NT_CLASSIFY_BUF")]
+static NT_CLASSIFY_BUF: PerCpuArray<ClassifyBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// The storage of `sk` in `map`, created zeroed with `create`; null if absent or if it could
 /// not be created.
@@ -173,11 +209,6 @@ fn parse(
     sk: *mut bpf_sock,
     state: *mut HttpSock,
 ) {
-    let start = if seg.payload_len >= HTTP_PREFIX_LEN as u32 {
-        prefix(skb, seg.payload).map_or(Start::Other, |p| message_start(&p))
-    } else {
-        Start::Other
-    };
     let state = if state.is_null() {
         if seg.payload_len == 0 {
             // A FIN or RST of a socket never seen with payload: nothing to finish.
@@ -201,18 +232,48 @@ fn parse(
     };
     // SAFETY: this socket's storage value; see the module docs on concurrent runs.
     let st = unsafe { &mut *state };
+    let mut fresh = false;
     if st.class == CLASS_UNKNOWN {
-        if let Start::Other = start {
-            if seg.payload_len > 0 {
-                st.tries = st.tries.saturating_add(1);
-                if st.tries >= MAX_TRIES {
-                    st.class = CLASS_NOT_HTTP;
-                }
+        if seg.payload_len == 0 {
+            return;
+        }
+        let found = classify_segment(skb, seg);
+        if found.is_unknown() {
+            st.tries = st.tries.saturating_add(1);
+            if st.tries >= MAX_TRIES {
+                st.class = CLASS_NOT_HTTP;
             }
             return;
         }
-        st.class = CLASS_HTTP;
+        bump(Counter::ProtocolClassified);
+        st.stack = [found.api, found.application, found.encryption];
+        st.flags |= SOCK_STACK_PENDING;
+        st.tries = 0;
+        st.class = match found.application {
+            PROTO_HTTP => CLASS_HTTP,
+            PROTO_HTTP2 => CLASS_HTTP2,
+            _ => CLASS_CLASSIFIED,
+        };
+        fresh = true;
     }
+    if st.flags & SOCK_STACK_PENDING != 0 || st.class == CLASS_HTTP2 {
+        st.tries = st.tries.saturating_add(1);
+    }
+    if st.class == CLASS_HTTP2 && !fresh && seg.payload_len > 0 {
+        grpc(skb, seg, st);
+    }
+    write_stack(sk, st);
+    if st.class != CLASS_HTTP {
+        if st.class == CLASS_CLASSIFIED && st.flags & SOCK_STACK_PENDING == 0 {
+            st.class = CLASS_NOT_HTTP;
+        }
+        return;
+    }
+    let start = if seg.payload_len >= HTTP_PREFIX_LEN as u32 {
+        prefix(skb, seg.payload).map_or(Start::Other, |p| message_start(&p))
+    } else {
+        Start::Other
+    };
     match start {
         Start::Request { method, target } => {
             request(skb, protocol, direction, seg, sk, st, method, target);
@@ -231,6 +292,93 @@ fn parse(
         st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
         bump(Counter::HttpRequestUnanswered);
     }
+}
+
+/// The classification of the segment's first payload bytes (unknown if they cannot be read).
+#[inline(always)]
+fn classify_segment(skb: *mut __sk_buff, seg: &Segment) -> Classification {
+    match load_classify_buf(skb, seg) {
+        Some(buf) => classify(buf, seg.payload_len as usize),
+        None => Classification::UNKNOWN,
+    }
+}
+
+/// An HTTP/2 socket's later payload: a response HEADERS frame at its start ends the search,
+/// adding gRPC to the stack when its content-type says so; [`MAX_H2_TRIES`] segments without
+/// one end it too.
+#[inline(always)]
+fn grpc(skb: *mut __sk_buff, seg: &Segment, st: &mut HttpSock) {
+    let found = match load_classify_buf(skb, seg) {
+        Some(buf) => classify_http2_headers(buf, seg.payload_len as usize),
+        None => Classification::UNKNOWN,
+    };
+    if found.application == PROTO_HTTP2 {
+        if found.api != PROTO_UNKNOWN {
+            st.stack[0] = found.api;
+            st.flags |= SOCK_STACK_PENDING;
+            bump(Counter::ProtocolClassified);
+        }
+        st.class = CLASS_CLASSIFIED;
+    } else if st.tries >= MAX_H2_TRIES {
+        st.class = CLASS_CLASSIFIED;
+    }
+}
+
+/// Writes a pending stack into the connection entry (`conn` owns it); after
+/// [`MAX_WRITE_TRIES`] segments without an entry, gives it up.
+#[inline(always)]
+fn write_stack(sk: *mut bpf_sock, st: &mut HttpSock) {
+    if st.flags & SOCK_STACK_PENDING == 0 {
+        return;
+    }
+    if conn::protocol::set(sock_addr(sk), st.stack) {
+        st.flags &= !SOCK_STACK_PENDING;
+    } else if st.tries >= MAX_WRITE_TRIES {
+        st.flags &= !SOCK_STACK_PENDING;
+        bump(Counter::ProtocolStackUnwritten);
+    }
+}
+
+/// The segment's first [`CLASSIFY_BYTES`] payload bytes (fewer if it is shorter) in this
+/// CPU's classifier buffer; `None` if they could not be read.
+#[inline(always)]
+fn load_classify_buf(skb: *mut __sk_buff, seg: &Segment) -> Option<&'static ClassifyBuf> {
+    let buf = NT_CLASSIFY_BUF.get_ptr_mut(0)?;
+    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call, on a value LLVM
+    // cannot fold (see the same in `capture`).
+    let n = core::hint::black_box(seg.payload_len.min(CLASSIFY_BYTES as u32));
+    if n == 0 || n > CLASSIFY_BYTES as u32 {
+        return None;
+    }
+    // SAFETY: the destination is this CPU's buffer, `n` <= its length; preemption is off for
+    // the program's run, and the buffer is only used within it.
+    let loaded =
+        unsafe { bpf_skb_load_bytes(skb.cast(), seg.payload, (*buf).bytes.as_mut_ptr().cast(), n) };
+    if loaded != 0 {
+        return None;
+    }
+    // SAFETY: as above; bytes from `n` on are stale and `classify` does not read them.
+    Some(unsafe { &*buf })
+}
+
+/// The kernel address of the full socket `sk`: the key of its connection entry (`ConnKey::sk`,
+/// what the backends' hooks get as `struct sock *`).
+#[inline(always)]
+fn sock_addr(sk: *mut bpf_sock) -> u64 {
+    let mut addr = sk as u64;
+    // The verifier types the value as a socket pointer and refuses to store it in a map key;
+    // negating it twice gives the same number typed as a plain scalar (allowed to privileged
+    // loaders, as in `backend/sock_ops.rs`); as asm, the compiler cannot fold it away.
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        core::arch::asm!(
+            "{v} = -{v}",
+            "{v} = -{v}",
+            v = inout(reg) addr,
+            options(pure, nomem, nostack),
+        );
+    }
+    addr
 }
 
 /// A request start in `direction`.
