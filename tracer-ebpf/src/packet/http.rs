@@ -1,20 +1,32 @@
-//! The HTTP/1.x parser: TCP segments from the capture's triage (`mod.rs`: a segment with payload,
-//! FIN or RST, on no DNS port) become [`HttpTransaction`] records in `NT_PACKETS`, one per
-//! request/response exchange per observing socket.
+//! The protocol classification of every TCP socket, and the HTTP/1.x parser: TCP segments from
+//! the capture's triage (`mod.rs`: a segment with payload, FIN or RST, on no DNS port) give each
+//! socket its protocol stack, written into its connection entry, and, on HTTP/1.x sockets,
+//! become [`HttpTransaction`] records in `NT_PACKETS`, one per request/response exchange per
+//! observing socket.
 //!
 //! Owner of the socket storages `NT_HTTP_SOCKS` and `NT_HTTP_INFLIGHT` (freed by the kernel with
-//! their socket: nothing to clean up, nothing keyed by a tuple that could be reused).
+//! their socket: nothing to clean up, nothing keyed by a tuple that could be reused; 5.2+) and
+//! of the per-CPU classifier buffer `NT_CLASSIFY_BUF`. Minimum kernel: the capture's, 5.8.
 //!
 //! # Per socket: classification, then one request in flight
 //! `NT_HTTP_SOCKS` holds a 16-byte [`HttpSock`] for each TCP socket that sent or received
-//! payload. Its `class` is decided from the first payload segments, in either direction: one
-//! that starts a request (`METHOD SP` and a visible byte, for the nine methods of
-//! [`HttpMethod`]) or a status line (`HTTP/1.x NNN`) makes the socket HTTP; [`MAX_TRIES`]
-//! segments that start neither make it not HTTP for good. A segment of a not-HTTP socket costs
-//! `bpf_sk_fullsock` + `bpf_sk_storage_get` + one compare, and no read of its payload: that is
-//! the price of bulk traffic that is not HTTP (the capture benchmark's `tcp_bulk_64k` row). A
-//! connection that was in the middle of a message when the tracer started, and stays in the
-//! middle of messages for [`MAX_TRIES`] segments, is missed (classified not HTTP).
+//! payload. Its `class` is decided from the first payload segments, in either direction, by
+//! `tracer_common::classify` (every rule matches a message only one role sends, so either
+//! direction will do) on the payload's first [`CLASSIFY_BYTES`], loaded into `NT_CLASSIFY_BUF`
+//! (a map value: kernels before 5.12 refuse the classifier's variable-offset reads on the
+//! stack). HTTP/1.x makes the socket HTTP (the parser below); HTTP/2 makes it look at its next
+//! [`MAX_H2_TRIES`] segments for a response HEADERS frame (`classify_http2_headers`: gRPC when
+//! its content-type says so); any other protocol is kept; [`MAX_TRIES`] segments that match
+//! nothing make the socket unknown and not HTTP for good. The stack (api, application,
+//! encryption) is kept in the socket storage and written into the connection entry by
+//! `conn::protocol::set` (`conn` owns that map): when the entry does not exist yet (an accepted
+//! socket whose entry the backends' hooks create later), the write is retried on the socket's
+//! next segments, at most [`MAX_WRITE_TRIES`] of them. Then the socket is done
+//! ([`CLASS_NOT_HTTP`]): a segment of such a socket costs `bpf_sk_fullsock` +
+//! `bpf_sk_storage_get` + one compare, and no read of its payload: that is the price of bulk
+//! traffic that is not HTTP (the capture benchmark's `tcp_bulk_64k` row). A connection that was
+//! in the middle of a message when the tracer started, and stays in the middle of messages for
+//! [`MAX_TRIES`] segments, is missed (unknown).
 //!
 //! For an HTTP socket, each segment's first [`HTTP_PREFIX_LEN`] payload bytes are read
 //! ([`message_start`], `tracer-common`, unit-tested there):
@@ -76,7 +88,7 @@ use tracer_common::{
     packet::PACKET_EGRESS,
 };
 
-use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output};
+use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output, verifier_len};
 use crate::{conn, counters::bump};
 
 /// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
@@ -344,12 +356,12 @@ fn write_stack(sk: *mut bpf_sock, st: &mut HttpSock) {
 #[inline(always)]
 fn load_classify_buf(skb: *mut __sk_buff, seg: &Segment) -> Option<&'static ClassifyBuf> {
     let buf = NT_CLASSIFY_BUF.get_ptr_mut(0)?;
-    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call, on a value LLVM
-    // cannot fold (see the same in `capture`).
-    let n = core::hint::black_box(seg.payload_len.min(CLASSIFY_BYTES as u32));
-    if n == 0 || n > CLASSIFY_BYTES as u32 {
+    let n = seg.payload_len.min(CLASSIFY_BYTES as u32);
+    if n == 0 {
         return None;
     }
+    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call.
+    let n = verifier_len::<{ CLASSIFY_BYTES as u32 }>(n);
     // SAFETY: the destination is this CPU's buffer, `n` <= its length; preemption is off for
     // the program's run, and the buffer is only used within it.
     let loaded =
@@ -491,14 +503,14 @@ fn begin(
 fn path(skb: *mut __sk_buff, seg: &Segment, tx: &mut HttpTransaction, target: u32) {
     // The target is within the prefix, so within the payload.
     let available = seg.payload_len.saturating_sub(target);
-    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call, on a value LLVM
-    // cannot fold (see the same in `capture`).
-    let n = core::hint::black_box(available.min(HTTP_PATH_MAX as u32));
-    if n == 0 || n > HTTP_PATH_MAX as u32 {
+    let n = available.min(HTTP_PATH_MAX as u32);
+    if n == 0 {
         tx.path_len = 0;
         tx.path_captured = 0;
         return;
     }
+    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call.
+    let n = verifier_len::<{ HTTP_PATH_MAX as u32 }>(n);
     // SAFETY: the destination is the record's path array, `n` <= its length.
     let loaded = unsafe {
         bpf_skb_load_bytes(
