@@ -309,10 +309,7 @@ fn parse(
 /// The classification of the segment's first payload bytes (unknown if they cannot be read).
 #[inline(always)]
 fn classify_segment(skb: *mut __sk_buff, seg: &Segment) -> Classification {
-    match load_classify_buf(skb, seg) {
-        Some(buf) => classify(buf, seg.payload_len as usize),
-        None => Classification::UNKNOWN,
-    }
+    unpack(classify_at(skb, seg.payload, seg.payload_len, 0))
 }
 
 /// An HTTP/2 socket's later payload: a response HEADERS frame at its start ends the search,
@@ -320,10 +317,7 @@ fn classify_segment(skb: *mut __sk_buff, seg: &Segment) -> Classification {
 /// one end it too.
 #[inline(always)]
 fn grpc(skb: *mut __sk_buff, seg: &Segment, st: &mut HttpSock) {
-    let found = match load_classify_buf(skb, seg) {
-        Some(buf) => classify_http2_headers(buf, seg.payload_len as usize),
-        None => Classification::UNKNOWN,
-    };
+    let found = unpack(classify_at(skb, seg.payload, seg.payload_len, 1));
     if found.application == PROTO_HTTP2 {
         if found.api != PROTO_UNKNOWN {
             st.stack[0] = found.api;
@@ -333,6 +327,53 @@ fn grpc(skb: *mut __sk_buff, seg: &Segment, st: &mut HttpSock) {
         st.class = CLASS_CLASSIFIED;
     } else if st.tries >= MAX_H2_TRIES {
         st.class = CLASS_CLASSIFIED;
+    }
+}
+
+/// Loads the payload at `payload` (`len` bytes long) into this CPU's classifier buffer and
+/// classifies it: with `classify` (`headers` 0) or `classify_http2_headers` (1). Returns the
+/// [`Classification`] packed as api | application << 8 | encryption << 16, 0 if unreadable.
+///
+/// A BPF subprogram of its own, not inlined: the classifier's spills then live in this
+/// function's frame instead of the capture program's, which already holds the HTTP parser's.
+/// Kernels before 5.12 (measured on 5.10) sum the frames of a call chain rounded up to 32 bytes
+/// each against the 512-byte limit, and the inlined classifier took the capture's frame from
+/// 464 to 488 bytes: with the program's entry stub, 544.
+#[inline(never)]
+fn classify_at(skb: *mut __sk_buff, payload: u32, len: u32, headers: u32) -> u32 {
+    let n = len.min(CLASSIFY_BYTES as u32);
+    if n == 0 {
+        return 0;
+    }
+    let Some(buf) = NT_CLASSIFY_BUF.get_ptr_mut(0) else {
+        return 0;
+    };
+    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call.
+    let n = verifier_len::<{ CLASSIFY_BYTES as u32 }>(n);
+    // SAFETY: the destination is this CPU's buffer, `n` <= its length; preemption is off for
+    // the program's run, and the buffer is only used within it.
+    let loaded =
+        unsafe { bpf_skb_load_bytes(skb.cast(), payload, (*buf).bytes.as_mut_ptr().cast(), n) };
+    if loaded != 0 {
+        return 0;
+    }
+    // SAFETY: as above; bytes from `n` on are stale and the classifier does not read them.
+    let buf = unsafe { &*buf };
+    let found = if headers == 0 {
+        classify(buf, len as usize)
+    } else {
+        classify_http2_headers(buf, len as usize)
+    };
+    u32::from(found.api) | u32::from(found.application) << 8 | u32::from(found.encryption) << 16
+}
+
+/// [`classify_at`]'s result as a [`Classification`].
+#[inline(always)]
+fn unpack(packed: u32) -> Classification {
+    Classification {
+        api: packed as u8,
+        application: (packed >> 8) as u8,
+        encryption: (packed >> 16) as u8,
     }
 }
 
@@ -349,28 +390,6 @@ fn write_stack(sk: *mut bpf_sock, st: &mut HttpSock) {
         st.flags &= !SOCK_STACK_PENDING;
         bump(Counter::ProtocolStackUnwritten);
     }
-}
-
-/// The segment's first [`CLASSIFY_BYTES`] payload bytes (fewer if it is shorter) in this
-/// CPU's classifier buffer; `None` if they could not be read.
-#[inline(always)]
-fn load_classify_buf(skb: *mut __sk_buff, seg: &Segment) -> Option<&'static ClassifyBuf> {
-    let buf = NT_CLASSIFY_BUF.get_ptr_mut(0)?;
-    let n = seg.payload_len.min(CLASSIFY_BYTES as u32);
-    if n == 0 {
-        return None;
-    }
-    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call.
-    let n = verifier_len::<{ CLASSIFY_BYTES as u32 }>(n);
-    // SAFETY: the destination is this CPU's buffer, `n` <= its length; preemption is off for
-    // the program's run, and the buffer is only used within it.
-    let loaded =
-        unsafe { bpf_skb_load_bytes(skb.cast(), seg.payload, (*buf).bytes.as_mut_ptr().cast(), n) };
-    if loaded != 0 {
-        return None;
-    }
-    // SAFETY: as above; bytes from `n` on are stale and `classify` does not read them.
-    Some(unsafe { &*buf })
 }
 
 /// The kernel address of the full socket `sk`: the key of its connection entry (`ConnKey::sk`,
