@@ -94,7 +94,8 @@ use crate::{conn, counters::bump};
 /// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
 #[repr(C)]
 pub struct HttpSock {
-    /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`] or [`CLASS_NOT_HTTP`].
+    /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`], [`CLASS_NOT_HTTP`], [`CLASS_HTTP2`] or
+    /// [`CLASS_CLASSIFIED`].
     class: u8,
     /// While [`CLASS_UNKNOWN`]: payload segments seen. Once classified: segments seen since
     /// (while a stack write is pending or HTTP/2 is searched for gRPC), which bounds both.
