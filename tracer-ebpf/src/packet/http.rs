@@ -338,8 +338,9 @@ fn grpc(skb: *mut __sk_buff, seg: &Segment, st: &mut HttpSock) {
 /// A BPF subprogram of its own, not inlined: the classifier's spills then live in this
 /// function's frame instead of the capture program's, which already holds the HTTP parser's.
 /// Kernels before 5.12 (measured on 5.10) sum the frames of a call chain rounded up to 32 bytes
-/// each against the 512-byte limit, and the inlined classifier took the capture's frame from
-/// 464 to 488 bytes: with the program's entry stub, 544.
+/// each against the 512-byte limit: with the classifier inlined, the capture's frame was 488
+/// bytes, 544 with the program's entry stub ("combined stack size of 2 calls is 544"); this way
+/// it is 464, plus this function's 32.
 #[inline(never)]
 fn classify_at(skb: *mut __sk_buff, payload: u32, len: u32, headers: u32) -> u32 {
     let n = len.min(CLASSIFY_BYTES as u32);
