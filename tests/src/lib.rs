@@ -19,4 +19,5 @@ pub mod kernel_view;
 pub mod leaks;
 pub mod netns;
 pub mod policy;
+pub mod protocols;
 pub mod tracer;

@@ -116,7 +116,22 @@ pub struct ConnStats {
     /// and a NUL), taken with `tuple.pid`; all zero until the owner is known. Kept by the
     /// kernel so a process that exited before userspace looked it up still has a name.
     pub comm: [u8; 16],
+    /// TCP: the application protocol stack the packet capture classified from the connection's
+    /// first payloads (`tracer-ebpf/src/packet/http.rs`), written into the entry by
+    /// `conn::protocol::set`: [`PROTOCOL_API`], [`PROTOCOL_APPLICATION`] and
+    /// [`PROTOCOL_ENCRYPTION`] hold the codes of `crate::classify` (0: unknown). All zero until
+    /// classified, and for UDP.
+    pub protocol_stack: [u8; 3],
+    /// Keeps the struct a multiple of 8 bytes (its 8-byte fields stay aligned in arrays).
+    pub _pad_stack: [u8; 5],
 }
+
+/// Index of the API layer (`classify::PROTO_GRPC`) in [`ConnStats::protocol_stack`].
+pub const PROTOCOL_API: usize = 0;
+/// Index of the application layer (`classify::PROTO_HTTP` ..= `PROTO_MYSQL`).
+pub const PROTOCOL_APPLICATION: usize = 1;
+/// Index of the encryption layer (`classify::PROTO_TLS`).
+pub const PROTOCOL_ENCRYPTION: usize = 2;
 
 /// `flags`: the TCP connection reached CLOSE while its application still had received bytes
 /// to read (a client that shut down its sending side first, then got the reply and the peer's

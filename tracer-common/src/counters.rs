@@ -145,9 +145,22 @@ counters! {
     /// HTTP: the kernel could not allocate a socket's HTTP state (socket storage): the
     /// socket's transactions are not recorded.
     HttpStorageFailed = 35 => "http_storage_failed" : Loss,
+    /// Protocols: a TCP socket's first payloads were classified (`tracer_common::classify`),
+    /// counted once per observing socket (a local connection's two ends count twice), and again
+    /// when an HTTP/2 socket is found to carry gRPC.
+    ProtocolClassified = 36 => "protocol_classified" : Activity,
+    /// Protocols: a socket's protocol stack was written into its connection entry.
+    ProtocolStackWritten = 37 => "protocol_stack_written" : Activity,
+    /// Protocols: a classified socket had no connection entry yet (an accepted socket whose
+    /// entry appears later): the write is retried on its next segments (counted per retry).
+    ProtocolEntryMissing = 38 => "protocol_entry_missing" : Activity,
+    /// Protocols: a classified socket still had no connection entry after `MAX_WRITE_TRIES`
+    /// segments (the table was full, or the socket is not traced): its connection is reported
+    /// without its protocol stack.
+    ProtocolStackUnwritten = 39 => "protocol_stack_unwritten" : Loss,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 36;
+pub const COUNTER_COUNT: u32 = 40;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -159,9 +159,12 @@ pub const PROG_PACKET_INGRESS: &str = "nt_packet_in";
 pub const PROG_PACKET_EGRESS: &str = "nt_packet_out";
 /// Ring buffer of captured packets: [`crate::packet::PacketHeader`] then the payload.
 pub const MAP_PACKETS: &str = "NT_PACKETS";
-/// HTTP parser: socket storage with each TCP socket's classification (HTTP or not) and the
-/// sequence numbers of its last request and response starts.
+/// HTTP parser: socket storage with each TCP socket's classification (its protocol stack,
+/// HTTP or not) and the sequence numbers of its last request and response starts.
 pub const MAP_HTTP_SOCKS: &str = "NT_HTTP_SOCKS";
+/// Protocol classification: per-CPU array of one `classify::ClassifyBuf`, the payload bytes
+/// handed to the classifier (a map value: kernels before 5.12 refuse its reads on the stack).
+pub const MAP_CLASSIFY_BUF: &str = "NT_CLASSIFY_BUF";
 /// HTTP parser: socket storage with the request in flight of each HTTP socket, the
 /// [`crate::http::HttpTransaction`] it becomes.
 pub const MAP_HTTP_INFLIGHT: &str = "NT_HTTP_INFLIGHT";

@@ -30,9 +30,12 @@ unsafe impl aya::Pod for crate::offsets::KernelLayout {}
 
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnKey>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnTuple>() == 48);
-const _: () =
-    assert!(core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8 + 16);
-const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 152);
+const _: () = assert!(
+    core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8 + 16 + 8
+);
+const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 160);
+// The layout the README documents (the stack appended after `comm`, padded to 8 bytes).
+const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_stack) == 152);
 const _: () =
     assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 12 + 4 + 18);
 

@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::conn::{
     AF_INET6, ClosedConn, ConnStats, DIRECTION_INCOMING, FLAG_CLOSED, FLAG_CLOSED_BY_SWEEP,
-    FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP,
+    FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP, PROTOCOL_API, PROTOCOL_APPLICATION,
+    PROTOCOL_ENCRYPTION,
 };
 
 use tracer_common::{
@@ -16,7 +17,7 @@ use tracer_common::{
 
 use crate::model::{
     Comm, ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
-    StatCounters, connection_cookie,
+    ProtocolStack, StatCounters, connection_cookie,
 };
 
 /// Whether an open kernel entry's identity is final, so that it may be reported before it
@@ -72,7 +73,8 @@ pub fn tuple(stats: &ConnStats) -> ConnectionTuple {
 
 /// A kernel record as a [`ConnectionStats`]: the cookie re-hashed with the tuple, an unknown
 /// direction reported as outgoing, the local port classified with `ports`, TCP flags and the
-/// failure errno as counters, the owner's cgroup id, and, if `closed`, the end and its reason.
+/// failure errno as counters, the owner's cgroup id, the protocol stack the kernel classified
+/// (its codes passed through), and, if `closed`, the end and its reason.
 pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -> ConnectionStats {
     let tuple = tuple(stats);
     let direction = match stats.direction {
@@ -108,7 +110,18 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
     conn.is_assured = stats.sent_packets > 0 && stats.recv_packets > 0;
     conn.cgroup_id = stats.cgroup_id;
     conn.comm = Comm::new(stats.comm);
+    conn.protocol_stack = protocol_stack(stats);
     conn
+}
+
+/// The kernel's `ConnStats::protocol_stack` bytes as the model's layers.
+fn protocol_stack(stats: &ConnStats) -> ProtocolStack {
+    let layer = |i: usize| stats.protocol_stack.get(i).copied().unwrap_or(0);
+    ProtocolStack {
+        api: layer(PROTOCOL_API),
+        application: layer(PROTOCOL_APPLICATION),
+        encryption: layer(PROTOCOL_ENCRYPTION),
+    }
 }
 
 /// A ring-buffer record as a [`ClosedConn`]; `None` for a record of the wrong size (cannot
@@ -182,6 +195,7 @@ mod tests {
             failure: 111,
             cgroup_id: 77,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            protocol_stack: [1, 2, 0],
             ..ConnStats::default()
         };
         raw.tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -195,6 +209,14 @@ mod tests {
         assert_eq!(conn.end_reason, Some(EndReason::Expired));
         assert_eq!(conn.cgroup_id, 77);
         assert_eq!(conn.comm.to_string(), "curl");
+        assert_eq!(
+            conn.protocol_stack,
+            ProtocolStack {
+                api: 1,
+                application: 2,
+                encryption: 0
+            }
+        );
         assert!(conn.last.is_zero());
         let open = connection(&raw, &EphemeralPortRange::default(), false);
         assert_eq!((open.is_closed, open.end_reason), (false, None));

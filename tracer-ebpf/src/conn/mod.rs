@@ -4,11 +4,13 @@
 //!
 //! Owner of the maps `NT_CONNS` (open connections), `NT_CLOSED` (ring buffer of closed ones,
 //! Linux 5.8+) and `NT_UNTRACKED` (LRU set of keys that did not fit, so each is counted once).
+//! Other programs write into an entry only through this module ([`protocol::set`]).
 
 pub mod at_read;
 pub mod fd;
 pub mod layout;
 pub mod peer;
+pub mod protocol;
 pub mod sock;
 pub mod udp_peers;
 

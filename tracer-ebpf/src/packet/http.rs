@@ -1,20 +1,32 @@
-//! The HTTP/1.x parser: TCP segments from the capture's triage (`mod.rs`: a segment with payload,
-//! FIN or RST, on no DNS port) become [`HttpTransaction`] records in `NT_PACKETS`, one per
-//! request/response exchange per observing socket.
+//! The protocol classification of every TCP socket, and the HTTP/1.x parser: TCP segments from
+//! the capture's triage (`mod.rs`: a segment with payload, FIN or RST, on no DNS port) give each
+//! socket its protocol stack, written into its connection entry, and, on HTTP/1.x sockets,
+//! become [`HttpTransaction`] records in `NT_PACKETS`, one per request/response exchange per
+//! observing socket.
 //!
 //! Owner of the socket storages `NT_HTTP_SOCKS` and `NT_HTTP_INFLIGHT` (freed by the kernel with
-//! their socket: nothing to clean up, nothing keyed by a tuple that could be reused).
+//! their socket: nothing to clean up, nothing keyed by a tuple that could be reused; 5.2+) and
+//! of the per-CPU classifier buffer `NT_CLASSIFY_BUF`. Minimum kernel: the capture's, 5.8.
 //!
 //! # Per socket: classification, then one request in flight
 //! `NT_HTTP_SOCKS` holds a 16-byte [`HttpSock`] for each TCP socket that sent or received
-//! payload. Its `class` is decided from the first payload segments, in either direction: one
-//! that starts a request (`METHOD SP` and a visible byte, for the nine methods of
-//! [`HttpMethod`]) or a status line (`HTTP/1.x NNN`) makes the socket HTTP; [`MAX_TRIES`]
-//! segments that start neither make it not HTTP for good. A segment of a not-HTTP socket costs
-//! `bpf_sk_fullsock` + `bpf_sk_storage_get` + one compare, and no read of its payload: that is
-//! the price of bulk traffic that is not HTTP (the capture benchmark's `tcp_bulk_64k` row). A
-//! connection that was in the middle of a message when the tracer started, and stays in the
-//! middle of messages for [`MAX_TRIES`] segments, is missed (classified not HTTP).
+//! payload. Its `class` is decided from the first payload segments, in either direction, by
+//! `tracer_common::classify` (every rule matches a message only one role sends, so either
+//! direction will do) on the payload's first [`CLASSIFY_BYTES`], loaded into `NT_CLASSIFY_BUF`
+//! (a map value: kernels before 5.12 refuse the classifier's variable-offset reads on the
+//! stack). HTTP/1.x makes the socket HTTP (the parser below); HTTP/2 makes it look at its next
+//! [`MAX_H2_TRIES`] segments for a response HEADERS frame (`classify_http2_headers`: gRPC when
+//! its content-type says so); any other protocol is kept; [`MAX_TRIES`] segments that match
+//! nothing make the socket unknown and not HTTP for good. The stack (api, application,
+//! encryption) is kept in the socket storage and written into the connection entry by
+//! `conn::protocol::set` (`conn` owns that map): when the entry does not exist yet (an accepted
+//! socket whose entry the backends' hooks create later), the write is retried on the socket's
+//! next segments, at most [`MAX_WRITE_TRIES`] of them. Then the socket is done
+//! ([`CLASS_NOT_HTTP`]): a segment of such a socket costs `bpf_sk_fullsock` +
+//! `bpf_sk_storage_get` + one compare, and no read of its payload: that is the price of bulk
+//! traffic that is not HTTP (the capture benchmark's `tcp_bulk_64k` row). A connection that was
+//! in the middle of a message when the tracer started, and stays in the middle of messages for
+//! [`MAX_TRIES`] segments, is missed (unknown).
 //!
 //! For an HTTP socket, each segment's first [`HTTP_PREFIX_LEN`] payload bytes are read
 //! ([`message_start`], `tracer-common`, unit-tested there):
@@ -59,9 +71,14 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
         bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
-    macros::btf_map,
+    macros::{btf_map, map},
+    maps::PerCpuArray,
 };
 use tracer_common::{
+    classify::{
+        CLASSIFY_BYTES, Classification, ClassifyBuf, PROTO_HTTP, PROTO_HTTP2, PROTO_UNKNOWN,
+        classify, classify_http2_headers,
+    },
     counters::Counter,
     http::{
         HTTP_FLAG_PATH_TRUNCATED, HTTP_PATH_MAX, HTTP_PREFIX_LEN, HTTP_ROLE_CLIENT,
@@ -71,15 +88,17 @@ use tracer_common::{
     packet::PACKET_EGRESS,
 };
 
-use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output};
-use crate::counters::bump;
+use super::{Segment, TCP_FIN, TCP_RST, ip_header, load, ring_output, verifier_len};
+use crate::{conn, counters::bump};
 
 /// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
 #[repr(C)]
 pub struct HttpSock {
-    /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`] or [`CLASS_NOT_HTTP`].
+    /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`], [`CLASS_NOT_HTTP`], [`CLASS_HTTP2`] or
+    /// [`CLASS_CLASSIFIED`].
     class: u8,
-    /// Payload segments seen while [`CLASS_UNKNOWN`].
+    /// While [`CLASS_UNKNOWN`]: payload segments seen. Once classified: segments seen since
+    /// (while a stack write is pending or HTTP/2 is searched for gRPC), which bounds both.
     tries: u8,
     /// `SOCK_*` bits.
     flags: u8,
@@ -88,16 +107,28 @@ pub struct HttpSock {
     req_dir: u8,
     /// Pipelined mode: requests whose final response has not been seen.
     outstanding: u8,
-    _pad: [u8; 3],
+    /// The protocol stack classified (api, application, encryption: `classify` codes), kept
+    /// here until [`conn::protocol::set`] wrote it into the connection entry.
+    stack: [u8; 3],
     /// Sequence number of the last request start (valid with [`SOCK_REQ_SEQ`]).
     req_seq: u32,
     /// Sequence number of the last response start (valid with [`SOCK_RESP_SEQ`]).
     resp_seq: u32,
 }
 
+/// Not classified yet: each payload segment goes through `classify`.
 const CLASS_UNKNOWN: u8 = 0;
+/// HTTP/1.x: the parser runs on every segment.
 const CLASS_HTTP: u8 = 1;
+/// Nothing left to do for this socket (not HTTP/1.x, its stack written or given up): the bulk
+/// fast path, one storage lookup and this compare.
 const CLASS_NOT_HTTP: u8 = 2;
+/// HTTP/2: its later payloads go through `classify_http2_headers` (gRPC), for at most
+/// [`MAX_H2_TRIES`] segments.
+const CLASS_HTTP2: u8 = 3;
+/// Classified, not HTTP/1.x, its stack not yet written into the connection entry: each segment
+/// retries the write, for at most [`MAX_WRITE_TRIES`] segments.
+const CLASS_CLASSIFIED: u8 = 4;
 
 /// The kernel's `TCP_LISTEN` (`bpf_sock::state` numbers are the kernel's TCP states).
 const TCP_LISTEN: u32 = 10;
@@ -110,15 +141,33 @@ const SOCK_ANSWERED: u8 = 2;
 const SOCK_PIPELINED: u8 = 4;
 const SOCK_REQ_SEQ: u8 = 8;
 const SOCK_RESP_SEQ: u8 = 16;
+/// `stack` changed and is not yet in the connection entry.
+const SOCK_STACK_PENDING: u8 = 32;
 
-/// Payload segments that start no HTTP message before a socket is classified not HTTP.
+/// Payload segments that `classify` does not recognise before a socket is given up (unknown,
+/// and not HTTP).
 const MAX_TRIES: u8 = 4;
+/// Segments after an HTTP/2 classification in which a response HEADERS frame is looked for
+/// (gRPC): grpcio's server sends its response HEADERS in its third payload, the client's
+/// request goes in between.
+const MAX_H2_TRIES: u8 = 8;
+/// Segments after a classification in which the connection entry may appear (an accepted
+/// socket's entry is created by the backends' hooks, which may run after its first segment);
+/// past them the stack is given up (`protocol_stack_unwritten`), so a socket whose entry never
+/// comes (a full table, a socket outside the tracer) pays one lookup per segment only this long.
+const MAX_WRITE_TRIES: u8 = 32;
 
 #[btf_map(name = "NT_HTTP_SOCKS")]
 static NT_HTTP_SOCKS: SkStorage<HttpSock> = SkStorage::new();
 
 #[btf_map(name = "NT_HTTP_INFLIGHT")]
 static NT_HTTP_INFLIGHT: SkStorage<HttpTransaction> = SkStorage::new();
+
+/// The payload bytes handed to the classifier, one per CPU: `classify` reads at offsets that
+/// depend on earlier bytes, which kernels before 5.12 refuse on the stack (see
+/// `tracer_common::classify`); a map value is fine everywhere.
+#[map(name = "NT_CLASSIFY_BUF")]
+static NT_CLASSIFY_BUF: PerCpuArray<ClassifyBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// The storage of `sk` in `map`, created zeroed with `create`; null if absent or if it could
 /// not be created.
@@ -173,11 +222,6 @@ fn parse(
     sk: *mut bpf_sock,
     state: *mut HttpSock,
 ) {
-    let start = if seg.payload_len >= HTTP_PREFIX_LEN as u32 {
-        prefix(skb, seg.payload).map_or(Start::Other, |p| message_start(&p))
-    } else {
-        Start::Other
-    };
     let state = if state.is_null() {
         if seg.payload_len == 0 {
             // A FIN or RST of a socket never seen with payload: nothing to finish.
@@ -201,18 +245,48 @@ fn parse(
     };
     // SAFETY: this socket's storage value; see the module docs on concurrent runs.
     let st = unsafe { &mut *state };
+    let mut fresh = false;
     if st.class == CLASS_UNKNOWN {
-        if let Start::Other = start {
-            if seg.payload_len > 0 {
-                st.tries = st.tries.saturating_add(1);
-                if st.tries >= MAX_TRIES {
-                    st.class = CLASS_NOT_HTTP;
-                }
+        if seg.payload_len == 0 {
+            return;
+        }
+        let found = classify_segment(skb, seg);
+        if found.is_unknown() {
+            st.tries = st.tries.saturating_add(1);
+            if st.tries >= MAX_TRIES {
+                st.class = CLASS_NOT_HTTP;
             }
             return;
         }
-        st.class = CLASS_HTTP;
+        bump(Counter::ProtocolClassified);
+        st.stack = [found.api, found.application, found.encryption];
+        st.flags |= SOCK_STACK_PENDING;
+        st.tries = 0;
+        st.class = match found.application {
+            PROTO_HTTP => CLASS_HTTP,
+            PROTO_HTTP2 => CLASS_HTTP2,
+            _ => CLASS_CLASSIFIED,
+        };
+        fresh = true;
     }
+    if st.flags & SOCK_STACK_PENDING != 0 || st.class == CLASS_HTTP2 {
+        st.tries = st.tries.saturating_add(1);
+    }
+    if st.class == CLASS_HTTP2 && !fresh && seg.payload_len > 0 {
+        grpc(skb, seg, st);
+    }
+    write_stack(sk, st);
+    if st.class != CLASS_HTTP {
+        if st.class == CLASS_CLASSIFIED && st.flags & SOCK_STACK_PENDING == 0 {
+            st.class = CLASS_NOT_HTTP;
+        }
+        return;
+    }
+    let start = if seg.payload_len >= HTTP_PREFIX_LEN as u32 {
+        prefix(skb, seg.payload).map_or(Start::Other, |p| message_start(&p))
+    } else {
+        Start::Other
+    };
     match start {
         Start::Request { method, target } => {
             request(skb, protocol, direction, seg, sk, st, method, target);
@@ -231,6 +305,113 @@ fn parse(
         st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
         bump(Counter::HttpRequestUnanswered);
     }
+}
+
+/// The classification of the segment's first payload bytes (unknown if they cannot be read).
+#[inline(always)]
+fn classify_segment(skb: *mut __sk_buff, seg: &Segment) -> Classification {
+    unpack(classify_at(skb, seg.payload, seg.payload_len, 0))
+}
+
+/// An HTTP/2 socket's later payload: a response HEADERS frame at its start ends the search,
+/// adding gRPC to the stack when its content-type says so; [`MAX_H2_TRIES`] segments without
+/// one end it too.
+#[inline(always)]
+fn grpc(skb: *mut __sk_buff, seg: &Segment, st: &mut HttpSock) {
+    let found = unpack(classify_at(skb, seg.payload, seg.payload_len, 1));
+    if found.application == PROTO_HTTP2 {
+        if found.api != PROTO_UNKNOWN {
+            st.stack[0] = found.api;
+            st.flags |= SOCK_STACK_PENDING;
+            bump(Counter::ProtocolClassified);
+        }
+        st.class = CLASS_CLASSIFIED;
+    } else if st.tries >= MAX_H2_TRIES {
+        st.class = CLASS_CLASSIFIED;
+    }
+}
+
+/// Loads the payload at `payload` (`len` bytes long) into this CPU's classifier buffer and
+/// classifies it: with `classify` (`headers` 0) or `classify_http2_headers` (1). Returns the
+/// [`Classification`] packed as api | application << 8 | encryption << 16, 0 if unreadable.
+///
+/// A BPF subprogram of its own, not inlined: the classifier's spills then live in this
+/// function's frame instead of the capture program's, which already holds the HTTP parser's.
+/// Kernels before 5.12 (measured on 5.10) sum the frames of a call chain rounded up to 32 bytes
+/// each against the 512-byte limit: with the classifier inlined, the capture's frame was 488
+/// bytes, 544 with the program's entry stub ("combined stack size of 2 calls is 544"); this way
+/// it is 464, plus this function's 32.
+#[inline(never)]
+fn classify_at(skb: *mut __sk_buff, payload: u32, len: u32, headers: u32) -> u32 {
+    let n = len.min(CLASSIFY_BYTES as u32);
+    if n == 0 {
+        return 0;
+    }
+    let Some(buf) = NT_CLASSIFY_BUF.get_ptr_mut(0) else {
+        return 0;
+    };
+    // The verifier needs the length proved in 1..=CLASSIFY_BYTES at the call.
+    let n = verifier_len::<{ CLASSIFY_BYTES as u32 }>(n);
+    // SAFETY: the destination is this CPU's buffer, `n` <= its length; preemption is off for
+    // the program's run, and the buffer is only used within it.
+    let loaded =
+        unsafe { bpf_skb_load_bytes(skb.cast(), payload, (*buf).bytes.as_mut_ptr().cast(), n) };
+    if loaded != 0 {
+        return 0;
+    }
+    // SAFETY: as above; bytes from `n` on are stale and the classifier does not read them.
+    let buf = unsafe { &*buf };
+    let found = if headers == 0 {
+        classify(buf, len as usize)
+    } else {
+        classify_http2_headers(buf, len as usize)
+    };
+    u32::from(found.api) | u32::from(found.application) << 8 | u32::from(found.encryption) << 16
+}
+
+/// [`classify_at`]'s result as a [`Classification`].
+#[inline(always)]
+fn unpack(packed: u32) -> Classification {
+    Classification {
+        api: packed as u8,
+        application: (packed >> 8) as u8,
+        encryption: (packed >> 16) as u8,
+    }
+}
+
+/// Writes a pending stack into the connection entry (`conn` owns it); after
+/// [`MAX_WRITE_TRIES`] segments without an entry, gives it up.
+#[inline(always)]
+fn write_stack(sk: *mut bpf_sock, st: &mut HttpSock) {
+    if st.flags & SOCK_STACK_PENDING == 0 {
+        return;
+    }
+    if conn::protocol::set(sock_addr(sk), st.stack) {
+        st.flags &= !SOCK_STACK_PENDING;
+    } else if st.tries >= MAX_WRITE_TRIES {
+        st.flags &= !SOCK_STACK_PENDING;
+        bump(Counter::ProtocolStackUnwritten);
+    }
+}
+
+/// The kernel address of the full socket `sk`: the key of its connection entry (`ConnKey::sk`,
+/// what the backends' hooks get as `struct sock *`).
+#[inline(always)]
+fn sock_addr(sk: *mut bpf_sock) -> u64 {
+    let mut addr = sk as u64;
+    // The verifier types the value as a socket pointer and refuses to store it in a map key;
+    // negating it twice gives the same number typed as a plain scalar (allowed to privileged
+    // loaders, as in `backend/sock_ops.rs`); as asm, the compiler cannot fold it away.
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        core::arch::asm!(
+            "{v} = -{v}",
+            "{v} = -{v}",
+            v = inout(reg) addr,
+            options(pure, nomem, nostack),
+        );
+    }
+    addr
 }
 
 /// A request start in `direction`.
@@ -343,20 +524,14 @@ fn begin(
 fn path(skb: *mut __sk_buff, seg: &Segment, tx: &mut HttpTransaction, target: u32) {
     // The target is within the prefix, so within the payload.
     let available = seg.payload_len.saturating_sub(target);
-    if available == 0 {
+    let n = available.min(HTTP_PATH_MAX as u32);
+    if n == 0 {
         tx.path_len = 0;
         tx.path_captured = 0;
         return;
     }
-    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call. Kernels before
-    // 6.2 do not carry a bound found on one register to another, and LLVM turns
-    // `n == 0 || n > MAX` into a compare on `n - 1` in a register of its own: so the bound is
-    // checked on `m` (opaque to LLVM, which cannot drop the check) and the length is `m + 1`.
-    let m = core::hint::black_box(available.min(HTTP_PATH_MAX as u32) - 1);
-    if m >= HTTP_PATH_MAX as u32 {
-        return;
-    }
-    let n = m + 1;
+    // The verifier needs the length proved in 1..=HTTP_PATH_MAX at the call.
+    let n = verifier_len::<{ HTTP_PATH_MAX as u32 }>(n);
     // SAFETY: the destination is the record's path array, `n` <= its length.
     let loaded = unsafe {
         bpf_skb_load_bytes(

@@ -439,6 +439,33 @@ pub(super) fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
     }
 }
 
+/// `n`, a length the caller already checked is in `1..=MAX`, in a register whose bounds the
+/// verifier knows to be `1..=MAX` too, for a helper's size argument (`bpf_skb_load_bytes` into
+/// a map value). A Rust check alone is not enough: LLVM may test one register (or a copy spilled
+/// by `black_box` as 32 bits, whose bounds 5.10 does not keep) and pass another, and older
+/// verifiers learn no lower bound from `n != 0` (seen on 5.10: "invalid access to map value,
+/// size=0"). Here the clamp is in asm, which LLVM cannot rewrite: `((n - 1) & 0xffff)`, then
+/// at most `MAX - 1`, plus one. For `n` in `1..=MAX` the result is `n`.
+#[inline(always)]
+pub(super) fn verifier_len<const MAX: u32>(n: u32) -> u32 {
+    const { assert!(MAX >= 1 && MAX <= 0x1_0000) };
+    let mut len = u64::from(n);
+    // SAFETY: register-only arithmetic and a forward jump within the block.
+    unsafe {
+        core::arch::asm!(
+            "{len} += -1",
+            "{len} &= 0xffff",
+            "if {len} <= {last} goto +1",
+            "{len} = {last}",
+            "{len} += 1",
+            len = inout(reg) len,
+            last = const MAX - 1,
+            options(pure, nomem, nostack),
+        );
+    }
+    len as u32
+}
+
 #[inline(always)]
 pub(super) fn load<T>(skb: *mut __sk_buff, offset: u32) -> Result<T, i64> {
     let mut out = core::mem::MaybeUninit::<T>::uninit();
