@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod nat;
 mod ownership;
+mod protocol_servers;
 mod real_servers;
 mod routes;
 mod tcp_bytes;
