@@ -39,6 +39,25 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // (dnsmasq-base starts no daemon at boot) and dig.
     ("dnsmasq-base", true),
     ("bind9-dnsutils", true),
+    // The protocol classification tests' real servers and clients (tests/tests/integration/
+    // protocol_servers.rs): redis-server and redis-cli, PostgreSQL's server (initdb and
+    // postgres under /usr/lib/postgresql/<version>/bin) and psql, and openssl for the TLS case's
+    // self-signed certificate. The tests run their own instances as children, on their own
+    // ports, in their own network namespaces; the system services these packages start on
+    // install are stopped and disabled below.
+    ("redis-server", true),
+    ("redis-tools", true),
+    ("postgresql", true),
+    ("openssl", true),
+];
+
+/// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a
+/// daemon on install and at boot): (package, service). The tests never use them; setup stops and
+/// disables those of the packages it installed itself (a service that was there before is left
+/// alone).
+const UNWANTED_SERVICES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("postgresql", "postgresql"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -169,7 +188,37 @@ fn apt_packages() -> Result<()> {
             report(&format!("apt {pkg}"), "installed (apt-get install)");
         }
     }
+    for &(pkg, service) in UNWANTED_SERVICES {
+        if missing.iter().any(|(p, _)| *p == pkg) {
+            report(&format!("service {service}"), stop_service(service)?);
+        }
+    }
     Ok(())
+}
+
+/// Stops `service` and keeps it from starting at boot: with systemd, `systemctl disable --now`;
+/// without (a container), its init script if it runs, and `update-rc.d disable`.
+fn stop_service(service: &str) -> Result<String> {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        cmd::run(Command::new("systemctl").args(["disable", "--now", service]))
+            .with_context(|| format!("stopping and disabling {service}"))?;
+        return Ok("stopped and disabled (systemctl disable --now)".to_owned());
+    }
+    if !std::path::Path::new("/etc/init.d").join(service).is_file() {
+        return Ok("ok: no systemd and no init script".to_owned());
+    }
+    let running = cmd::output(Command::new("service").args([service, "status"]))
+        .is_ok_and(|out| out.status.success());
+    if running {
+        cmd::run(Command::new("service").args([service, "stop"]))
+            .with_context(|| format!("stopping {service}"))?;
+    }
+    cmd::run(Command::new("update-rc.d").args([service, "disable"]))
+        .with_context(|| format!("disabling {service}"))?;
+    Ok(format!(
+        "{}disabled at boot (no systemd: init script)",
+        if running { "stopped and " } else { "" }
+    ))
 }
 
 fn bpf_linker() -> Result<String> {

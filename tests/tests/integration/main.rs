@@ -22,6 +22,7 @@ mod limits;
 mod nat;
 mod ownership;
 mod protocols;
+mod protocol_servers;
 mod real_servers;
 mod routes;
 mod tcp_bytes;
