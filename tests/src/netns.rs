@@ -61,3 +61,15 @@ pub fn current_netns_inode() -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
+
+/// Whether a TCP socket of the calling thread's network namespace listens on `port` (state
+/// 0A in `/proc/thread-self/net/tcp`): how the tests wait for a server they started without
+/// connecting to it (a probe would be one more connection for the tracer to see).
+pub fn tcp_listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1).is_some_and(|l| l.ends_with(&local)) && fields.get(3) == Some(&"0A")
+    })
+}

@@ -51,7 +51,7 @@ use std::{
 use tracer::{BackendChoice, Config, Tracer, model::Connections, sources::http::HttpConfig};
 use tracer_integration::{
     cmd::ip,
-    netns::in_fresh_netns,
+    netns::{in_fresh_netns, tcp_listening},
     policy::{first_backend_of_kernel, loaded_or_skip},
     tracer::backend_under_test,
 };
@@ -806,7 +806,7 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Wait for the listener without connecting to it (a probe would be one more
         // connection): this thread's /proc/net/tcp lists it.
-        while !listening(NGINX_PORT) {
+        while !tcp_listening(NGINX_PORT) {
             assert!(Instant::now() < deadline, "nginx never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -845,16 +845,6 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Whether a TCP socket of this thread's network namespace listens on `port` (state 0A).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1).is_some_and(|l| l.ends_with(&local)) && fields.get(3) == Some(&"0A")
-    })
 }
 
 /// One curl invocation: every URL over one connection (keep-alive), bodies discarded. Returns

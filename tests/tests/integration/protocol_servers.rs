@@ -47,7 +47,7 @@ use tracer_common::classify::{
     PROTO_HTTP, PROTO_HTTP2, PROTO_POSTGRES, PROTO_REDIS, PROTO_TLS, PROTO_UNKNOWN,
 };
 use tracer_integration::{
-    netns::{current_netns_inode, in_fresh_netns},
+    netns::{current_netns_inode, in_fresh_netns, tcp_listening},
     policy::loaded_or_skip,
     tracer::backend_under_test,
 };
@@ -204,20 +204,9 @@ impl Drop for Server {
     }
 }
 
-/// Whether a TCP socket of this thread's network namespace listens on `port` (state 0A), read
-/// without connecting (a probe would be one more connection).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1).is_some_and(|l| l.ends_with(&local)) && fields.get(3) == Some(&"0A")
-    })
-}
-
 fn wait_listening(server: &mut Server, port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !listening(port) {
+    while !tcp_listening(port) {
         server.check_running(log);
         assert!(
             Instant::now() < deadline,
@@ -902,7 +891,7 @@ fn postgres_and_psql_are_postgres() {
         // SIGINT: the fast shutdown (backends end, then the postmaster).
         let mut postgres = Server::new("postgres", child, libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(postgres_ready(&data) && listening(POSTGRES_PORT)) {
+        while !(postgres_ready(&data) && tcp_listening(POSTGRES_PORT)) {
             postgres.check_running(&log);
             assert!(Instant::now() < deadline, "postgres never became ready");
             std::thread::sleep(Duration::from_millis(50));

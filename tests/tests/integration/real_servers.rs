@@ -21,7 +21,7 @@ use std::{
 
 use tracer::{BackendChoice, Config, Tracer, model::Protocol};
 use tracer_integration::{
-    netns::{current_netns_inode, in_fresh_netns},
+    netns::{current_netns_inode, in_fresh_netns, tcp_listening},
     policy::loaded_or_skip,
     tracer::backend_under_test,
 };
@@ -84,7 +84,7 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Wait for the listener without connecting to it (a probe connection would be one more
         // connection for the tracer to report): this thread's /proc/net/tcp lists it.
-        while !listening(port) {
+        while !tcp_listening(port) {
             assert!(Instant::now() < deadline, "nginx never listened on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -111,16 +111,6 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Whether a TCP socket of this thread's network namespace listens on `port` (state 0A).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1).is_some_and(|l| l.ends_with(&local)) && fields.get(3) == Some(&"0A")
-    })
 }
 
 fn read_access_log(path: &Path) -> HashMap<u16, (u64, u64)> {
