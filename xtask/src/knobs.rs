@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Per run of the test binary, on the host and in a VM: a hung test must not eat CI's budget.
-const DEFAULT_TIMEOUT_SECS: u64 = 15 * 60;
+const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
 
 pub fn timeout() -> Duration {
     let secs = std::env::var("XTASK_TIMEOUT_SECS")

@@ -10,7 +10,8 @@
 //! - `XTASK_KERNELS=5.10,6.12`: only boot these VM kernels (labels from src/kernels.rs).
 //! - `XTASK_TEST_FILTER=name`: only run the integration tests whose names contain `name`.
 //! - `XTASK_TIMEOUT_SECS=N`: timeout of each run of the test binary, on the host and in a VM
-//!   (default 900); a VM gets N per backend plus 300 s to boot.
+//!   (default 1800: a net for a hung test, not a budget; a backend's run takes 12-13 min in a
+//!   VM on an idle host); a VM gets N per backend plus 300 s to boot.
 
 mod bench;
 mod cmd;
