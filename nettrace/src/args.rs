@@ -1,16 +1,28 @@
-//! Command-line parsing: hand-rolled, no panics, every error names the offending argument.
+//! Command-line parsing (clap, derive): no panics, every error names the offending argument.
+//!
+//! Exit status: 0 done, interrupted or `--help`; 1 tracer error (privileges, load, read); 2 usage
+//! error (clap's own code for a parse error, see [`USAGE_ERROR`]).
 
-use std::{ffi::OsString, time::Duration};
+use std::time::Duration;
 
+use clap::{ArgAction, Parser};
 use tracer::{Backend, BackendChoice};
 
-/// Printed by `--help` (stdout) and after a usage error (stderr).
-pub const USAGE: &str = "\
-usage: nettrace [OPTIONS]
+/// Default time between snapshots.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default number of table rows.
+pub const DEFAULT_LIMIT: usize = 40;
+/// Exit status of a usage error (clap's).
+pub const USAGE_ERROR: u8 = 2;
+const MIN_INTERVAL_S: f64 = 0.1;
+const MAX_INTERVAL_S: f64 = 86_400.0;
 
+const ABOUT: &str = "\
 Shows the host's TCP and UDP connections live: every interval, each connection that moved,
-sorted by throughput.
+sorted by throughput.";
 
+/// Printed after the options by `-h` and `--help`.
+const AFTER_HELP: &str = "\
 privileges: root, or a non-root user holding exactly these capabilities
   tracepoint, fentry  CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_READ_SEARCH (tracefs is root-only)
   kprobe              CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_DAC_OVERRIDE (writes kprobe_events)
@@ -20,16 +32,6 @@ privileges: root, or a non-root user holding exactly these capabilities
 e.g. setpriv --reuid=nobody --regid=nogroup --clear-groups \\
        --inh-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search \\
        --ambient-caps=-all,+bpf,+perfmon,+net_admin,+dac_read_search nettrace
-
-options:
-  --interval SECS   time between snapshots, fractional allowed (default 2, 0.1 to 86400)
-  --once            print one snapshot of one interval and exit
-  --json            one JSON object per connection per interval on stdout, one per line
-  --backend NAME    auto, fentry, kprobe or tracepoint (default auto)
-  --pid PID         only connections of this process (repeatable: any of them)
-  --port PORT       only connections with this local or remote port (repeatable: any of them)
-  --limit N         table rows per snapshot (default 40, 0 = all; JSON prints every row)
-  -h, --help        print this help and exit
 
 table: only connections that moved in the interval (closed ones once, with their last bytes),
 busiest first. TX/s, RX/s: this interval. TX, RX, RETR: totals since the tracer first saw the
@@ -41,12 +43,44 @@ the JSON lines give http_4xx and http_5xx). The header lists non-zero loss count
 
 exit status: 0 done or interrupted, 1 tracer error, 2 usage error";
 
-/// Default time between snapshots.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
-/// Default number of table rows.
-pub const DEFAULT_LIMIT: usize = 40;
-const MIN_INTERVAL_S: f64 = 0.1;
-const MAX_INTERVAL_S: f64 = 86_400.0;
+/// The command line as clap parses it; [`Cli::options`] turns it into [`Options`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "nettrace",
+    about = ABOUT,
+    long_about = None,
+    after_help = AFTER_HELP,
+    disable_help_flag = true,
+    // As the hand-written parser did: a repeated option's last value wins (`--pid` and
+    // `--port` collect all of theirs).
+    args_override_self = true,
+)]
+pub struct Cli {
+    /// time between snapshots in seconds, fractional allowed (0.1 to 86400)
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
+    interval: Duration,
+    /// print one snapshot of one interval and exit
+    #[arg(long)]
+    once: bool,
+    /// one JSON object per connection per interval on stdout, one per line
+    #[arg(long)]
+    json: bool,
+    /// auto, fentry, kprobe or tracepoint
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = parse_backend)]
+    backend: BackendChoice,
+    /// only connections of this process (repeatable: any of them)
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// only connections with this local or remote port (repeatable: any of them)
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// table rows per snapshot (0 = all; JSON prints every row)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
+    limit: usize,
+    /// print this help and exit
+    #[arg(short, long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,74 +109,32 @@ impl Default for Options {
     }
 }
 
-/// The outcome of a successful parse.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Help,
-    Run(Options),
-}
-
-/// Parses the arguments after the program name. The error is a one-line message (without the
-/// usage text, which the caller prints).
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut options = Options::default();
-    let mut args = args.into_iter();
-    while let Some(raw) = args.next() {
-        let arg = raw
-            .into_string()
-            .map_err(|raw| format!("argument {raw:?} is not valid UTF-8"))?;
-        // `--name=value` and `--name value` are both accepted for options that take a value.
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let takes_value = matches!(
-            name,
-            "--interval" | "--backend" | "--pid" | "--port" | "--limit"
-        );
-        if !takes_value && inline.is_some() {
-            return Err(format!("option {name} takes no value"));
-        }
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(value) => Ok(value.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("option {name} needs a value"))?
-                    .into_string()
-                    .map_err(|raw| format!("value {raw:?} of {name} is not valid UTF-8")),
-            }
-        };
-        match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--once" => options.once = true,
-            "--json" => options.json = true,
-            "--interval" => options.interval = parse_interval(&value()?)?,
-            "--backend" => options.backend = parse_backend(&value()?)?,
-            "--pid" => options.pids.push(parse_number(name, &value()?)?),
-            "--port" => options.ports.push(parse_number(name, &value()?)?),
-            "--limit" => {
-                let limit: usize = parse_number(name, &value()?)?;
-                options.limit = (limit != 0).then_some(limit);
-            }
-            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
-            other => return Err(format!("unexpected argument {other:?}")),
+impl Cli {
+    /// The options this command line asks for.
+    pub fn options(self) -> Options {
+        Options {
+            interval: self.interval,
+            once: self.once,
+            json: self.json,
+            backend: self.backend,
+            pids: self.pids,
+            ports: self.ports,
+            limit: (self.limit != 0).then_some(self.limit),
         }
     }
-    Ok(Command::Run(options))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
         .parse()
-        .map_err(|_| format!("--interval: {text:?} is not a number of seconds"))?;
+        .map_err(|_| "not a number of seconds".to_owned())?;
     if !(MIN_INTERVAL_S..=MAX_INTERVAL_S).contains(&seconds) {
         return Err(format!(
-            "--interval: {text} is out of range ({MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds)"
+            "out of range ({MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds)"
         ));
     }
-    Duration::try_from_secs_f64(seconds).map_err(|err| format!("--interval: {text}: {err}"))
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }
 
 fn parse_backend(text: &str) -> Result<BackendChoice, String> {
@@ -151,29 +143,39 @@ fn parse_backend(text: &str) -> Result<BackendChoice, String> {
     }
     Backend::from_name(text)
         .map(BackendChoice::Force)
-        .ok_or_else(|| {
-            format!("--backend: unknown backend {text:?} (auto, fentry, kprobe or tracepoint)")
-        })
-}
-
-fn parse_number<T: std::str::FromStr>(option: &str, text: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{option}: {text:?} is not a valid number for this option"))
+        .ok_or_else(|| "unknown backend (auto, fentry, kprobe or tracepoint)".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
+    use clap::{CommandFactory, error::ErrorKind};
+
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Command, String> {
-        parse(args.iter().map(OsString::from))
+    fn run(args: &[&str]) -> Result<Options, clap::Error> {
+        Cli::try_parse_from(std::iter::once("nettrace").chain(args.iter().copied()))
+            .map(Cli::options)
     }
 
     fn options(args: &[&str]) -> Options {
         match run(args) {
-            Ok(Command::Run(options)) => options,
-            other => panic!("{args:?} gave {other:?}"),
+            Ok(options) => options,
+            Err(err) => panic!("{args:?} gave {err}"),
         }
+    }
+
+    fn error(args: &[&str]) -> clap::Error {
+        match run(args) {
+            Ok(options) => panic!("{args:?} was accepted: {options:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -181,57 +183,146 @@ mod tests {
         assert_eq!(options(&[]), Options::default());
         assert_eq!(Options::default().interval, Duration::from_secs(2));
         assert_eq!(Options::default().limit, Some(40));
+        assert_eq!(Options::default().backend, BackendChoice::Auto);
     }
 
     #[test]
-    fn every_option_is_parsed() {
+    fn interval() {
+        assert_eq!(
+            options(&["--interval", "0.5"]).interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(options(&["--interval=3"]).interval, Duration::from_secs(3));
+        assert_eq!(
+            options(&["--interval", "0.1"]).interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            options(&["--interval", "86400"]).interval,
+            Duration::from_secs(86_400)
+        );
+        // The last one wins, as for every option that takes one value.
+        assert_eq!(
+            options(&["--interval", "1", "--interval", "4"]).interval,
+            Duration::from_secs(4)
+        );
+    }
+
+    #[test]
+    fn once_and_json() {
+        let o = options(&["--once"]);
+        assert!(o.once && !o.json);
+        let o = options(&["--json"]);
+        assert!(o.json && !o.once);
+        let o = options(&["--json", "--once"]);
+        assert!(o.json && o.once);
+        let o = options(&["--once", "--once", "--json", "--json"]);
+        assert!(o.json && o.once);
+    }
+
+    #[test]
+    fn backend() {
+        assert_eq!(options(&["--backend=auto"]).backend, BackendChoice::Auto);
+        for backend in Backend::PREFERENCE {
+            assert_eq!(
+                options(&["--backend", backend.name()]).backend,
+                BackendChoice::Force(backend)
+            );
+        }
+        assert_eq!(
+            options(&["--backend", "fentry", "--backend", "auto"]).backend,
+            BackendChoice::Auto
+        );
+    }
+
+    #[test]
+    fn pid_and_port_are_repeatable() {
+        let o = options(&["--pid", "42", "--pid=7", "--port", "443", "--port=0"]);
+        assert_eq!(o.pids, vec![42, 7]);
+        assert_eq!(o.ports, vec![443, 0]);
+        assert_eq!(options(&["--pid", "4294967295"]).pids, vec![u32::MAX]);
+        assert_eq!(options(&["--port", "65535"]).ports, vec![u16::MAX]);
+    }
+
+    #[test]
+    fn limit_and_limit_zero() {
+        assert_eq!(options(&["--limit", "5"]).limit, Some(5));
+        assert_eq!(options(&["--limit=0"]).limit, None);
+        assert_eq!(options(&["--limit=0", "--limit", "3"]).limit, Some(3));
+    }
+
+    #[test]
+    fn every_option_together() {
         let o = options(&[
             "--interval",
             "0.5",
             "--once",
             "--json",
             "--backend",
-            "tracepoint",
+            "kprobe",
             "--pid",
             "42",
-            "--pid=7",
             "--port",
             "443",
-            "--port=0",
             "--limit",
             "5",
         ]);
-        assert_eq!(o.interval, Duration::from_millis(500));
-        assert!(o.once && o.json);
-        assert_eq!(o.backend, BackendChoice::Force(Backend::Tracepoint));
-        assert_eq!(o.pids, vec![42, 7]);
-        assert_eq!(o.ports, vec![443, 0]);
-        assert_eq!(o.limit, Some(5));
-    }
-
-    #[test]
-    fn backend_names_and_limit_zero() {
-        assert_eq!(options(&["--backend=auto"]).backend, BackendChoice::Auto);
         assert_eq!(
-            options(&["--backend", "kprobe"]).backend,
-            BackendChoice::Force(Backend::Kprobe)
+            o,
+            Options {
+                interval: Duration::from_millis(500),
+                once: true,
+                json: true,
+                backend: BackendChoice::Force(Backend::Kprobe),
+                pids: vec![42],
+                ports: vec![443],
+                limit: Some(5),
+            }
         );
-        assert_eq!(
-            options(&["--backend", "fentry"]).backend,
-            BackendChoice::Force(Backend::Fentry)
-        );
-        assert_eq!(options(&["--limit", "0"]).limit, None);
-        assert_eq!(options(&["--interval=3"]).interval, Duration::from_secs(3));
     }
 
     #[test]
-    fn help_wins_wherever_it_is() {
-        assert_eq!(run(&["--help"]), Ok(Command::Help));
-        assert_eq!(run(&["--once", "-h"]), Ok(Command::Help));
+    fn help_wins_and_exits_zero_on_stdout() {
+        for args in [
+            &["--help"][..],
+            &["-h"],
+            &["--once", "-h"],
+            &["--json", "--help"],
+        ] {
+            let err = error(args);
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 0);
+            assert!(!err.use_stderr());
+        }
     }
 
     #[test]
-    fn bad_inputs_are_errors_not_panics() {
+    fn help_lists_every_option_and_the_notes() {
+        let help = Cli::command().render_help().to_string();
+        for needle in [
+            "Usage: nettrace [OPTIONS]",
+            "--interval <SECS>",
+            "[default: 2]",
+            "--once",
+            "--json",
+            "--backend <NAME>",
+            "[default: auto]",
+            "--pid <PID>",
+            "--port <PORT>",
+            "--limit <N>",
+            "[default: 40]",
+            "-h, --help",
+            "CAP_DAC_READ_SEARCH",
+            "setpriv",
+            "5XX%",
+            "exit status: 0 done or interrupted, 1 tracer error, 2 usage error",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_usage_errors_not_panics() {
         let bad: &[&[&str]] = &[
             &["--interval"],
             &["--interval", "abc"],
@@ -243,28 +334,43 @@ mod tests {
             &["--interval", "0.01"],
             &["--backend", "ebpf"],
             &["--backend", ""],
+            &["--backend"],
             &["--pid", "-3"],
             &["--pid", "4294967296"],
+            &["--pid"],
             &["--port", "65536"],
             &["--port", "http"],
             &["--limit", "-1"],
+            &["--limit", "many"],
             &["--limit"],
             &["--once=yes"],
+            &["--json=1"],
             &["--frobnicate"],
             &["-x"],
             &["extra"],
+            &["--help=yes"],
         ];
         for args in bad {
-            assert!(run(args).is_err(), "{args:?} was accepted");
+            let err = error(args);
+            assert!(err.use_stderr(), "{args:?}: {err}");
+            assert_eq!(i32::from(USAGE_ERROR), err.exit_code(), "{args:?}");
         }
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert_eq!(run(&["--bogus"]), Err("unknown option --bogus".to_owned()));
-        assert_eq!(
-            run(&["--pid"]),
-            Err("option --pid needs a value".to_owned())
+        let text = |args: &[&str]| error(args).to_string();
+        assert!(text(&["--bogus"]).contains("--bogus"));
+        assert!(text(&["--pid"]).contains("--pid <PID>"));
+        let interval = text(&["--interval", "0.01"]);
+        assert!(
+            interval.contains("--interval <SECS>") && interval.contains("out of range"),
+            "{interval}"
+        );
+        let backend = text(&["--backend", "ebpf"]);
+        assert!(
+            backend.contains("'ebpf'") && backend.contains("auto, fentry, kprobe or tracepoint"),
+            "{backend}"
         );
     }
 
@@ -272,7 +378,12 @@ mod tests {
     #[test]
     fn non_utf8_argument_is_an_error() {
         use std::os::unix::ffi::OsStringExt;
-        let arg = OsString::from_vec(vec![b'-', b'-', 0xff]);
-        assert!(parse([arg]).is_err());
+        let bad = |arg: Vec<u8>| {
+            let args = [OsString::from("nettrace"), OsString::from_vec(arg)];
+            Cli::try_parse_from(args).is_err()
+        };
+        assert!(bad(vec![b'-', b'-', 0xff]));
+        assert!(bad(b"--backend=\xff".to_vec()));
+        assert!(bad(b"--interval=\xff".to_vec()));
     }
 }
