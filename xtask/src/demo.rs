@@ -1,4 +1,5 @@
-//! `cargo xtask demo -- ARGS`: the `nettrace` binary in release mode, on a prepared machine.
+//! `cargo xtask demo -- ARGS`: the `nettrace` binary (crate `nettrace/`) in release mode, on a
+//! prepared machine.
 
 use std::process::Command;
 
@@ -13,15 +14,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     let status = cmd::status(
         Command::new("cargo")
             .current_dir(paths::workspace_root())
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "tracer",
-                "--bin",
-                "nettrace",
-                "--",
-            ])
+            .args(["run", "--release", "-p", "nettrace", "--"])
             .args(args),
     )?;
     Ok(status.success())

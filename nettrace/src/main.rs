@@ -1,7 +1,7 @@
 //! `nettrace`: the host's TCP and UDP connections, live, from the `tracer` library's public API.
 //!
 //! Every interval it asks the tracer for what moved since the previous call and prints it as
-//! an aligned table (busiest first) or as JSON lines. See [`args::USAGE`].
+//! an aligned table (busiest first) or as JSON lines. See `nettrace --help` ([`args::Cli`]).
 
 mod addr;
 mod app;
@@ -24,14 +24,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::Parser as _;
 use tracer::{Backend, Config, Tracer, model::Connections};
 
 use crate::{
-    args::{Command, Options},
-    filter::Selection,
-    process::ProcessNames,
-    row::Row,
-    telemetry::Telemetry,
+    args::Options, filter::Selection, process::ProcessNames, row::Row, telemetry::Telemetry,
 };
 
 /// The tracer client id this program reads with.
@@ -58,17 +55,18 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let options = match args::parse(std::env::args_os().skip(1)) {
-        Ok(Command::Run(options)) => options,
-        Ok(Command::Help) => {
-            return match writeln!(io::stdout(), "{}", args::USAGE) {
+    let options = match args::Cli::try_parse() {
+        Ok(cli) => cli.options(),
+        // `--help` (stdout, status 0) or a usage error (stderr, status 2).
+        Err(err) => {
+            let printed = err.print();
+            if err.use_stderr() {
+                return ExitCode::from(args::USAGE_ERROR);
+            }
+            return match printed {
                 Err(err) if err.kind() != io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
                 _ => ExitCode::SUCCESS,
             };
-        }
-        Err(message) => {
-            let _ = writeln!(io::stderr(), "nettrace: {message}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
         }
     };
     match run(&options) {
