@@ -86,9 +86,6 @@ pub struct KernelLayout {
     pub fd: FdOffsets,
     /// Offset of `ret` in the `syscalls:sys_exit_*` records.
     pub sys_exit_ret: u16,
-    /// The send/receive syscall tracepoints that give the tracepoint backend the peers of
-    /// unconnected UDP sockets.
-    pub udp_syscalls: UdpSyscallFormats,
 }
 
 impl KernelLayout {
@@ -117,30 +114,4 @@ pub struct FdOffsets {
     pub file_private_data: u16,
     /// `socket.sk`
     pub socket_sk: u16,
-}
-
-/// Offsets of the arguments the tracepoint backend reads from the `syscalls:sys_enter_*` records
-/// of the UDP send and receive syscalls, and of `ret` in their `sys_exit_*` records (all from the
-/// tracefs `format` files; zeros on kernels without syscall tracepoints).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UdpSyscallFormats {
-    /// `sys_enter_sendto` field `addr` (`struct sockaddr *`).
-    pub sendto_addr: u16,
-    /// `sys_enter_sendmsg` field `msg` (`struct user_msghdr *`).
-    pub sendmsg_msg: u16,
-    /// `sys_enter_sendmmsg` field `mmsg` (`struct mmsghdr *`).
-    pub sendmmsg_mmsg: u16,
-    /// `sys_enter_recvfrom` field `addr` (`struct sockaddr *`).
-    pub recvfrom_addr: u16,
-    /// `sys_enter_recvmsg` field `msg` (`struct user_msghdr *`).
-    pub recvmsg_msg: u16,
-    /// `sys_enter_recvmmsg` field `mmsg` (`struct mmsghdr *`).
-    pub recvmmsg_mmsg: u16,
-    /// `sys_exit_recvfrom` field `ret`.
-    pub recvfrom_ret: u16,
-    /// `sys_exit_recvmsg` field `ret`.
-    pub recvmsg_ret: u16,
-    /// `sys_exit_recvmmsg` field `ret`.
-    pub recvmmsg_ret: u16,
 }

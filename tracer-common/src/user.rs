@@ -37,7 +37,7 @@ const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 16
 // The layout the README documents (the stack appended after `comm`, padded to 8 bytes).
 const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_stack) == 152);
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 12 + 4 + 18);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 12 + 4);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

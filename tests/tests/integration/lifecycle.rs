@@ -2,11 +2,21 @@
 
 use std::time::{Duration, Instant};
 
-use tracer::kernel::{
-    conn_tracer::KernelConfig,
-    tcp_state::{TcpStateConfig, TcpStateProbe},
+use tracer::{
+    Backend, KernelVersion,
+    kernel::{
+        conn_tracer::KernelConfig,
+        plan::Hook,
+        tcp_state::{TcpStateConfig, TcpStateProbe},
+    },
 };
-use tracer_integration::{leaks::Snapshot, policy::loaded_or_skip, tracer::load};
+use tracer_common::names;
+use tracer_integration::{
+    kernel_view::{LinkTarget, attached_links},
+    leaks::Snapshot,
+    policy::loaded_or_skip,
+    tracer::{backend_under_test, load},
+};
 
 /// The kernel frees programs and maps asynchronously (RCU, a workqueue) after the last descriptor
 /// closes: poll, bounded, until `done` holds for a snapshot, and return the last one.
@@ -88,4 +98,92 @@ fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
     // And a new tracer starts again after the old one is gone.
     let again = load(KernelConfig::default()).expect("load after drop");
     assert_eq!(again.plan().probes.len(), planned);
+}
+
+/// The send and receive syscalls whose tracepoints the tracer must not take: a syscall tracepoint
+/// switches every syscall of every process onto the kernel's slower traced path (measured here:
+/// about 40 ns more per `getppid()`).
+const SEND_RECEIVE_SYSCALLS: [&str; 6] = [
+    "sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg",
+];
+
+/// `enum bpf_attach_type` values of the cgroup `sock_addr` hooks (include/uapi/linux/bpf.h).
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
+
+/// The kernel's own list of links says where each of the tracer's programs is attached: no
+/// program sits on a send/receive syscall tracepoint (nor on the raw `sys_enter`/`sys_exit`),
+/// and on the tracepoint backend the UDP peers come from the four cgroup `sock_addr` links.
+#[test]
+fn no_send_or_receive_syscall_tracepoint_is_attached() {
+    let Some(tracer) = load(KernelConfig::default()) else {
+        return;
+    };
+    // The plan says so ...
+    for probe in &tracer.plan().probes {
+        if let Hook::Tracepoint { category, name } = probe.hook {
+            assert!(
+                category != "syscalls"
+                    || !SEND_RECEIVE_SYSCALLS
+                        .iter()
+                        .any(|call| name.ends_with(&format!("_{call}"))),
+                "{} planned on {category}:{name}",
+                probe.program
+            );
+        }
+    }
+    // ... and so does the kernel.
+    let links = attached_links("nt_");
+    let named = |target: &LinkTarget| match target {
+        LinkTarget::Tracepoint(name) | LinkTarget::RawTracepoint(name) => Some(name.clone()),
+        _ => None,
+    };
+    for link in &links {
+        let Some(name) = named(&link.target) else {
+            continue;
+        };
+        let forbidden = name == "sys_enter"
+            || name == "sys_exit"
+            || SEND_RECEIVE_SYSCALLS.iter().any(|call| {
+                name == format!("sys_enter_{call}") || name == format!("sys_exit_{call}")
+            });
+        assert!(
+            !forbidden,
+            "{} is attached to {name}: {links:#?}",
+            link.program
+        );
+    }
+    // The reader sees the tracer's links (no vacuous pass): sock_ops on every backend, and where
+    // perf-event links name their tracepoint (6.6+), accept's exits.
+    assert!(
+        links.iter().any(|l| l.program == names::PROG_SOCK_OPS),
+        "{links:#?}"
+    );
+    let kernel = KernelVersion::current().expect("kernel version");
+    if kernel >= KernelVersion::new(6, 6, 0) {
+        assert!(
+            links
+                .iter()
+                .any(|l| named(&l.target).as_deref() == Some("sys_exit_accept4")),
+            "{links:#?}"
+        );
+    }
+    if backend_under_test() == Backend::Tracepoint {
+        for (program, attach) in [
+            (names::PROG_UDP_SENDMSG4, BPF_CGROUP_UDP4_SENDMSG),
+            (names::PROG_UDP_SENDMSG6, BPF_CGROUP_UDP6_SENDMSG),
+            (names::PROG_UDP_RECVMSG4, BPF_CGROUP_UDP4_RECVMSG),
+            (names::PROG_UDP_RECVMSG6, BPF_CGROUP_UDP6_RECVMSG),
+        ] {
+            assert!(
+                links
+                    .iter()
+                    .any(|l| l.program == program && l.target == LinkTarget::Cgroup(attach)),
+                "{program} on attach type {attach}: {links:#?}"
+            );
+        }
+    }
+    drop(tracer);
 }

@@ -32,7 +32,7 @@ use crate::{
     conn::{
         self,
         layout::{layout, read_kernel},
-        peer::{self, Memory},
+        peer,
     },
     counters::bump,
 };
@@ -266,7 +266,7 @@ fn msg_peer(msg: u64, msg_name_offset: u16) -> Option<peer::Peer> {
         return None;
     }
     let name = read_kernel::<u64>(msg, msg_name_offset).ok()?;
-    peer::read_sockaddr(Memory::Kernel, name)
+    peer::read_sockaddr(name)
 }
 
 /// A UDP socket is being destroyed (its last descriptor closed): close its flows.

@@ -1,8 +1,9 @@
 //! The tracepoint backend: the only way to trace on kernels without kprobes and fentry (like the
 //! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+, attached
 //! as raw tracepoints),
-//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers and
-//! closes come from the syscall tracepoints and a cgroup `sock_release` program (see `udp`).
+//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers come from
+//! cgroup `sock_addr` programs (`sock_addr`), UDP closes from a cgroup `sock_release` program
+//! (`udp`). The only syscall tracepoints left are `accept`'s exits (owners of accepted sockets).
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -18,6 +19,7 @@ use crate::{
     counters::bump,
 };
 
+mod sock_addr;
 mod udp;
 
 const MSG_PEEK: i32 = 2;
@@ -51,6 +53,10 @@ fn on_length(ctx: &RawTracePointContext, sending: bool) {
     let flags = ctx.arg::<u64>(2) as i32;
     if !sending && flags & MSG_PEEK != 0 {
         // Peeked bytes are read again by a later receive: counting them would count them twice.
+        // A UDP peek that asked for the source address left it for this call: drop it, so that
+        // a later receive of this thread that asks for none is not given it (a map delete, on
+        // peeks only).
+        sock_addr::forget();
         return;
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };

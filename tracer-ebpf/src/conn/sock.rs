@@ -59,6 +59,26 @@ pub fn unmap(address: [u8; 16]) -> [u8; 16] {
     out
 }
 
+/// A socket pointer read from a cgroup program's context (`bpf_sock_ops.sk`,
+/// `bpf_sock_addr.sk`) as a plain number: the verifier types the loaded value as a socket
+/// pointer and refuses arithmetic on it, but the shared table reads fields at `sk + offset`
+/// (offsets from BTF) and keys entries by the address. Negating it twice gives the same number
+/// typed as a scalar (allowed to privileged loaders, which this tracer requires anyway); as asm,
+/// the compiler cannot fold it away.
+#[inline(always)]
+pub fn as_scalar(mut sk: u64) -> u64 {
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        core::arch::asm!(
+            "{v} = -{v}",
+            "{v} = -{v}",
+            v = inout(reg) sk,
+            options(pure, nomem, nostack),
+        );
+    }
+    sk
+}
+
 /// Writes an IPv4 address into the first four bytes of a 16-byte address slot.
 #[inline(always)]
 pub fn put_v4(dst: &mut [u8; 16], src: [u8; 4]) {

@@ -68,7 +68,8 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::CgroupSockAddr(_) => {}
             }
         }
         let fentry = btf.is_some()
@@ -125,7 +126,8 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::CgroupSockAddr(_) => {}
             }
         }
         Self {

@@ -601,6 +601,20 @@ fn attach(
             prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
         }
+        (Hook::CgroupSockAddr(attach), Program::CgroupSockAddr(prog)) => {
+            // Like sock_release: a bpf_link on the cgroup v2 root (aya uses link_create from
+            // 5.7 on), so a tracer that dies leaves nothing attached. The attach type is the
+            // object's (its section name), which the probe table names.
+            let cgroup = open_cgroup2_root(
+                "a cgroup v2 mount (for the cgroup sendmsg/recvmsg programs)",
+                "4.18",
+            )?;
+            tracing::debug!(program, hook = attach.section(), "attaching");
+            let prog: &mut aya::programs::CgroupSockAddr = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+                .map_err(fail)?;
+        }
         (Hook::CgroupSockOps, Program::SockOps(prog)) => {
             // Like sock_release: a bpf_link on the cgroup v2 root, for every process's sockets.
             let cgroup = open_cgroup2_root("a cgroup v2 mount (for cgroup/sock_ops)", "5.10")?;

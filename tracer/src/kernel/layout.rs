@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use tracer_common::{
-    offsets::{FdOffsets, KernelLayout, SockLengthFormat, SockOffsets, UdpSyscallFormats},
+    offsets::{FdOffsets, KernelLayout, SockLengthFormat, SockOffsets},
     tracepoint::InetSockSetStateFormat,
 };
 
@@ -134,30 +134,5 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
         sys_exit_ret: EventFormat::read(tracefs, "syscalls", "sys_exit_accept4")?
             .field("syscalls/sys_exit_accept4", "ret")?
             .offset,
-        udp_syscalls: udp_syscalls(tracefs)?,
-    })
-}
-
-/// The UDP send/receive syscall tracepoints' layouts (tracepoint backend), or zeros on kernels
-/// without syscall tracepoints (CONFIG_FTRACE_SYSCALLS off: the tracepoint backend is then not
-/// planned, and nothing reads these).
-fn udp_syscalls(tracefs: &Path) -> Result<UdpSyscallFormats> {
-    if !tracefs.join("events/syscalls/sys_enter_sendto").is_dir() {
-        return Ok(UdpSyscallFormats::default());
-    }
-    let offset = |event: &str, field: &str| -> Result<u16> {
-        let format = EventFormat::read(tracefs, "syscalls", event)?;
-        Ok(format.field(&format!("syscalls/{event}"), field)?.offset)
-    };
-    Ok(UdpSyscallFormats {
-        sendto_addr: offset("sys_enter_sendto", "addr")?,
-        sendmsg_msg: offset("sys_enter_sendmsg", "msg")?,
-        sendmmsg_mmsg: offset("sys_enter_sendmmsg", "mmsg")?,
-        recvfrom_addr: offset("sys_enter_recvfrom", "addr")?,
-        recvmsg_msg: offset("sys_enter_recvmsg", "msg")?,
-        recvmmsg_mmsg: offset("sys_enter_recvmmsg", "mmsg")?,
-        recvfrom_ret: offset("sys_exit_recvfrom", "ret")?,
-        recvmsg_ret: offset("sys_exit_recvmsg", "ret")?,
-        recvmmsg_ret: offset("sys_exit_recvmmsg", "ret")?,
     })
 }

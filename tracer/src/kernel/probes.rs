@@ -89,6 +89,35 @@ pub enum Hook {
     CgroupSkbIngress,
     /// The same on `BPF_CGROUP_INET_EGRESS`: every packet a socket sends.
     CgroupSkbEgress,
+    /// A `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` program on the cgroup v2 root, run by the UDP send or
+    /// receive functions with the peer's address (the attach type comes from the object's
+    /// section name, `cgroup/<name>`).
+    CgroupSockAddr(SockAddrHook),
+}
+
+/// The `sock_addr` attach points the tracer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAddrHook {
+    /// `BPF_CGROUP_UDP4_SENDMSG` (4.18): `udp_sendmsg` with a destination address.
+    UdpSendmsg4,
+    /// `BPF_CGROUP_UDP6_SENDMSG` (4.18): `udpv6_sendmsg` with a destination address.
+    UdpSendmsg6,
+    /// `BPF_CGROUP_UDP4_RECVMSG` (5.2): `udp_recvmsg` asked for the source address.
+    UdpRecvmsg4,
+    /// `BPF_CGROUP_UDP6_RECVMSG` (5.2): `udpv6_recvmsg` asked for the source address.
+    UdpRecvmsg6,
+}
+
+impl SockAddrHook {
+    /// The section name, `cgroup/<attach>`.
+    pub const fn section(self) -> &'static str {
+        match self {
+            SockAddrHook::UdpSendmsg4 => "cgroup/sendmsg4",
+            SockAddrHook::UdpSendmsg6 => "cgroup/sendmsg6",
+            SockAddrHook::UdpRecvmsg4 => "cgroup/recvmsg4",
+            SockAddrHook::UdpRecvmsg6 => "cgroup/recvmsg6",
+        }
+    }
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -200,21 +229,31 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(6, 3, 0),
         max_kernel: None,
     },
-    // Tracepoint backend, UDP: the peers of unconnected sockets come from the send/receive
-    // syscalls (see tracer-ebpf/src/backend/tracepoint/udp.rs). The exits are attached before the
-    // enters, so that every argument stash an enter makes is deleted by its exit.
-    udp_syscall(tracer_common::names::PROG_TPX_SENDTO, "sys_exit_sendto"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMSG, "sys_exit_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMMSG, "sys_exit_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVFROM, "sys_exit_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMSG, "sys_exit_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMMSG, "sys_exit_recvmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDTO, "sys_enter_sendto"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMSG, "sys_enter_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMMSG, "sys_enter_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVFROM, "sys_enter_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMSG, "sys_enter_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMMSG, "sys_enter_recvmmsg"),
+    // Tracepoint backend, UDP: the peers of unconnected sockets come from cgroup sock_addr
+    // programs, handed to the length events above (tracer-ebpf/src/backend/tracepoint/
+    // sock_addr.rs), not from syscall tracepoints, which put every syscall of every process on
+    // the kernel's slower traced path. Attached after the length events, so that no peer is
+    // handed over to a length event that is not attached yet (and left for a later call).
+    sock_addr(
+        names::PROG_UDP_SENDMSG4,
+        SockAddrHook::UdpSendmsg4,
+        SENDMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_SENDMSG6,
+        SockAddrHook::UdpSendmsg6,
+        SENDMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_RECVMSG4,
+        SockAddrHook::UdpRecvmsg4,
+        RECVMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_RECVMSG6,
+        SockAddrHook::UdpRecvmsg6,
+        RECVMSG_MIN,
+    ),
     // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does
     // (required by the tracepoint backend). The same hook ends a TCP connection that closed while
     // its application still had bytes to read, when the application lets go of the socket, read
@@ -340,17 +379,24 @@ const fn kretprobe(
     function_probe(program, hook, KPROBE, min_kernel, max_kernel)
 }
 
-/// A `syscalls:<name>` tracepoint of the tracepoint backend's UDP peers (syscall tracepoints and
-/// BPF on tracepoints: 4.7).
-const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
+/// `cgroup/sendmsg4` and `sendmsg6`: Linux 4.18.
+const SENDMSG_MIN: KernelVersion = KernelVersion::new(4, 18, 0);
+/// `cgroup/recvmsg4` and `recvmsg6`: Linux 5.2. (The programs also call
+/// `bpf_get_current_pid_tgid`, which every kernel the tracepoint backend runs on, 6.3+, offers
+/// to them.)
+const RECVMSG_MIN: KernelVersion = KernelVersion::new(5, 2, 0);
+
+/// A cgroup `sock_addr` program of the tracepoint backend's UDP peers.
+const fn sock_addr(
+    program: &'static str,
+    hook: SockAddrHook,
+    min_kernel: KernelVersion,
+) -> ProbeSpec {
     ProbeSpec {
         program,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name,
-        },
+        hook: Hook::CgroupSockAddr(hook),
         backends: TRACEPOINT,
-        min_kernel: KernelVersion::new(4, 7, 0),
+        min_kernel,
         max_kernel: None,
     }
 }
