@@ -331,3 +331,46 @@ pub fn attached_links(prefix: &str) -> Vec<AttachedLink> {
     }
     out
 }
+
+/// `BPF_TASK_FD_QUERY` (Linux 4.15+) and its `fd_type`s.
+const BPF_TASK_FD_QUERY: libc::c_long = 20;
+const BPF_FD_TYPE_RAW_TRACEPOINT: u32 = 0;
+const BPF_FD_TYPE_TRACEPOINT: u32 = 1;
+
+/// The tracepoints (classic or raw) that this process's descriptors attach BPF programs to, by
+/// name, as the kernel reports them for each descriptor (`BPF_TASK_FD_QUERY`, what
+/// `bpftool perf` shows; Linux 4.15+). Unlike [`attached_links`], this sees tracepoints attached
+/// without a BPF link too (perf-event attachments before 5.15).
+pub fn own_attached_tracepoints() -> Vec<String> {
+    let pid = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return out;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mut name = [0u8; 128];
+        // struct { u32 pid; u32 fd; u32 flags; u32 buf_len; u64 buf; u32 prog_id;
+        // u32 fd_type; u64 probe_offset; u64 probe_addr; } task_fd_query
+        let mut attr = [0u64; 8];
+        attr[0] = u64::from(pid) | (u64::from(fd) << 32);
+        attr[1] = (name.len() as u64) << 32;
+        attr[2] = name.as_mut_ptr() as u64;
+        // Not a perf event or raw tracepoint with a program (most descriptors): an error.
+        if bpf(BPF_TASK_FD_QUERY, &mut attr).is_err() {
+            continue;
+        }
+        let fd_type = (attr[3] >> 32) as u32;
+        if fd_type == BPF_FD_TYPE_TRACEPOINT || fd_type == BPF_FD_TYPE_RAW_TRACEPOINT {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            out.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+    }
+    out
+}

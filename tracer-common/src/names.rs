@@ -26,10 +26,6 @@ pub const PROG_TP_STATE: &str = "nt_tp_state";
 pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";
 /// All backends: `tcp:tcp_receive_reset` (a refused connect's last chance to show its port).
 pub const PROG_TP_RECV_RESET: &str = "nt_tp_rst_in";
-/// All backends: `syscalls:sys_exit_accept4` (owner of accepted connections).
-pub const PROG_ACCEPT4: &str = "nt_tp_accept4";
-/// All backends: `syscalls:sys_exit_accept`.
-pub const PROG_ACCEPT: &str = "nt_tp_accept";
 // fentry backend (fexit on the function's return, fentry where only the arguments matter). A
 // trailing digit is the hooked function's parameter count where its signature changed: the
 // variant matching the running kernel is attached.
@@ -128,6 +124,9 @@ pub const PROG_SOCK_OPS: &str = "nt_sock_ops";
 /// Every backend, Linux 5.9+: the `iter/tcp` iterator that refreshes the tracked TCP connections'
 /// copied counters at read time.
 pub const PROG_ITER_TCP: &str = "nt_iter_tcp";
+/// Every backend, Linux 5.8+: the `iter/task_file` iterator that names the owners of accepted
+/// connections that did no I/O yet, at read time.
+pub const PROG_ITER_TASK_FILE: &str = "nt_iter_files";
 /// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
 pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
 /// Tracepoint backend: LRU map pid_tgid -> the peer a `sock_addr` program hands to the length

@@ -12,7 +12,7 @@ use tracer::{
 };
 use tracer_common::names;
 use tracer_integration::{
-    kernel_view::{LinkTarget, attached_links},
+    kernel_view::{LinkTarget, attached_links, own_attached_tracepoints},
     leaks::Snapshot,
     policy::loaded_or_skip,
     tracer::{backend_under_test, load},
@@ -100,12 +100,9 @@ fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
     assert_eq!(again.plan().probes.len(), planned);
 }
 
-/// The send and receive syscalls whose tracepoints the tracer must not take: a syscall tracepoint
-/// switches every syscall of every process onto the kernel's slower traced path (measured here:
-/// about 40 ns more per `getppid()`).
-const SEND_RECEIVE_SYSCALLS: [&str; 6] = [
-    "sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg",
-];
+/// `BPF_LINK_TYPE_PERF_EVENT` (include/uapi/linux/bpf.h): a program on a perf event, e.g. a
+/// classic tracepoint (5.15+).
+const BPF_LINK_TYPE_PERF_EVENT: u32 = 7;
 
 /// `enum bpf_attach_type` values of the cgroup `sock_addr` hooks (include/uapi/linux/bpf.h).
 const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
@@ -113,11 +110,22 @@ const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
 const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
 
-/// The kernel's own list of links says where each of the tracer's programs is attached: no
-/// program sits on a send/receive syscall tracepoint (nor on the raw `sys_enter`/`sys_exit`),
-/// and on the tracepoint backend the UDP peers come from the four cgroup `sock_addr` links.
+/// Whether a tracepoint name is a syscall's (`sys_enter_*`, `sys_exit_*`, or the raw
+/// `sys_enter`/`sys_exit`): any of them switches every syscall of every process onto the
+/// kernel's slower traced path (measured here: about 40 ns more per `getppid()`).
+fn is_syscall_tracepoint(name: &str) -> bool {
+    name == "sys_enter"
+        || name == "sys_exit"
+        || name.starts_with("sys_enter_")
+        || name.starts_with("sys_exit_")
+}
+
+/// The kernel says where each of the tracer's programs is attached: no program sits on a
+/// syscall tracepoint (owners of accepted sockets come from their first I/O and the read-time
+/// `iter/task_file` walk; UDP peers from the kernel `msghdr`, or on the tracepoint backend from
+/// the four cgroup `sock_addr` links).
 #[test]
-fn no_send_or_receive_syscall_tracepoint_is_attached() {
+fn no_syscall_tracepoint_is_attached() {
     let Some(tracer) = load(KernelConfig::default()) else {
         return;
     };
@@ -125,50 +133,54 @@ fn no_send_or_receive_syscall_tracepoint_is_attached() {
     for probe in &tracer.plan().probes {
         if let Hook::Tracepoint { category, name } = probe.hook {
             assert!(
-                category != "syscalls"
-                    || !SEND_RECEIVE_SYSCALLS
-                        .iter()
-                        .any(|call| name.ends_with(&format!("_{call}"))),
+                category != "syscalls" && !is_syscall_tracepoint(name),
                 "{} planned on {category}:{name}",
                 probe.program
             );
         }
     }
-    // ... and so does the kernel.
+    // ... and so does the kernel, in two views: the tracepoints this process's descriptors
+    // attach programs to (BPF_TASK_FD_QUERY: raw tracepoints, and classic ones attached without
+    // a BPF link, i.e. before 5.15), and the kernel's list of links (whose perf-event links name
+    // their tracepoint from 6.6 on).
     let links = attached_links("nt_");
-    let named = |target: &LinkTarget| match target {
+    let mut seen = own_attached_tracepoints();
+    seen.extend(links.iter().filter_map(|link| match &link.target {
         LinkTarget::Tracepoint(name) | LinkTarget::RawTracepoint(name) => Some(name.clone()),
         _ => None,
-    };
-    for link in &links {
-        let Some(name) = named(&link.target) else {
-            continue;
-        };
-        let forbidden = name == "sys_enter"
-            || name == "sys_exit"
-            || SEND_RECEIVE_SYSCALLS.iter().any(|call| {
-                name == format!("sys_enter_{call}") || name == format!("sys_exit_{call}")
-            });
+    }));
+    for name in &seen {
         assert!(
-            !forbidden,
-            "{} is attached to {name}: {links:#?}",
-            link.program
+            !is_syscall_tracepoint(name),
+            "attached to {name}: {seen:?} {links:#?}"
         );
     }
-    // The reader sees the tracer's links (no vacuous pass): sock_ops on every backend, and where
-    // perf-event links name their tracepoint (6.6+), accept's exits.
+    // No vacuous pass: the views see the tracer's attachments. sock_ops on every backend; the
+    // state-change tracepoint where a view names classic tracepoints; where none does (perf-event
+    // links of 5.15-6.5), an unnamed perf-event link for each planned classic tracepoint (kprobes
+    // are perf-event links too).
     assert!(
         links.iter().any(|l| l.program == names::PROG_SOCK_OPS),
         "{links:#?}"
     );
     let kernel = KernelVersion::current().expect("kernel version");
-    if kernel >= KernelVersion::new(6, 6, 0) {
+    if kernel < KernelVersion::new(5, 15, 0) || kernel >= KernelVersion::new(6, 6, 0) {
         assert!(
-            links
-                .iter()
-                .any(|l| named(&l.target).as_deref() == Some("sys_exit_accept4")),
-            "{links:#?}"
+            seen.iter().any(|t| t == "inet_sock_set_state"),
+            "{seen:?} {links:#?}"
         );
+    } else {
+        let classic = tracer
+            .plan()
+            .probes
+            .iter()
+            .filter(|p| matches!(p.hook, Hook::Tracepoint { .. }))
+            .count();
+        let perf_links = links
+            .iter()
+            .filter(|l| l.target == LinkTarget::Other(BPF_LINK_TYPE_PERF_EVENT))
+            .count();
+        assert!(perf_links >= classic, "{classic} tracepoints: {links:#?}");
     }
     if backend_under_test() == Backend::Tracepoint {
         for (program, attach) in [

@@ -279,7 +279,7 @@ pub fn udp_destroyed(sk: u64) {
 /// `sock->sk` of a `struct socket *` (hooks that get the socket, like `tcp_splice_read`).
 #[inline(always)]
 pub fn sk_of_socket(socket: u64) -> Option<u64> {
-    match read_kernel::<u64>(socket, layout().fd.socket_sk) {
+    match read_kernel::<u64>(socket, layout().file.socket_sk) {
         Ok(sk) if sk != 0 => Some(sk),
         _ => {
             bump(Counter::KernelReadFailed);

@@ -3,7 +3,8 @@
 //! as raw tracepoints),
 //! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers come from
 //! cgroup `sock_addr` programs (`sock_addr`), UDP closes from a cgroup `sock_release` program
-//! (`udp`). The only syscall tracepoints left are `accept`'s exits (owners of accepted sockets).
+//! (`udp`). No syscall tracepoint: owners of accepted sockets come from their first I/O and the
+//! read-time `iter/task_file` walk.
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -120,36 +121,6 @@ pub fn nt_tp_retrans(ctx: TracePointContext) -> u32 {
         Err(_) => bump(Counter::TracepointReadFailed),
     }
     0
-}
-
-/// `accept4` returned a descriptor: the accepting process owns the new connection. The accepted
-/// socket was created in softirq, where no pid is known (shared by every backend).
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn nt_tp_accept4(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-/// Same for `accept`.
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn nt_tp_accept(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-fn on_accept_exit(ctx: &TracePointContext) {
-    let layout = layout();
-    let Ok(ret) = field::<i64>(ctx, layout.sys_exit_ret) else {
-        bump(Counter::TracepointReadFailed);
-        return;
-    };
-    if ret < 0 {
-        return;
-    }
-    match conn::fd::sock_of_fd(ret, &layout.fd) {
-        Some(sk) => conn::set_owner(sk, conn::sock::current_tgid()),
-        None => bump(Counter::KernelReadFailed),
-    }
 }
 
 /// A reset arrived on `skaddr` (shared by every backend): refresh the connection, and catch the

@@ -67,6 +67,7 @@ impl Capabilities {
                 Hook::CgroupSockRelease
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
+                | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
                 | Hook::CgroupSockAddr(_) => {}
@@ -125,6 +126,7 @@ impl Capabilities {
                 Hook::CgroupSockRelease
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
+                | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
                 | Hook::CgroupSockAddr(_) => {}

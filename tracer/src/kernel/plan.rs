@@ -4,7 +4,7 @@
 
 pub use super::probes::{
     Backend, BackendChoice, CAPTURE_MIN_KERNEL, CAPTURE_PROBES, Hook, ITER_MIN_KERNEL, MIN_KERNEL,
-    PROBES, ProbeSpec, SockAddrHook, without_tcp_iterator,
+    PROBES, ProbeSpec, SockAddrHook, without_task_file_iterator, without_tcp_iterator,
 };
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
@@ -34,7 +34,12 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
             let too_old: Vec<String> = PROBES
                 .iter()
                 .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
-                .filter(|p| p.hook != Hook::CgroupSockOps && p.hook != Hook::IterTcp)
+                .filter(|p| {
+                    !matches!(
+                        p.hook,
+                        Hook::CgroupSockOps | Hook::IterTcp | Hook::IterTaskFile
+                    )
+                })
                 .filter(|p| !(p.hook == Hook::CgroupSockRelease && backend != Backend::Tracepoint))
                 .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
                 .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
@@ -86,6 +91,7 @@ fn target_name(hook: Hook) -> String {
         Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
         Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
         Hook::IterTcp => "iter/tcp".to_owned(),
+        Hook::IterTaskFile => "iter/task_file".to_owned(),
         Hook::CgroupSkbIngress => "cgroup_skb/ingress".to_owned(),
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_owned(),
         Hook::CgroupSockAddr(attach) => attach.section().to_owned(),
@@ -669,11 +675,11 @@ mod tests {
     }
 
     /// Syscall tracepoints switch every syscall of every process onto the kernel's slower
-    /// traced path: no backend takes the send/receive syscalls' (the UDP peers come from cgroup
-    /// `sock_addr` programs on the tracepoint backend, from the kernel `msghdr` on the others).
-    /// `accept`'s exits are the only ones left (owners of accepted sockets, a later step).
+    /// traced path: no backend plans one (the UDP peers come from cgroup `sock_addr` programs on
+    /// the tracepoint backend, from the kernel `msghdr` on the others; the owners of accepted
+    /// sockets from their first I/O and the `iter/task_file` walk at read time).
     #[test]
-    fn no_backend_attaches_a_send_or_receive_syscall_tracepoint() {
+    fn no_backend_plans_a_syscall_tracepoint() {
         for backend in Backend::PREFERENCE {
             for kernel in [KernelVersion::new(6, 12, 0), KernelVersion::new(6, 18, 44)] {
                 let caps = Capabilities::for_tests(kernel, true, true, true, true);
@@ -689,9 +695,9 @@ mod tests {
                         _ => None,
                     })
                     .collect();
-                assert_eq!(
-                    syscalls,
-                    ["sys_exit_accept4", "sys_exit_accept"],
+                assert!(syscalls.is_empty(), "{backend} on {kernel}: {syscalls:?}");
+                assert!(
+                    planned.probes.iter().any(|p| p.hook == Hook::IterTaskFile),
                     "{backend} on {kernel}"
                 );
                 let sock_addr = planned

@@ -84,6 +84,11 @@ pub enum Hook {
     /// the tracer runs without it and says so (TCP packets, retransmits and RTT are then as of
     /// each connection's latest application I/O).
     IterTcp,
+    /// A BPF iterator over every open file of every task (`iter/task_file`, 5.8+), run at read
+    /// time when the map holds accepted TCP connections without an owner. Optional like
+    /// [`Hook::IterTcp`]: without it, an accepted connection is named by its first send or
+    /// receive, and held back from results until then.
+    IterTaskFile,
     /// A `BPF_PROG_TYPE_CGROUP_SKB` program on `BPF_CGROUP_INET_INGRESS` of the cgroup v2 root:
     /// every packet a socket of any process receives (the packet capture).
     CgroupSkbIngress,
@@ -169,24 +174,15 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(4, 16, 0),
         max_kernel: None,
     },
+    // Run at read time, not on events: the owners of accepted connections that did no I/O
+    // yet (the first send or receive names the others, in process context), from the
+    // descriptors of every task (tracer/src/kernel/iter.rs). No syscall tracepoint: one would
+    // put every syscall of every process on the kernel's slower traced path.
     ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT4,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept4",
-        },
+        program: tracer_common::names::PROG_ITER_TASK_FILE,
+        hook: Hook::IterTaskFile,
         backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
+        min_kernel: TASK_FILE_ITER_MIN_KERNEL,
         max_kernel: None,
     },
     ProbeSpec {
@@ -427,6 +423,17 @@ pub const CAPTURE_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 
 /// The first kernel with BPF iterators over TCP sockets (`iter/tcp`).
 pub const ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 9, 0);
+
+/// The first kernel with BPF iterators over tasks' files (`iter/task_file`).
+pub const TASK_FILE_ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+/// What the plan's reason says when the task-file iterator is left out.
+pub fn without_task_file_iterator(why: &str) -> String {
+    format!(
+        "without iter/task_file ({why}): an accepted TCP connection is held back until its first \
+         send or receive names its owner"
+    )
+}
 
 /// What the plan's reason says when the TCP iterator is left out, `why` (a kernel below 5.9, or
 /// the error that refused it at load time).
