@@ -193,3 +193,184 @@ pub fn parse_ss(text: &str) -> std::collections::HashMap<(String, String), SsInf
     }
     out
 }
+
+/// One BPF link in the kernel: the program it attaches, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedLink {
+    /// The attached program's name (the kernel keeps the first 15 bytes).
+    pub program: String,
+    pub target: LinkTarget,
+}
+
+/// Where a link attaches, as far as these tests need to tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A classic tracepoint (perf-event link), by event name, e.g. `sys_enter_sendto`.
+    Tracepoint(String),
+    /// A raw tracepoint, by name, e.g. `sock_send_length`.
+    RawTracepoint(String),
+    /// A cgroup program, by attach type (`enum bpf_attach_type`).
+    Cgroup(u32),
+    /// Any other link type, or a perf-event link that is not a tracepoint.
+    Other(u32),
+}
+
+/// `bpf(2)` commands and constants (include/uapi/linux/bpf.h).
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_TYPE_RAW_TRACEPOINT: u32 = 1;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+const BPF_LINK_TYPE_PERF_EVENT: u32 = 7;
+const BPF_PERF_EVENT_TRACEPOINT: u32 = 5;
+
+/// `bpf(cmd, attr, size)` with a zero-padded `attr`.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, writable buffer of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// `struct bpf_link_info` of link `fd`, with `name` as the buffer of the name the kernel copies
+/// out (raw tracepoint, or perf-event tracepoint).
+fn link_info(fd: &std::os::fd::OwnedFd, name: &mut [u8; 128]) -> io::Result<[u64; 16]> {
+    let mut info = [0u64; 16];
+    let u32_at = |info: &mut [u64; 16], byte: usize, value: u32| {
+        let word = &mut info[byte / 8];
+        let shift = (byte % 8) * 8;
+        *word = (*word & !(0xffff_ffffu64 << shift)) | (u64::from(value) << shift);
+    };
+    // First pass: the type, to know where the name buffer goes.
+    let mut attr = [0u64; 8];
+    let get = |info: &mut [u64; 16], attr: &mut [u64; 8]| -> io::Result<()> {
+        attr.fill(0);
+        attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(info) as u64) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, attr).map(drop)
+    };
+    get(&mut info, &mut attr)?;
+    let link_type = info[0] as u32;
+    let perf_type = info[2] as u32;
+    let name_ptr = name.as_mut_ptr() as u64;
+    let name_len = name.len() as u32;
+    match link_type {
+        // raw_tracepoint { __aligned_u64 tp_name; __u32 tp_name_len; } at byte 16.
+        BPF_LINK_TYPE_RAW_TRACEPOINT => {
+            info = [0; 16];
+            info[2] = name_ptr;
+            u32_at(&mut info, 24, name_len);
+        }
+        // perf_event { __u32 type; __u32 :32; tracepoint { __aligned_u64 tp_name; __u32
+        // name_len; ... } } at byte 16 (6.6+).
+        BPF_LINK_TYPE_PERF_EVENT if perf_type == BPF_PERF_EVENT_TRACEPOINT => {
+            info = [0; 16];
+            info[3] = name_ptr;
+            u32_at(&mut info, 32, name_len);
+        }
+        _ => return Ok(info),
+    }
+    get(&mut info, &mut attr)?;
+    Ok(info)
+}
+
+/// Every BPF link in the kernel whose program's name starts with `prefix`, and where it
+/// attaches (read with `BPF_LINK_GET_NEXT_ID`, `BPF_LINK_GET_FD_BY_ID` and
+/// `BPF_OBJ_GET_INFO_BY_FD`, like `bpftool link`). Perf-event links name their tracepoint from
+/// Linux 6.6 on; before, they come back as `Other`.
+pub fn attached_links(prefix: &str) -> Vec<AttachedLink> {
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
+        .filter(|(_, name)| name.starts_with(prefix))
+        .collect();
+    let mut out = Vec::new();
+    for link in aya::programs::loaded_links().filter_map(Result::ok) {
+        let Some(program) = names.get(&link.program_id()) else {
+            continue;
+        };
+        let mut attr = [0u64; 8];
+        attr[0] = u64::from(link.id());
+        let fd = match bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            Ok(fd) => unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
+            },
+            // Detached between the listing and now.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => panic!("BPF_LINK_GET_FD_BY_ID {}: {e}", link.id()),
+        };
+        let mut name = [0u8; 128];
+        let info = link_info(&fd, &mut name).expect("BPF_OBJ_GET_INFO_BY_FD of a link");
+        let text = || {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        };
+        let link_type = info[0] as u32;
+        let target = match link_type {
+            BPF_LINK_TYPE_RAW_TRACEPOINT => LinkTarget::RawTracepoint(text()),
+            BPF_LINK_TYPE_PERF_EVENT if info[2] as u32 == BPF_PERF_EVENT_TRACEPOINT => {
+                LinkTarget::Tracepoint(text())
+            }
+            // cgroup { __u64 cgroup_id; __u32 attach_type; } at byte 16.
+            BPF_LINK_TYPE_CGROUP => LinkTarget::Cgroup(info[3] as u32),
+            other => LinkTarget::Other(other),
+        };
+        out.push(AttachedLink {
+            program: program.clone(),
+            target,
+        });
+    }
+    out
+}
+
+/// `BPF_TASK_FD_QUERY` (Linux 4.15+) and its `fd_type`s.
+const BPF_TASK_FD_QUERY: libc::c_long = 20;
+const BPF_FD_TYPE_RAW_TRACEPOINT: u32 = 0;
+const BPF_FD_TYPE_TRACEPOINT: u32 = 1;
+
+/// The tracepoints (classic or raw) that this process's descriptors attach BPF programs to, by
+/// name, as the kernel reports them for each descriptor (`BPF_TASK_FD_QUERY`, what
+/// `bpftool perf` shows; Linux 4.15+). Unlike [`attached_links`], this sees tracepoints attached
+/// without a BPF link too (perf-event attachments before 5.15).
+pub fn own_attached_tracepoints() -> Vec<String> {
+    let pid = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return out;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mut name = [0u8; 128];
+        // struct { u32 pid; u32 fd; u32 flags; u32 buf_len; u64 buf; u32 prog_id;
+        // u32 fd_type; u64 probe_offset; u64 probe_addr; } task_fd_query
+        let mut attr = [0u64; 8];
+        attr[0] = u64::from(pid) | (u64::from(fd) << 32);
+        attr[1] = (name.len() as u64) << 32;
+        attr[2] = name.as_mut_ptr() as u64;
+        // Not a perf event or raw tracepoint with a program (most descriptors): an error.
+        if bpf(BPF_TASK_FD_QUERY, &mut attr).is_err() {
+            continue;
+        }
+        let fd_type = (attr[3] >> 32) as u32;
+        if fd_type == BPF_FD_TYPE_TRACEPOINT || fd_type == BPF_FD_TYPE_RAW_TRACEPOINT {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            out.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+    }
+    out
+}

@@ -66,7 +66,9 @@ counters! {
     /// are closed by userspace at its next read after the socket closed (not lost: an activity
     /// count).
     UdpPeersOverflow = 10 => "udp_peers_overflow" : Activity,
-    /// An unconnected UDP send or receive whose peer could not be determined.
+    /// An unconnected UDP send or receive whose peer could not be determined: on the tracepoint
+    /// backend, a receive that did not ask for the source address (`recv()`, `read()`, `recvmsg`
+    /// with a NULL `msg_name`); on the others, one whose `msghdr` named none.
     UdpMissingPeer = 11 => "udp_missing_peer" : Loss,
     /// kprobe backend: a kprobe could not stash its arguments for the kretprobe (the stash map
     /// refused the insert): that call's bytes are lost.
@@ -77,8 +79,8 @@ counters! {
     /// A new peer flow of an unconnected UDP socket could not be listed because `NT_UDP_PEERS`
     /// was full: the socket's close does not close it, userspace expiry does.
     UdpPeersMapFull = 14 => "udp_peers_map_full" : Loss,
-    /// tracepoint backend: a UDP send/receive syscall's arguments could not be stashed
-    /// (`NT_UDP_CALLS` full): datagrams of unconnected sockets in that call count as
+    /// tracepoint backend: a cgroup `sendmsg`/`recvmsg` program could not hand its peer over to
+    /// the length event (`NT_UDP_HANDOFF` refused the insert): that datagram counts as
     /// `udp_missing_peer`.
     UdpCallsFull = 15 => "udp_calls_full" : Loss,
     /// A peer flow was created on an unconnected UDP socket bound to the wildcard address: its

@@ -26,10 +26,6 @@ pub const PROG_TP_STATE: &str = "nt_tp_state";
 pub const PROG_TP_RETRANSMIT: &str = "nt_tp_retrans";
 /// All backends: `tcp:tcp_receive_reset` (a refused connect's last chance to show its port).
 pub const PROG_TP_RECV_RESET: &str = "nt_tp_rst_in";
-/// All backends: `syscalls:sys_exit_accept4` (owner of accepted connections).
-pub const PROG_ACCEPT4: &str = "nt_tp_accept4";
-/// All backends: `syscalls:sys_exit_accept`.
-pub const PROG_ACCEPT: &str = "nt_tp_accept";
 // fentry backend (fexit on the function's return, fentry where only the arguments matter). A
 // trailing digit is the hooked function's parameter count where its signature changed: the
 // variant matching the running kernel is attached.
@@ -113,41 +109,29 @@ pub const PROG_KP_UDP_DESTROY: &str = "nt_kp_udp_dstr";
 pub const PROG_KP_UDP6_DESTROY: &str = "nt_kp_udp6_dstr";
 /// fentry/kprobe backends: LRU map (pid_tgid, hooked function) -> arguments of in-flight calls.
 pub const MAP_PROBE_ARGS: &str = "NT_PROBE_ARGS";
-// Tracepoint backend, UDP: the send/receive syscalls give the peers of unconnected sockets.
-/// Tracepoint backend: `syscalls:sys_enter_sendto`.
-pub const PROG_TP_SENDTO: &str = "nt_tp_sendto";
-/// Tracepoint backend: `syscalls:sys_enter_sendmsg`.
-pub const PROG_TP_SENDMSG: &str = "nt_tp_sendmsg";
-/// Tracepoint backend: `syscalls:sys_enter_sendmmsg`.
-pub const PROG_TP_SENDMMSG: &str = "nt_tp_sendmmsg";
-/// Tracepoint backend: `syscalls:sys_enter_recvfrom`.
-pub const PROG_TP_RECVFROM: &str = "nt_tp_recvfrom";
-/// Tracepoint backend: `syscalls:sys_enter_recvmsg`.
-pub const PROG_TP_RECVMSG: &str = "nt_tp_recvmsg";
-/// Tracepoint backend: `syscalls:sys_enter_recvmmsg`.
-pub const PROG_TP_RECVMMSG: &str = "nt_tp_recvmmsg";
-/// Tracepoint backend: `syscalls:sys_exit_sendto`.
-pub const PROG_TPX_SENDTO: &str = "nt_tpx_sendto";
-/// Tracepoint backend: `syscalls:sys_exit_sendmsg`.
-pub const PROG_TPX_SENDMSG: &str = "nt_tpx_sendmsg";
-/// Tracepoint backend: `syscalls:sys_exit_sendmmsg`.
-pub const PROG_TPX_SENDMMSG: &str = "nt_tpx_sendmmsg";
-/// Tracepoint backend: `syscalls:sys_exit_recvfrom`.
-pub const PROG_TPX_RECVFROM: &str = "nt_tpx_recvfrom";
-/// Tracepoint backend: `syscalls:sys_exit_recvmsg`.
-pub const PROG_TPX_RECVMSG: &str = "nt_tpx_recvmsg";
-/// Tracepoint backend: `syscalls:sys_exit_recvmmsg`.
-pub const PROG_TPX_RECVMMSG: &str = "nt_tpx_recvmmsg";
+// Tracepoint backend, UDP: cgroup `sock_addr` programs give the peers of unconnected sockets.
+/// Tracepoint backend: `cgroup/sendmsg4` on the cgroup v2 root (a send to an IPv4 address).
+pub const PROG_UDP_SENDMSG4: &str = "nt_udp_sendmsg4";
+/// Tracepoint backend: `cgroup/sendmsg6` (a send to an IPv6 address).
+pub const PROG_UDP_SENDMSG6: &str = "nt_udp_sendmsg6";
+/// Tracepoint backend: `cgroup/recvmsg4` (a receive asking for the IPv4 source).
+pub const PROG_UDP_RECVMSG4: &str = "nt_udp_recvmsg4";
+/// Tracepoint backend: `cgroup/recvmsg6` (a receive asking for the IPv6 source).
+pub const PROG_UDP_RECVMSG6: &str = "nt_udp_recvmsg6";
 /// Every backend: cgroup `sock_ops` on the cgroup v2 root, the close of TCP sockets that no
 /// recursion guard can skip.
 pub const PROG_SOCK_OPS: &str = "nt_sock_ops";
 /// Every backend, Linux 5.9+: the `iter/tcp` iterator that refreshes the tracked TCP connections'
 /// copied counters at read time.
 pub const PROG_ITER_TCP: &str = "nt_iter_tcp";
+/// Every backend, Linux 5.8+: the `iter/task_file` iterator that names the owners of accepted
+/// connections that did no I/O yet, at read time.
+pub const PROG_ITER_TASK_FILE: &str = "nt_iter_files";
 /// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
 pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
-/// Tracepoint backend: hash map pid_tgid -> the UDP send/receive syscall in progress.
-pub const MAP_UDP_CALLS: &str = "NT_UDP_CALLS";
+/// Tracepoint backend: LRU map pid_tgid -> the peer a `sock_addr` program hands to the length
+/// event of the same call.
+pub const MAP_UDP_HANDOFF: &str = "NT_UDP_HANDOFF";
 /// Hash map {socket, slot} -> peer: the peer flows of each unconnected UDP socket, closed with it.
 pub const MAP_UDP_PEERS: &str = "NT_UDP_PEERS";
 /// Hash map socket -> generation of each unconnected UDP socket with peer flows (see

@@ -82,13 +82,8 @@ pub struct KernelLayout {
     pub tcp_receive_reset_skaddr: u16,
     /// `msghdr.msg_name` (kernel `struct msghdr`, for fentry/kprobe UDP hooks).
     pub msghdr_msg_name: u16,
-    /// Walking from the current task to the socket behind a file descriptor.
-    pub fd: FdOffsets,
-    /// Offset of `ret` in the `syscalls:sys_exit_*` records.
-    pub sys_exit_ret: u16,
-    /// The send/receive syscall tracepoints that give the tracepoint backend the peers of
-    /// unconnected UDP sockets.
-    pub udp_syscalls: UdpSyscallFormats,
+    /// From a file to its socket, and from a task to its owner fields.
+    pub file: FileOffsets,
 }
 
 impl KernelLayout {
@@ -99,48 +94,26 @@ impl KernelLayout {
     pub const UNRESOLVED: Self = unsafe { core::mem::zeroed() };
 }
 
-/// Offsets to resolve a file descriptor of the current task to its `struct sock`
-/// (`task->files->fdt->fd[fd]->private_data->sk`), used where a hook only sees the descriptor
-/// (the `accept` syscall's return value on the tracepoint backend).
+/// Offsets from an open file to its socket, and from a task to its owner fields: the
+/// `iter/task_file` walk (`tracer-ebpf/src/iter/task_file.rs`) that names the owners of accepted
+/// connections, and hooks that get a `struct socket *` (`tcp_splice_read`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FdOffsets {
-    /// `task_struct.files`
-    pub task_files: u16,
-    /// `files_struct.fdt`
-    pub files_fdt: u16,
-    /// `fdtable.max_fds`
-    pub fdtable_max_fds: u16,
-    /// `fdtable.fd`
-    pub fdtable_fd: u16,
-    /// `file.private_data`
+pub struct FileOffsets {
+    /// `file.private_data` (a `struct socket *` for a socket file)
     pub file_private_data: u16,
     /// `socket.sk`
     pub socket_sk: u16,
-}
-
-/// Offsets of the arguments the tracepoint backend reads from the `syscalls:sys_enter_*` records
-/// of the UDP send and receive syscalls, and of `ret` in their `sys_exit_*` records (all from the
-/// tracefs `format` files; zeros on kernels without syscall tracepoints).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UdpSyscallFormats {
-    /// `sys_enter_sendto` field `addr` (`struct sockaddr *`).
-    pub sendto_addr: u16,
-    /// `sys_enter_sendmsg` field `msg` (`struct user_msghdr *`).
-    pub sendmsg_msg: u16,
-    /// `sys_enter_sendmmsg` field `mmsg` (`struct mmsghdr *`).
-    pub sendmmsg_mmsg: u16,
-    /// `sys_enter_recvfrom` field `addr` (`struct sockaddr *`).
-    pub recvfrom_addr: u16,
-    /// `sys_enter_recvmsg` field `msg` (`struct user_msghdr *`).
-    pub recvmsg_msg: u16,
-    /// `sys_enter_recvmmsg` field `mmsg` (`struct mmsghdr *`).
-    pub recvmmsg_mmsg: u16,
-    /// `sys_exit_recvfrom` field `ret`.
-    pub recvfrom_ret: u16,
-    /// `sys_exit_recvmsg` field `ret`.
-    pub recvmsg_ret: u16,
-    /// `sys_exit_recvmmsg` field `ret`.
-    pub recvmmsg_ret: u16,
+    /// `socket.file`: the file a socket belongs to, to check that `private_data` was a socket
+    pub socket_file: u16,
+    /// `task_struct.tgid`
+    pub task_tgid: u16,
+    /// `task_struct.cgroups` (a `struct css_set *`)
+    pub task_cgroups: u16,
+    /// `css_set.dfl_cgrp`: the task's cgroup v2 cgroup
+    pub css_set_dfl_cgrp: u16,
+    /// `cgroup.kn`
+    pub cgroup_kn: u16,
+    /// `kernfs_node.id`: the cgroup id (`bpf_get_current_cgroup_id` returns the same one)
+    pub kernfs_node_id: u16,
 }

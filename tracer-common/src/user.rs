@@ -36,8 +36,9 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 160);
 // The layout the README documents (the stack appended after `comm`, padded to 8 bytes).
 const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_stack) == 152);
+// sock + inet_sock_set_state + sock_length + the two tcp skaddrs + msghdr_msg_name + file.
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 12 + 4 + 18);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 2 + 16);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

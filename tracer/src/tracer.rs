@@ -64,6 +64,21 @@ const TCP_REFRESH_NETNS_FAILED: CounterInfo = CounterInfo::loss(
     "Network namespaces with tracked TCP connections the read-time refresh could not enter: \
      their counters are those of their latest data-path event.",
 );
+const OWNER_WALKS: CounterInfo = CounterInfo::activity(
+    "owner_walks",
+    "Walks of every task's open files (iter/task_file) at read time, run when an accepted TCP \
+     connection had no owner yet.",
+);
+const OWNERS_NAMED: CounterInfo = CounterInfo::activity(
+    "owners_named_by_walk",
+    "Accepted TCP connections whose owner the read-time walk of open files named (the others \
+     are named by their first send or receive).",
+);
+const OWNER_WALKS_FAILED: CounterInfo = CounterInfo::loss(
+    "owner_walks_failed",
+    "Read-time owner walks that failed: their accepted connections stay held back until their \
+     first send or receive.",
+);
 const CLOSED_DISCARDED_WITHOUT_CLIENTS: CounterInfo = CounterInfo::activity(
     "closed_discarded_without_clients",
     "Closed connections dropped because no client was registered to receive them.",
@@ -477,6 +492,9 @@ impl Tracer {
         let refresh = shared.kernel.iter_stats();
         samples.push(Sample::new(TCP_REFRESH_SOCKETS, refresh.sockets_refreshed));
         samples.push(Sample::new(TCP_REFRESH_NETNS_FAILED, refresh.netns_failed));
+        samples.push(Sample::new(OWNER_WALKS, refresh.owner_walks));
+        samples.push(Sample::new(OWNERS_NAMED, refresh.owners_named));
+        samples.push(Sample::new(OWNER_WALKS_FAILED, refresh.owner_walks_failed));
         samples.push(Sample::new(
             CLOSED_DISCARDED_WITHOUT_CLIENTS,
             shared.state.closed_discarded_without_clients(),

@@ -2,11 +2,21 @@
 
 use std::time::{Duration, Instant};
 
-use tracer::kernel::{
-    conn_tracer::KernelConfig,
-    tcp_state::{TcpStateConfig, TcpStateProbe},
+use tracer::{
+    Backend, KernelVersion,
+    kernel::{
+        conn_tracer::KernelConfig,
+        plan::Hook,
+        tcp_state::{TcpStateConfig, TcpStateProbe},
+    },
 };
-use tracer_integration::{leaks::Snapshot, policy::loaded_or_skip, tracer::load};
+use tracer_common::names;
+use tracer_integration::{
+    kernel_view::{LinkTarget, attached_links, own_attached_tracepoints},
+    leaks::Snapshot,
+    policy::loaded_or_skip,
+    tracer::{backend_under_test, load},
+};
 
 /// The kernel frees programs and maps asynchronously (RCU, a workqueue) after the last descriptor
 /// closes: poll, bounded, until `done` holds for a snapshot, and return the last one.
@@ -88,4 +98,104 @@ fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
     // And a new tracer starts again after the old one is gone.
     let again = load(KernelConfig::default()).expect("load after drop");
     assert_eq!(again.plan().probes.len(), planned);
+}
+
+/// `BPF_LINK_TYPE_PERF_EVENT` (include/uapi/linux/bpf.h): a program on a perf event, e.g. a
+/// classic tracepoint (5.15+).
+const BPF_LINK_TYPE_PERF_EVENT: u32 = 7;
+
+/// `enum bpf_attach_type` values of the cgroup `sock_addr` hooks (include/uapi/linux/bpf.h).
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
+
+/// Whether a tracepoint name is a syscall's (`sys_enter_*`, `sys_exit_*`, or the raw
+/// `sys_enter`/`sys_exit`): any of them switches every syscall of every process onto the
+/// kernel's slower traced path (measured here: about 40 ns more per `getppid()`).
+fn is_syscall_tracepoint(name: &str) -> bool {
+    name == "sys_enter"
+        || name == "sys_exit"
+        || name.starts_with("sys_enter_")
+        || name.starts_with("sys_exit_")
+}
+
+/// The kernel says where each of the tracer's programs is attached: no program sits on a
+/// syscall tracepoint (owners of accepted sockets come from their first I/O and the read-time
+/// `iter/task_file` walk; UDP peers from the kernel `msghdr`, or on the tracepoint backend from
+/// the four cgroup `sock_addr` links).
+#[test]
+fn no_syscall_tracepoint_is_attached() {
+    let Some(tracer) = load(KernelConfig::default()) else {
+        return;
+    };
+    // The plan says so ...
+    for probe in &tracer.plan().probes {
+        if let Hook::Tracepoint { category, name } = probe.hook {
+            assert!(
+                category != "syscalls" && !is_syscall_tracepoint(name),
+                "{} planned on {category}:{name}",
+                probe.program
+            );
+        }
+    }
+    // ... and so does the kernel, in two views: the tracepoints this process's descriptors
+    // attach programs to (BPF_TASK_FD_QUERY: raw tracepoints, and classic ones attached without
+    // a BPF link, i.e. before 5.15), and the kernel's list of links (whose perf-event links name
+    // their tracepoint from 6.6 on).
+    let links = attached_links("nt_");
+    let mut seen = own_attached_tracepoints();
+    seen.extend(links.iter().filter_map(|link| match &link.target {
+        LinkTarget::Tracepoint(name) | LinkTarget::RawTracepoint(name) => Some(name.clone()),
+        _ => None,
+    }));
+    for name in &seen {
+        assert!(
+            !is_syscall_tracepoint(name),
+            "attached to {name}: {seen:?} {links:#?}"
+        );
+    }
+    // No vacuous pass: the views see the tracer's attachments. sock_ops on every backend; the
+    // state-change tracepoint where a view names classic tracepoints; where none does (perf-event
+    // links of 5.15-6.5), an unnamed perf-event link for each planned classic tracepoint (kprobes
+    // are perf-event links too).
+    assert!(
+        links.iter().any(|l| l.program == names::PROG_SOCK_OPS),
+        "{links:#?}"
+    );
+    let kernel = KernelVersion::current().expect("kernel version");
+    if kernel < KernelVersion::new(5, 15, 0) || kernel >= KernelVersion::new(6, 6, 0) {
+        assert!(
+            seen.iter().any(|t| t == "inet_sock_set_state"),
+            "{seen:?} {links:#?}"
+        );
+    } else {
+        let classic = tracer
+            .plan()
+            .probes
+            .iter()
+            .filter(|p| matches!(p.hook, Hook::Tracepoint { .. }))
+            .count();
+        let perf_links = links
+            .iter()
+            .filter(|l| l.target == LinkTarget::Other(BPF_LINK_TYPE_PERF_EVENT))
+            .count();
+        assert!(perf_links >= classic, "{classic} tracepoints: {links:#?}");
+    }
+    if backend_under_test() == Backend::Tracepoint {
+        for (program, attach) in [
+            (names::PROG_UDP_SENDMSG4, BPF_CGROUP_UDP4_SENDMSG),
+            (names::PROG_UDP_SENDMSG6, BPF_CGROUP_UDP6_SENDMSG),
+            (names::PROG_UDP_RECVMSG4, BPF_CGROUP_UDP4_RECVMSG),
+            (names::PROG_UDP_RECVMSG6, BPF_CGROUP_UDP6_RECVMSG),
+        ] {
+            assert!(
+                links
+                    .iter()
+                    .any(|l| l.program == program && l.target == LinkTarget::Cgroup(attach)),
+                "{program} on attach type {attach}: {links:#?}"
+            );
+        }
+    }
+    drop(tracer);
 }

@@ -10,7 +10,7 @@ use std::{
 use tracer::kernel::conn_tracer::KernelConfig;
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, load, the_one},
+    tracer::{collect_closed, load, the_active, the_one},
 };
 
 /// Forks; the child runs `child` (which must only make raw syscalls: it is a fork of a
@@ -332,5 +332,110 @@ fn a_short_lived_client_keeps_its_name_after_it_exited() {
             String::from_utf8_lossy(&incoming.comm),
             String::from_utf8_lossy(&server_comm)
         );
+    });
+}
+
+/// An accepted connection that did no I/O yet when the table is read is named by the read-time
+/// walk of every task's open files (`iter/task_file`; no `accept` syscall tracepoint): the
+/// accepting process, its cgroup and its name, with no byte moved. The accepting child runs in
+/// a cgroup of its own, so that neither the pid nor the cgroup can come from the reader.
+#[test]
+fn an_accepted_connection_without_io_is_owned_by_its_accepting_process_when_read() {
+    use std::{ffi::CString, os::unix::fs::MetadataExt};
+    in_fresh_netns(|| {
+        let Some(tracer) = load(KernelConfig::default()) else {
+            return;
+        };
+        let netns = current_netns_inode().expect("netns") as u32;
+        let mount = cgroup2_mount();
+        let dir = mount.join(format!("tracer-test-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create cgroup");
+        let theirs = std::fs::metadata(&dir).expect("cgroup").ino();
+        assert_ne!(theirs, own_cgroup_id(&mount));
+        let procs =
+            CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("path");
+        // Two pipes: the child says "accepted", the parent says "close now".
+        let pipe = || {
+            let mut fds = [0i32; 2];
+            // SAFETY: a valid array of two descriptors.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+            fds
+        };
+        let [accepted_rx, accepted_tx] = pipe();
+        let [close_rx, close_tx] = pipe();
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let listen_fd = listener.as_raw_fd();
+        let server_pid = fork_child(|| {
+            // SAFETY: raw syscalls only: join the test cgroup, accept, say so, wait, close.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return 3;
+                }
+                libc::close(fd);
+                let conn = libc::accept(listen_fd, std::ptr::null_mut(), std::ptr::null_mut());
+                if conn < 0 || libc::write(accepted_tx, b"a".as_ptr().cast(), 1) != 1 {
+                    return 1;
+                }
+                let mut byte = [0u8; 1];
+                if libc::read(close_rx, byte.as_mut_ptr().cast(), 1) != 1 {
+                    return 2;
+                }
+                libc::close(conn);
+                0
+            }
+        });
+        drop(listener);
+        let client = TcpStream::connect(server_addr).expect("connect");
+        let client_addr = client.local_addr().expect("addr");
+        let mut byte = [0u8; 1];
+        // SAFETY: valid buffer; blocks until the child accepted.
+        assert_eq!(
+            unsafe { libc::read(accepted_rx, byte.as_mut_ptr().cast(), 1) },
+            1,
+            "the child accepted"
+        );
+        let comm_of_child = std::fs::read_to_string(format!("/proc/{server_pid}/comm"))
+            .expect("child comm")
+            .trim_end()
+            .to_owned();
+
+        let walks_before = tracer.iter_stats().owners_named;
+        let incoming = the_active(&tracer, server_addr, client_addr);
+        assert_eq!(
+            incoming.tuple.pid, server_pid as u32,
+            "the accepting process, before any I/O"
+        );
+        assert_eq!(incoming.cgroup_id, theirs, "the accepting process's cgroup");
+        assert_eq!(
+            tracer::model::Comm::new(incoming.comm).to_string(),
+            comm_of_child,
+            "the accepting process's name"
+        );
+        assert_eq!((incoming.sent_bytes, incoming.recv_bytes), (0, 0));
+        assert!(
+            tracer.iter_stats().owners_named > walks_before,
+            "named by the walk: {:?}",
+            tracer.iter_stats()
+        );
+
+        // SAFETY: our pipe; lets the child close its side.
+        assert_eq!(unsafe { libc::write(close_tx, b"c".as_ptr().cast(), 1) }, 1);
+        wait_ok(server_pid);
+        drop(client);
+        let closed = collect_closed(&tracer, netns, |c| c.len() >= 2);
+        std::fs::remove_dir(&dir).expect("remove the test cgroup");
+        let ended = the_one(&closed, server_addr, client_addr);
+        assert_eq!(
+            ended.tuple.pid, server_pid as u32,
+            "the same owner at the close"
+        );
+        for fd in [accepted_rx, accepted_tx, close_rx, close_tx] {
+            // SAFETY: our descriptors.
+            unsafe { libc::close(fd) };
+        }
     });
 }

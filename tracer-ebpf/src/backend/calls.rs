@@ -32,7 +32,7 @@ use crate::{
     conn::{
         self,
         layout::{layout, read_kernel},
-        peer::{self, Memory},
+        peer,
     },
     counters::bump,
 };
@@ -266,7 +266,7 @@ fn msg_peer(msg: u64, msg_name_offset: u16) -> Option<peer::Peer> {
         return None;
     }
     let name = read_kernel::<u64>(msg, msg_name_offset).ok()?;
-    peer::read_sockaddr(Memory::Kernel, name)
+    peer::read_sockaddr(name)
 }
 
 /// A UDP socket is being destroyed (its last descriptor closed): close its flows.
@@ -279,7 +279,7 @@ pub fn udp_destroyed(sk: u64) {
 /// `sock->sk` of a `struct socket *` (hooks that get the socket, like `tcp_splice_read`).
 #[inline(always)]
 pub fn sk_of_socket(socket: u64) -> Option<u64> {
-    match read_kernel::<u64>(socket, layout().fd.socket_sk) {
+    match read_kernel::<u64>(socket, layout().file.socket_sk) {
         Ok(sk) if sk != 0 => Some(sk),
         _ => {
             bump(Counter::KernelReadFailed);

@@ -4,8 +4,8 @@
 //! the context slot after the last parameter, so a function whose parameter count changed has
 //! one program per signature (userspace attaches the one matching the running kernel).
 //!
-//! State changes, retransmits and accept-time owners come from the tracepoint programs shared by
-//! every backend.
+//! State changes and retransmits come from the tracepoint programs shared by every backend;
+//! owners of accepted sockets from their first I/O and the read-time `iter/task_file` walk.
 
 use aya_ebpf::{
     macros::{fentry, fexit},

@@ -7,8 +7,8 @@
 //! evicted, or the call entered before the kprobe was attached (userspace attaches each
 //! kretprobe before its kprobe, so no entry is left behind by a call whose return is not seen).
 //!
-//! State changes, retransmits and accept-time owners come from the tracepoint programs shared by
-//! every backend.
+//! State changes and retransmits come from the tracepoint programs shared by every backend;
+//! owners of accepted sockets from their first I/O and the read-time `iter/task_file` walk.
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe},

@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    conn::{self, Origin, TCP_CLOSE, layout::layout},
+    conn::{self, Origin, TCP_CLOSE, layout::layout, sock::as_scalar},
     counters::bump,
 };
 
@@ -80,20 +80,7 @@ fn want_state(ctx: &SockOpsContext) {
 #[inline(always)]
 fn socket(ctx: &SockOpsContext) -> Option<u64> {
     // SAFETY: a context field read, rewritten by the verifier into a load of the socket pointer.
-    let mut sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64;
-    // The verifier types that value as a socket pointer and refuses arithmetic on it, but the
-    // shared table reads fields at `sk + offset` (offsets from BTF). Negating it twice gives
-    // the same number typed as a plain scalar (allowed to privileged loaders, which this
-    // tracer requires anyway); as asm, the compiler cannot fold it away.
-    // SAFETY: register-only arithmetic.
-    unsafe {
-        core::arch::asm!(
-            "{v} = -{v}",
-            "{v} = -{v}",
-            v = inout(reg) sk,
-            options(pure, nomem, nostack),
-        );
-    }
+    let sk = as_scalar(unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64);
     (sk != 0).then_some(sk)
 }
 

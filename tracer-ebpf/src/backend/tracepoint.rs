@@ -1,8 +1,10 @@
 //! The tracepoint backend: the only way to trace on kernels without kprobes and fentry (like the
 //! project's 6.18 host). Needs `sock:sock_send_length` / `sock:sock_recv_length` (6.3+, attached
 //! as raw tracepoints),
-//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers and
-//! closes come from the syscall tracepoints and a cgroup `sock_release` program (see `udp`).
+//! `sock:inet_sock_set_state` (4.16+) and `tcp:tcp_retransmit_skb` (4.16+). UDP peers come from
+//! cgroup `sock_addr` programs (`sock_addr`), UDP closes from a cgroup `sock_release` program
+//! (`udp`). No syscall tracepoint: owners of accepted sockets come from their first I/O and the
+//! read-time `iter/task_file` walk.
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -18,6 +20,7 @@ use crate::{
     counters::bump,
 };
 
+mod sock_addr;
 mod udp;
 
 const MSG_PEEK: i32 = 2;
@@ -51,6 +54,10 @@ fn on_length(ctx: &RawTracePointContext, sending: bool) {
     let flags = ctx.arg::<u64>(2) as i32;
     if !sending && flags & MSG_PEEK != 0 {
         // Peeked bytes are read again by a later receive: counting them would count them twice.
+        // A UDP peek that asked for the source address left it for this call: drop it, so that
+        // a later receive of this thread that asks for none is not given it (a map delete, on
+        // peeks only).
+        sock_addr::forget();
         return;
     }
     let bytes = if ret > 0 { ret as u64 } else { 0 };
@@ -114,36 +121,6 @@ pub fn nt_tp_retrans(ctx: TracePointContext) -> u32 {
         Err(_) => bump(Counter::TracepointReadFailed),
     }
     0
-}
-
-/// `accept4` returned a descriptor: the accepting process owns the new connection. The accepted
-/// socket was created in softirq, where no pid is known (shared by every backend).
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn nt_tp_accept4(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-/// Same for `accept`.
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn nt_tp_accept(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-fn on_accept_exit(ctx: &TracePointContext) {
-    let layout = layout();
-    let Ok(ret) = field::<i64>(ctx, layout.sys_exit_ret) else {
-        bump(Counter::TracepointReadFailed);
-        return;
-    };
-    if ret < 0 {
-        return;
-    }
-    match conn::fd::sock_of_fd(ret, &layout.fd) {
-        Some(sk) => conn::set_owner(sk, conn::sock::current_tgid()),
-        None => bump(Counter::KernelReadFailed),
-    }
 }
 
 /// A reset arrived on `skaddr` (shared by every backend): refresh the connection, and catch the

@@ -7,7 +7,6 @@
 //! Other programs write into an entry only through this module ([`protocol::set`]).
 
 pub mod at_read;
-pub mod fd;
 pub mod layout;
 pub mod peer;
 pub mod protocol;
@@ -265,7 +264,8 @@ fn refresh(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats, now: u64) {
 #[inline(always)]
 fn account(stats: &mut ConnStats, protocol: u8, bytes: u64, sending: bool) {
     // Syscall context: this process uses the socket. The first one to do so owns it, unless
-    // connect/accept already said who does.
+    // connect (or the read-time walk of open files, for an accepted socket) already said who
+    // does.
     if stats.tuple.pid == 0 {
         stats.tuple.pid = sock::current_tgid();
         stats.cgroup_id = sock::current_cgroup_id();
@@ -339,16 +339,19 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
     stats.updated_ns = now;
 }
 
-/// The current process accepted TCP socket `sk`: it owns the connection unless an earlier
-/// process-context event already named an owner. Never creates an entry.
+/// A process holds the accepted TCP socket `sk` (found by the read-time walk of every task's
+/// files): it owns the connection unless a process-context event already named an owner.
+/// Never creates an entry. Returns whether it named the owner.
 #[inline(always)]
-pub fn set_owner(sk: u64, tgid: u32) {
-    if let Some(stats) = tracked(sk)
-        && stats.tuple.pid == 0
-    {
-        stats.tuple.pid = tgid;
-        stats.cgroup_id = sock::current_cgroup_id();
-        stats.comm = sock::current_comm(&layout::layout().sock);
+pub fn set_owner(sk: u64, tgid: u32, cgroup_id: u64, comm: [u8; 16]) -> bool {
+    match tracked(sk) {
+        Some(stats) if stats.tuple.pid == 0 && stats.tuple.protocol == IPPROTO_TCP => {
+            stats.tuple.pid = tgid;
+            stats.cgroup_id = cgroup_id;
+            stats.comm = comm;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -368,8 +371,8 @@ pub fn on_tcp_state(sk: u64, old: i32, new: i32, offsets: &SockOffsets) {
             }
         }
         TCP_SYN_RECV if old == TCP_LISTEN => {
-            // A child socket of a listener, created in softirq: the pid comes from accept() or
-            // the first process-context event.
+            // A child socket of a listener, created in softirq: the pid comes from its first
+            // process-context event, or from the read-time walk of open files (iter/task_file).
             let origin = Origin::unowned(DIRECTION_INCOMING);
             if let Some(stats) = entry(&key, IPPROTO_TCP, origin, offsets) {
                 stats.updated_ns = now_ns();

@@ -1,14 +1,17 @@
-//! Peers of unconnected UDP sockets: read from a `sockaddr_in`/`sockaddr_in6` (kernel memory for
-//! fentry/kprobe hooks on `udp_sendmsg`/`udp_recvmsg`, user memory for syscall tracepoints), and
-//! turned into the connection key.
+//! Peers of unconnected UDP sockets: read from a `sockaddr_in`/`sockaddr_in6` in kernel memory
+//! (fentry/kprobe hooks on `udp_sendmsg`/`udp_recvmsg`) or handed over by the tracepoint
+//! backend's cgroup `sock_addr` programs, and turned into the connection key.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{
     conn::{AF_INET, AF_INET6, ConnKey},
     offsets::SockOffsets,
 };
 
-use super::{layout::read_kernel, sock::put_v4};
+use super::{
+    layout::read_kernel,
+    sock::{is_v4_mapped, put_v4, unmap},
+};
 
 /// The remote end of an unconnected UDP datagram.
 #[derive(Clone, Copy)]
@@ -19,71 +22,61 @@ pub struct Peer {
     pub port: u16,
 }
 
-/// Where a `sockaddr` lives.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Memory {
-    Kernel,
-    User,
-}
+impl Peer {
+    /// An IPv4 peer: its address bytes (network order) and port (host order).
+    #[inline(always)]
+    pub fn v4(v4: [u8; 4], port: u16) -> Self {
+        let mut addr = [0u8; 16];
+        put_v4(&mut addr, v4);
+        Peer {
+            family: AF_INET,
+            addr,
+            port,
+        }
+    }
 
-#[inline(always)]
-fn read<T>(memory: Memory, address: u64) -> Result<T, i32> {
-    // SAFETY: both helpers validate the address and fail instead of faulting.
-    unsafe {
-        match memory {
-            Memory::Kernel => bpf_probe_read_kernel(address as *const T),
-            Memory::User => bpf_probe_read_user(address as *const T),
+    /// An IPv6 peer; an IPv4-mapped address is an IPv4 peer (an IPv6 socket talking IPv4).
+    #[inline(always)]
+    pub fn v6(addr: [u8; 16], port: u16) -> Self {
+        if is_v4_mapped(&addr) {
+            return Peer {
+                family: AF_INET,
+                addr: unmap(addr),
+                port,
+            };
+        }
+        Peer {
+            family: AF_INET6,
+            addr,
+            port,
         }
     }
 }
 
-/// Parses the `sockaddr` at `address` (`sockaddr_in`: family, port at 2, address at 4;
+#[inline(always)]
+fn read<T>(address: u64) -> Result<T, i32> {
+    // SAFETY: the helper validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(address as *const T) }
+}
+
+/// Parses the `sockaddr` in kernel memory at `address` (`sockaddr_in`: family, port at 2, address at 4;
 /// `sockaddr_in6`: family, port at 2, address at 8). `None` for NULL or other families.
 #[inline(always)]
-pub fn read_sockaddr(memory: Memory, address: u64) -> Option<Peer> {
+pub fn read_sockaddr(address: u64) -> Option<Peer> {
     if address == 0 {
         return None;
     }
-    let family: u16 = read(memory, address).ok()?;
-    let port: u16 = u16::from_be(read(memory, address + 2).ok()?);
-    let mut addr = [0u8; 16];
+    let family: u16 = read(address).ok()?;
+    let port: u16 = u16::from_be(read(address + 2).ok()?);
     if family == AF_INET {
-        let v4: [u8; 4] = read(memory, address + 4).ok()?;
-        put_v4(&mut addr, v4);
+        let v4: [u8; 4] = read(address + 4).ok()?;
+        Some(Peer::v4(v4, port))
     } else if family == AF_INET6 {
-        addr = read(memory, address + 8).ok()?;
-        // An IPv4-mapped peer of an IPv6 socket is an IPv4 peer.
-        let [
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
-            a7,
-            a8,
-            a9,
-            a10,
-            a11,
-            b0,
-            b1,
-            b2,
-            b3,
-        ] = addr;
-        if (a0 | a1 | a2 | a3 | a4 | a5 | a6 | a7 | a8 | a9) == 0 && a10 == 0xff && a11 == 0xff {
-            let mut v4 = [0u8; 16];
-            put_v4(&mut v4, [b0, b1, b2, b3]);
-            return Some(Peer {
-                family: AF_INET,
-                addr: v4,
-                port,
-            });
-        }
+        let v6: [u8; 16] = read(address + 8).ok()?;
+        Some(Peer::v6(v6, port))
     } else {
-        return None;
+        None
     }
-    Some(Peer { family, addr, port })
 }
 
 /// Whether the UDP socket `sk` is connected (has a remote port), so its flow is the socket.

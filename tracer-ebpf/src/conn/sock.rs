@@ -59,6 +59,26 @@ pub fn unmap(address: [u8; 16]) -> [u8; 16] {
     out
 }
 
+/// A socket pointer read from a cgroup program's context (`bpf_sock_ops.sk`,
+/// `bpf_sock_addr.sk`) as a plain number: the verifier types the loaded value as a socket
+/// pointer and refuses arithmetic on it, but the shared table reads fields at `sk + offset`
+/// (offsets from BTF) and keys entries by the address. Negating it twice gives the same number
+/// typed as a scalar (allowed to privileged loaders, which this tracer requires anyway); as asm,
+/// the compiler cannot fold it away.
+#[inline(always)]
+pub fn as_scalar(mut sk: u64) -> u64 {
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        core::arch::asm!(
+            "{v} = -{v}",
+            "{v} = -{v}",
+            v = inout(reg) sk,
+            options(pure, nomem, nostack),
+        );
+    }
+    sk
+}
+
 /// Writes an IPv4 address into the first four bytes of a 16-byte address slot.
 #[inline(always)]
 pub fn put_v4(dst: &mut [u8; 16], src: [u8; 4]) {
@@ -135,22 +155,29 @@ pub fn current_cgroup_id() -> u64 {
 pub fn current_comm(offsets: &SockOffsets) -> [u8; 16] {
     // SAFETY: no preconditions; the task is only dereferenced through probe reads.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    let leader: Result<u64, i32> = read_kernel(task, offsets.task_group_leader);
-    if let Ok(leader) = leader
-        && leader != 0
-    {
-        // Up to the first NUL only, into a zeroed buffer: kernels before 6.x set `comm` on exec
-        // with strlcpy, which leaves the old name's tail after the NUL ("dig\0rship::a_sh" for a
-        // dig forked from a thread of that name), and two names that differ after their NUL
-        // must not be two names. (bpf_get_current_comm below pads with NULs itself.)
-        let mut comm = [0u8; 16];
-        let src = leader.wrapping_add(u64::from(offsets.task_comm)) as *const u8;
-        // SAFETY: bpf_probe_read_kernel_str validates the address; a bad one returns an error.
-        if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut comm) }.is_ok() {
-            return comm;
-        }
+    if let Some(comm) = process_name(task, offsets) {
+        return comm;
     }
     aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+/// The name of the process `task` (a `task_struct` address) is a thread of: its main thread's
+/// `comm`, or `None` when a read fails.
+#[inline(always)]
+pub fn process_name(task: u64, offsets: &SockOffsets) -> Option<[u8; 16]> {
+    let leader: u64 = read_kernel(task, offsets.task_group_leader).ok()?;
+    if leader == 0 {
+        return None;
+    }
+    // Up to the first NUL only, into a zeroed buffer: kernels before 6.x set `comm` on exec
+    // with strlcpy, which leaves the old name's tail after the NUL ("dig\0rship::a_sh" for a dig
+    // forked from a thread of that name), and two names that differ after their NUL must not be
+    // two names. (bpf_get_current_comm pads with NULs itself.)
+    let mut comm = [0u8; 16];
+    let src = leader.wrapping_add(u64::from(offsets.task_comm)) as *const u8;
+    // SAFETY: bpf_probe_read_kernel_str validates the address; a bad one returns an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, &mut comm) }.ok()?;
+    Some(comm)
 }
 
 /// Thread-group id of the current task (the process, not the thread).

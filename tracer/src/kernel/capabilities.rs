@@ -67,8 +67,10 @@ impl Capabilities {
                 Hook::CgroupSockRelease
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
+                | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::CgroupSockAddr(_) => {}
             }
         }
         let fentry = btf.is_some()
@@ -124,8 +126,10 @@ impl Capabilities {
                 Hook::CgroupSockRelease
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
+                | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::CgroupSockAddr(_) => {}
             }
         }
         Self {

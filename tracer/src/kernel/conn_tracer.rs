@@ -32,7 +32,7 @@ use super::{
     btf::Btf,
     capabilities::{Capabilities, VMLINUX_BTF},
     counters::KernelCounters,
-    iter::{IterStats, TcpIter},
+    iter::{IterStats, OwnerIter, TcpIter},
     kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
     packet::{CaptureConfig, PacketRing},
@@ -152,6 +152,8 @@ pub struct ConnTracer {
     closed_records_malformed: AtomicU64,
     /// The read-time refresh of TCP counters (`iter/tcp`), where planned and loaded.
     tcp_iter: Option<TcpIter>,
+    /// The read-time owner walk (`iter/task_file`), where planned and loaded.
+    owner_iter: Option<OwnerIter>,
     /// Totals of every read-time refresh so far.
     iter_stats: Mutex<IterStats>,
     /// The packet capture's ring, when the capture is planned.
@@ -218,6 +220,8 @@ impl ConnTracer {
             kretprobes: Vec::new(),
             tcp_iter: None,
             tcp_iter_refused: None,
+            owner_iter: None,
+            owner_iter_refused: None,
         };
         for probe in &plan.probes {
             attach(&mut ebpf, probe.program, probe.hook, &mut attached)?;
@@ -227,6 +231,11 @@ impl ConnTracer {
             plan.probes.retain(|p| p.hook != Hook::IterTcp);
             plan.reason
                 .push_str(&format!("; {}", plan::without_tcp_iterator(&why)));
+        }
+        if let Some(why) = attached.owner_iter_refused.take() {
+            plan.probes.retain(|p| p.hook != Hook::IterTaskFile);
+            plan.reason
+                .push_str(&format!("; {}", plan::without_task_file_iterator(&why)));
         }
         let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
@@ -270,6 +279,7 @@ impl ConnTracer {
             plan,
             closed_records_malformed: AtomicU64::new(0),
             tcp_iter: attached.tcp_iter,
+            owner_iter: attached.owner_iter,
             iter_stats: Mutex::new(IterStats::default()),
             packets,
         })
@@ -318,33 +328,60 @@ impl ConnTracer {
     }
 
     /// Like [`ConnTracer::connections`], into a reused buffer; returns how the map was read.
+    ///
+    /// Before the read that is returned, one read of the map (into `out`, overwritten) says
+    /// what the read-time iterators have to do: the namespaces whose TCP counters to refresh
+    /// (`iter/tcp`), and whether an accepted connection waits for its owner (`iter/task_file`).
     pub fn read_connections(
         &self,
         out: &mut Vec<(ConnKey, ConnStats)>,
     ) -> Result<map_reader::ReadStats> {
-        self.refresh_tcp_counters(out)?;
+        if self.tcp_iter.is_some() || self.owner_iter.is_some() {
+            {
+                let conns = lock(&self.conns);
+                map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
+                    .map_err(|e| map_error(MAP_CONNS, e))?;
+            }
+            self.name_owners(out);
+            self.refresh_tcp_counters(out);
+        }
         let conns = lock(&self.conns);
         map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
             .map_err(|e| map_error(MAP_CONNS, e))
     }
 
-    /// Refreshes the copied TCP counters of every tracked connection from the kernel (the
-    /// `iter/tcp` program in each network namespace that has tracked connections), so that the
-    /// next read of the map reports them as of now. Needs the namespaces first: one read of the
-    /// map into `scratch`. Returns what was done, `None` without the iterator.
-    pub fn refresh_tcp_counters(
-        &self,
-        scratch: &mut Vec<(ConnKey, ConnStats)>,
-    ) -> Result<Option<IterStats>> {
-        let Some(tcp_iter) = &self.tcp_iter else {
-            return Ok(None);
+    /// Runs the owner walk when `entries` (a read of the map) hold a TCP connection without an
+    /// owner: one accepted in softirq that did no I/O yet.
+    fn name_owners(&self, entries: &[(ConnKey, ConnStats)]) {
+        let Some(owner_iter) = &self.owner_iter else {
+            return;
         };
-        {
-            let conns = lock(&self.conns);
-            map_reader::read_all(&conns, self.conns_fd.as_fd(), scratch)
-                .map_err(|e| map_error(MAP_CONNS, e))?;
+        let waiting = entries.iter().any(|(_, stats)| {
+            stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP && stats.tuple.pid == 0
+        });
+        if !waiting {
+            return;
         }
-        let netns: std::collections::HashSet<u32> = scratch
+        let result = owner_iter.name_owners();
+        let mut totals = lock(&self.iter_stats);
+        totals.owner_walks += 1;
+        match result {
+            Ok(named) => totals.owners_named += named,
+            Err(e) => {
+                totals.owner_walks_failed += 1;
+                tracing::debug!(error = %e, "the owner walk (iter/task_file) failed");
+            }
+        }
+    }
+
+    /// Refreshes the copied TCP counters of every tracked connection from the kernel (the
+    /// `iter/tcp` program in each network namespace that has tracked connections in `entries`,
+    /// a read of the map), so that the next read of the map reports them as of now.
+    fn refresh_tcp_counters(&self, entries: &[(ConnKey, ConnStats)]) {
+        let Some(tcp_iter) = &self.tcp_iter else {
+            return;
+        };
+        let netns: std::collections::HashSet<u32> = entries
             .iter()
             .filter(|(_, stats)| stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP)
             .map(|(_, stats)| stats.tuple.netns)
@@ -354,7 +391,6 @@ impl ConnTracer {
         totals.netns_visited += stats.netns_visited;
         totals.netns_failed += stats.netns_failed;
         totals.sockets_refreshed += stats.sockets_refreshed;
-        Ok(Some(stats))
     }
 
     /// Totals of every read-time TCP refresh so far (see [`ConnTracer::refresh_tcp_counters`]).
@@ -534,6 +570,10 @@ struct Attached {
     tcp_iter: Option<TcpIter>,
     /// Why the (optional) TCP iterator did not load.
     tcp_iter_refused: Option<String>,
+    /// The task-file iterator, when it loaded.
+    owner_iter: Option<OwnerIter>,
+    /// Why the (optional) task-file iterator did not load.
+    owner_iter_refused: Option<String>,
 }
 
 fn attach(
@@ -601,6 +641,20 @@ fn attach(
             prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
         }
+        (Hook::CgroupSockAddr(attach), Program::CgroupSockAddr(prog)) => {
+            // Like sock_release: a bpf_link on the cgroup v2 root (aya uses link_create from
+            // 5.7 on), so a tracer that dies leaves nothing attached. The attach type is the
+            // object's (its section name), which the probe table names.
+            let cgroup = open_cgroup2_root(
+                "a cgroup v2 mount (for the cgroup sendmsg/recvmsg programs)",
+                "4.18",
+            )?;
+            tracing::debug!(program, hook = attach.section(), "attaching");
+            let prog: &mut aya::programs::CgroupSockAddr = prog;
+            prog.load().map_err(fail)?;
+            prog.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+                .map_err(fail)?;
+        }
         (Hook::CgroupSockOps, Program::SockOps(prog)) => {
             // Like sock_release: a bpf_link on the cgroup v2 root, for every process's sockets.
             let cgroup = open_cgroup2_root("a cgroup v2 mount (for cgroup/sock_ops)", "5.10")?;
@@ -632,6 +686,18 @@ fn attach(
                 Err(e) => {
                     tracing::warn!(program, error = %e, "TCP iterator refused: running without it");
                     attached.tcp_iter_refused = Some(e.to_string());
+                }
+            }
+        }
+        (Hook::IterTaskFile, Program::Iter(prog)) => {
+            // Optional, like the TCP iterator.
+            match aya_btf(&mut attached.kernel_btf)
+                .and_then(|btf| OwnerIter::load(prog, btf, program))
+            {
+                Ok(owner_iter) => attached.owner_iter = Some(owner_iter),
+                Err(e) => {
+                    tracing::warn!(program, error = %e, "task-file iterator refused: running without it");
+                    attached.owner_iter_refused = Some(e.to_string());
                 }
             }
         }

@@ -1,4 +1,14 @@
-//! Owner of the `iter/tcp` program (`nt_iter_tcp`, tracer-ebpf/src/iter/tcp.rs; Linux 5.9+):
+//! Owner of the two read-time iterators.
+//!
+//! [`OwnerIter`], the `iter/task_file` program (`nt_iter_files`,
+//! tracer-ebpf/src/iter/task_file.rs; Linux 5.8+): walks every open file of every task of the
+//! tracer's pid namespace, and names the owner (process, cgroup, name) of each accepted TCP
+//! connection in the map that has none yet. An accepted socket is created in softirq, where no
+//! process is known; its first send or receive names its owner, and this walk names the owners
+//! of the ones that did no I/O before a read (run only then). It replaces `accept`'s syscall
+//! tracepoints, which put every syscall of every process on the kernel's slower traced path.
+//!
+//! [`TcpIter`], the `iter/tcp` program (`nt_iter_tcp`, tracer-ebpf/src/iter/tcp.rs; Linux 5.9+):
 //! refreshes the copied TCP counters (packets, retransmits, RTT) of every tracked connection at
 //! read time, so that a read reports what the kernel has at that moment, also for connections
 //! that have been idle since their last segments and ACKs (the data path only copies them on
@@ -30,6 +40,13 @@ use crate::{Error, Result};
 /// What one refresh did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IterStats {
+    /// Walks of every task's files for owners of accepted connections (`iter/task_file`).
+    pub owner_walks: u64,
+    /// Accepted connections those walks named an owner for.
+    pub owners_named: u64,
+    /// Walks that failed (creating or reading the iterator): their connections stay held back
+    /// until their first I/O.
+    pub owner_walks_failed: u64,
     /// Network namespaces whose TCP sockets were iterated.
     pub netns_visited: u64,
     /// Namespaces with tracked connections that could not be iterated (no task is in them any
@@ -38,6 +55,37 @@ pub struct IterStats {
     pub netns_failed: u64,
     /// Tracked TCP sockets whose counters were refreshed.
     pub sockets_refreshed: u64,
+}
+
+/// The attached task-file iterator (see the module documentation).
+pub struct OwnerIter {
+    /// The `BPF_TRACE_ITER` link; each walk creates an iterator file from it.
+    link: OwnedFd,
+}
+
+impl OwnerIter {
+    /// Loads `program` as the `task_file` iterator against the kernel's BTF and creates its link.
+    pub(crate) fn load(
+        program: &mut aya::programs::Iter,
+        btf: &aya::Btf,
+        name: &'static str,
+    ) -> Result<Self> {
+        let fail = |e| Error::Program {
+            program: name,
+            source: Box::new(e),
+        };
+        program.load("task_file", btf).map_err(fail)?;
+        let prog_fd = program.fd().map_err(fail)?;
+        let link = link_create(prog_fd.as_fd())
+            .map_err(|e| Error::io("BPF_LINK_CREATE of the task-file iterator", e))?;
+        Ok(Self { link })
+    }
+
+    /// One walk: names the owners it can. Returns how many connections got one.
+    pub fn name_owners(&self) -> io::Result<u64> {
+        let mut buf = vec![0u8; 4096];
+        run_iterator(self.link.as_fd(), &mut buf)
+    }
 }
 
 /// The attached TCP iterator and the namespaces it enters.
@@ -149,8 +197,8 @@ fn visit_all(
         .collect()
 }
 
-/// Creates an iterator file (in the calling thread's namespace) and reads it to the end: the
-/// program runs while it is read. Returns the bytes read, one per refreshed socket.
+/// Creates an iterator file (in the calling thread's namespaces) and reads it to the end: the
+/// program runs while it is read. Returns the bytes read: one per socket the program acted on.
 fn run_iterator(link: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<u64> {
     let mut file = File::from(iter_create(link)?);
     let mut total = 0u64;

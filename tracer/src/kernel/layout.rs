@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use tracer_common::{
-    offsets::{FdOffsets, KernelLayout, SockLengthFormat, SockOffsets, UdpSyscallFormats},
+    offsets::{FileOffsets, KernelLayout, SockLengthFormat, SockOffsets},
     tracepoint::InetSockSetStateFormat,
 };
 
@@ -90,8 +90,9 @@ fn sock_length(tracefs: &Path) -> Result<SockLengthFormat> {
     })
 }
 
-/// Offsets from the current task to the socket behind a file descriptor.
-fn fd_offsets(btf: &Btf, btf_path: &Path) -> Result<FdOffsets> {
+/// Offsets from a file to its socket and from a task to its owner fields (the `iter/task_file`
+/// owner walk).
+fn file_offsets(btf: &Btf, btf_path: &Path) -> Result<FileOffsets> {
     let offset = |structure: &str, path: &str| -> Result<u16> {
         btf.member_offset(structure, path)
             .ok()
@@ -101,13 +102,15 @@ fn fd_offsets(btf: &Btf, btf_path: &Path) -> Result<FdOffsets> {
                 reason: format!("{structure}.{path}: missing or beyond 64 KiB"),
             })
     };
-    Ok(FdOffsets {
-        task_files: offset("task_struct", "files")?,
-        files_fdt: offset("files_struct", "fdt")?,
-        fdtable_max_fds: offset("fdtable", "max_fds")?,
-        fdtable_fd: offset("fdtable", "fd")?,
+    Ok(FileOffsets {
         file_private_data: offset("file", "private_data")?,
         socket_sk: offset("socket", "sk")?,
+        socket_file: offset("socket", "file")?,
+        task_tgid: offset("task_struct", "tgid")?,
+        task_cgroups: offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
+        cgroup_kn: offset("cgroup", "kn")?,
+        kernfs_node_id: offset("kernfs_node", "id")?,
     })
 }
 
@@ -130,34 +133,6 @@ pub fn resolve(btf: &Btf, btf_path: &Path, tracefs: &Path) -> Result<KernelLayou
                 path: btf_path.to_owned(),
                 reason: "msghdr.msg_name not found".to_owned(),
             })?,
-        fd: fd_offsets(btf, btf_path)?,
-        sys_exit_ret: EventFormat::read(tracefs, "syscalls", "sys_exit_accept4")?
-            .field("syscalls/sys_exit_accept4", "ret")?
-            .offset,
-        udp_syscalls: udp_syscalls(tracefs)?,
-    })
-}
-
-/// The UDP send/receive syscall tracepoints' layouts (tracepoint backend), or zeros on kernels
-/// without syscall tracepoints (CONFIG_FTRACE_SYSCALLS off: the tracepoint backend is then not
-/// planned, and nothing reads these).
-fn udp_syscalls(tracefs: &Path) -> Result<UdpSyscallFormats> {
-    if !tracefs.join("events/syscalls/sys_enter_sendto").is_dir() {
-        return Ok(UdpSyscallFormats::default());
-    }
-    let offset = |event: &str, field: &str| -> Result<u16> {
-        let format = EventFormat::read(tracefs, "syscalls", event)?;
-        Ok(format.field(&format!("syscalls/{event}"), field)?.offset)
-    };
-    Ok(UdpSyscallFormats {
-        sendto_addr: offset("sys_enter_sendto", "addr")?,
-        sendmsg_msg: offset("sys_enter_sendmsg", "msg")?,
-        sendmmsg_mmsg: offset("sys_enter_sendmmsg", "mmsg")?,
-        recvfrom_addr: offset("sys_enter_recvfrom", "addr")?,
-        recvmsg_msg: offset("sys_enter_recvmsg", "msg")?,
-        recvmmsg_mmsg: offset("sys_enter_recvmmsg", "mmsg")?,
-        recvfrom_ret: offset("sys_exit_recvfrom", "ret")?,
-        recvmsg_ret: offset("sys_exit_recvmsg", "ret")?,
-        recvmmsg_ret: offset("sys_exit_recvmmsg", "ret")?,
+        file: file_offsets(btf, btf_path)?,
     })
 }

@@ -4,7 +4,7 @@
 
 pub use super::probes::{
     Backend, BackendChoice, CAPTURE_MIN_KERNEL, CAPTURE_PROBES, Hook, ITER_MIN_KERNEL, MIN_KERNEL,
-    PROBES, ProbeSpec, without_tcp_iterator,
+    PROBES, ProbeSpec, SockAddrHook, without_task_file_iterator, without_tcp_iterator,
 };
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
@@ -34,7 +34,12 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
             let too_old: Vec<String> = PROBES
                 .iter()
                 .filter(|p| p.backends.contains(&backend) && caps.kernel < p.min_kernel)
-                .filter(|p| p.hook != Hook::CgroupSockOps && p.hook != Hook::IterTcp)
+                .filter(|p| {
+                    !matches!(
+                        p.hook,
+                        Hook::CgroupSockOps | Hook::IterTcp | Hook::IterTaskFile
+                    )
+                })
                 .filter(|p| !(p.hook == Hook::CgroupSockRelease && backend != Backend::Tracepoint))
                 .filter(|p| !probes_for(backend, caps.kernel).any(|q| q.hook == p.hook))
                 .map(|p| format!("{} (Linux {}+)", target_name(p.hook), p.min_kernel))
@@ -55,17 +60,21 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                     {
                         Some(format!("kernel function {function}"))
                     }
-                    Hook::CgroupSockRelease
-                        if caps.cgroup2.is_none() && backend == Backend::Tracepoint =>
-                    {
-                        Some("a cgroup v2 mount (for cgroup/sock_release)".to_owned())
-                    }
                     _ => None,
                 })
                 .collect();
             // A kprobe and its kretprobe name the same function.
             let mut missing = missing;
             missing.dedup();
+            // The tracepoint backend's cgroup programs (UDP peers and closes), named at once.
+            let cgroup: Vec<String> = probes_for(backend, caps.kernel)
+                .filter(|p| matches!(p.hook, Hook::CgroupSockRelease | Hook::CgroupSockAddr(_)))
+                .filter(|_| caps.cgroup2.is_none() && backend == Backend::Tracepoint)
+                .map(|p| target_name(p.hook))
+                .collect();
+            if !cgroup.is_empty() {
+                missing.push(format!("a cgroup v2 mount (for {})", cgroup.join(", ")));
+            }
             (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
         }
     }
@@ -82,8 +91,10 @@ fn target_name(hook: Hook) -> String {
         Hook::CgroupSockRelease => "cgroup/sock_release".to_owned(),
         Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
         Hook::IterTcp => "iter/tcp".to_owned(),
+        Hook::IterTaskFile => "iter/task_file".to_owned(),
         Hook::CgroupSkbIngress => "cgroup_skb/ingress".to_owned(),
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_owned(),
+        Hook::CgroupSockAddr(attach) => attach.section().to_owned(),
     }
 }
 
@@ -204,9 +215,12 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                 }
                 if let (Some(root), true) = (
                     &caps.cgroup2,
-                    probes
-                        .iter()
-                        .any(|p| matches!(p.hook, Hook::CgroupSockOps | Hook::CgroupSockRelease)),
+                    probes.iter().any(|p| {
+                        matches!(
+                            p.hook,
+                            Hook::CgroupSockOps | Hook::CgroupSockRelease | Hook::CgroupSockAddr(_)
+                        )
+                    }),
                 ) {
                     reason.push_str(&format!("; cgroup programs on the {root}"));
                 }
@@ -635,19 +649,68 @@ mod tests {
         let programs: Vec<_> = planned.probes.iter().map(|p| p.program).collect();
         for program in [
             names::PROG_UDP_RELEASE,
-            names::PROG_TP_SENDTO,
-            names::PROG_TPX_RECVMMSG,
+            names::PROG_UDP_SENDMSG4,
+            names::PROG_UDP_SENDMSG6,
+            names::PROG_UDP_RECVMSG4,
+            names::PROG_UDP_RECVMSG6,
         ] {
             assert!(programs.contains(&program), "{program} in {programs:?}");
         }
-        // Every enter program comes after its exit: no argument stash outlives its syscall.
+        // The peers' programs come after the length events they hand the peers to.
         let position = |name| programs.iter().position(|p| *p == name).unwrap();
-        assert!(position(names::PROG_TPX_RECVFROM) < position(names::PROG_TP_RECVFROM));
-        assert!(position(names::PROG_TPX_SENDMMSG) < position(names::PROG_TP_SENDMMSG));
+        for program in [names::PROG_UDP_SENDMSG4, names::PROG_UDP_RECVMSG6] {
+            assert!(position(names::PROG_TP_SEND) < position(program));
+            assert!(position(names::PROG_TP_RECV) < position(program));
+        }
 
         caps.cgroup2 = None;
         let err = plan(BackendChoice::Force(Backend::Tracepoint), &caps).unwrap_err();
-        assert!(err.to_string().contains("cgroup v2 mount"), "{err}");
+        assert!(
+            err.to_string().contains(
+                "a cgroup v2 mount (for cgroup/sendmsg4, cgroup/sendmsg6, cgroup/recvmsg4, \
+                 cgroup/recvmsg6, cgroup/sock_release)"
+            ),
+            "{err}"
+        );
+    }
+
+    /// Syscall tracepoints switch every syscall of every process onto the kernel's slower
+    /// traced path: no backend plans one (the UDP peers come from cgroup `sock_addr` programs on
+    /// the tracepoint backend, from the kernel `msghdr` on the others; the owners of accepted
+    /// sockets from their first I/O and the `iter/task_file` walk at read time).
+    #[test]
+    fn no_backend_plans_a_syscall_tracepoint() {
+        for backend in Backend::PREFERENCE {
+            for kernel in [KernelVersion::new(6, 12, 0), KernelVersion::new(6, 18, 44)] {
+                let caps = Capabilities::for_tests(kernel, true, true, true, true);
+                let planned = plan(BackendChoice::Force(backend), &caps).unwrap();
+                let syscalls: Vec<&str> = planned
+                    .probes
+                    .iter()
+                    .filter_map(|p| match p.hook {
+                        Hook::Tracepoint {
+                            category: "syscalls",
+                            name,
+                        } => Some(name),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(syscalls.is_empty(), "{backend} on {kernel}: {syscalls:?}");
+                assert!(
+                    planned.probes.iter().any(|p| p.hook == Hook::IterTaskFile),
+                    "{backend} on {kernel}"
+                );
+                let sock_addr = planned
+                    .probes
+                    .iter()
+                    .filter(|p| matches!(p.hook, Hook::CgroupSockAddr(_)))
+                    .count();
+                // Only the tracepoint backend needs them: the others read the peer from the
+                // kernel `msghdr` in the program that counts the datagram.
+                let expected = if backend == Backend::Tracepoint { 4 } else { 0 };
+                assert_eq!(sock_addr, expected, "{backend} on {kernel}");
+            }
+        }
     }
 
     #[test]

@@ -84,11 +84,45 @@ pub enum Hook {
     /// the tracer runs without it and says so (TCP packets, retransmits and RTT are then as of
     /// each connection's latest application I/O).
     IterTcp,
+    /// A BPF iterator over every open file of every task (`iter/task_file`, 5.8+), run at read
+    /// time when the map holds accepted TCP connections without an owner. Optional like
+    /// [`Hook::IterTcp`]: without it, an accepted connection is named by its first send or
+    /// receive, and held back from results until then.
+    IterTaskFile,
     /// A `BPF_PROG_TYPE_CGROUP_SKB` program on `BPF_CGROUP_INET_INGRESS` of the cgroup v2 root:
     /// every packet a socket of any process receives (the packet capture).
     CgroupSkbIngress,
     /// The same on `BPF_CGROUP_INET_EGRESS`: every packet a socket sends.
     CgroupSkbEgress,
+    /// A `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` program on the cgroup v2 root, run by the UDP send or
+    /// receive functions with the peer's address (the attach type comes from the object's
+    /// section name, `cgroup/<name>`).
+    CgroupSockAddr(SockAddrHook),
+}
+
+/// The `sock_addr` attach points the tracer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAddrHook {
+    /// `BPF_CGROUP_UDP4_SENDMSG` (4.18): `udp_sendmsg` with a destination address.
+    UdpSendmsg4,
+    /// `BPF_CGROUP_UDP6_SENDMSG` (4.18): `udpv6_sendmsg` with a destination address.
+    UdpSendmsg6,
+    /// `BPF_CGROUP_UDP4_RECVMSG` (5.2): `udp_recvmsg` asked for the source address.
+    UdpRecvmsg4,
+    /// `BPF_CGROUP_UDP6_RECVMSG` (5.2): `udpv6_recvmsg` asked for the source address.
+    UdpRecvmsg6,
+}
+
+impl SockAddrHook {
+    /// The section name, `cgroup/<attach>`.
+    pub const fn section(self) -> &'static str {
+        match self {
+            SockAddrHook::UdpSendmsg4 => "cgroup/sendmsg4",
+            SockAddrHook::UdpSendmsg6 => "cgroup/sendmsg6",
+            SockAddrHook::UdpRecvmsg4 => "cgroup/recvmsg4",
+            SockAddrHook::UdpRecvmsg6 => "cgroup/recvmsg6",
+        }
+    }
 }
 
 /// One program of the object: where it attaches, for which backends, from which kernel on.
@@ -140,24 +174,15 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(4, 16, 0),
         max_kernel: None,
     },
+    // Run at read time, not on events: the owners of accepted connections that did no I/O
+    // yet (the first send or receive names the others, in process context), from the
+    // descriptors of every task (tracer/src/kernel/iter.rs). No syscall tracepoint: one would
+    // put every syscall of every process on the kernel's slower traced path.
     ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT4,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept4",
-        },
+        program: tracer_common::names::PROG_ITER_TASK_FILE,
+        hook: Hook::IterTaskFile,
         backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
-        max_kernel: None,
-    },
-    ProbeSpec {
-        program: tracer_common::names::PROG_ACCEPT,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name: "sys_exit_accept",
-        },
-        backends: ALL,
-        min_kernel: KernelVersion::new(4, 16, 0),
+        min_kernel: TASK_FILE_ITER_MIN_KERNEL,
         max_kernel: None,
     },
     ProbeSpec {
@@ -200,21 +225,31 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: KernelVersion::new(6, 3, 0),
         max_kernel: None,
     },
-    // Tracepoint backend, UDP: the peers of unconnected sockets come from the send/receive
-    // syscalls (see tracer-ebpf/src/backend/tracepoint/udp.rs). The exits are attached before the
-    // enters, so that every argument stash an enter makes is deleted by its exit.
-    udp_syscall(tracer_common::names::PROG_TPX_SENDTO, "sys_exit_sendto"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMSG, "sys_exit_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_SENDMMSG, "sys_exit_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVFROM, "sys_exit_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMSG, "sys_exit_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TPX_RECVMMSG, "sys_exit_recvmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDTO, "sys_enter_sendto"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMSG, "sys_enter_sendmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_SENDMMSG, "sys_enter_sendmmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVFROM, "sys_enter_recvfrom"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMSG, "sys_enter_recvmsg"),
-    udp_syscall(tracer_common::names::PROG_TP_RECVMMSG, "sys_enter_recvmmsg"),
+    // Tracepoint backend, UDP: the peers of unconnected sockets come from cgroup sock_addr
+    // programs, handed to the length events above (tracer-ebpf/src/backend/tracepoint/
+    // sock_addr.rs), not from syscall tracepoints, which put every syscall of every process on
+    // the kernel's slower traced path. Attached after the length events, so that no peer is
+    // handed over to a length event that is not attached yet (and left for a later call).
+    sock_addr(
+        names::PROG_UDP_SENDMSG4,
+        SockAddrHook::UdpSendmsg4,
+        SENDMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_SENDMSG6,
+        SockAddrHook::UdpSendmsg6,
+        SENDMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_RECVMSG4,
+        SockAddrHook::UdpRecvmsg4,
+        RECVMSG_MIN,
+    ),
+    sock_addr(
+        names::PROG_UDP_RECVMSG6,
+        SockAddrHook::UdpRecvmsg6,
+        RECVMSG_MIN,
+    ),
     // No tracepoint fires when a UDP socket is destroyed: a cgroup hook on its release does
     // (required by the tracepoint backend). The same hook ends a TCP connection that closed while
     // its application still had bytes to read, when the application lets go of the socket, read
@@ -340,17 +375,24 @@ const fn kretprobe(
     function_probe(program, hook, KPROBE, min_kernel, max_kernel)
 }
 
-/// A `syscalls:<name>` tracepoint of the tracepoint backend's UDP peers (syscall tracepoints and
-/// BPF on tracepoints: 4.7).
-const fn udp_syscall(program: &'static str, name: &'static str) -> ProbeSpec {
+/// `cgroup/sendmsg4` and `sendmsg6`: Linux 4.18.
+const SENDMSG_MIN: KernelVersion = KernelVersion::new(4, 18, 0);
+/// `cgroup/recvmsg4` and `recvmsg6`: Linux 5.2. (The programs also call
+/// `bpf_get_current_pid_tgid`, which every kernel the tracepoint backend runs on, 6.3+, offers
+/// to them.)
+const RECVMSG_MIN: KernelVersion = KernelVersion::new(5, 2, 0);
+
+/// A cgroup `sock_addr` program of the tracepoint backend's UDP peers.
+const fn sock_addr(
+    program: &'static str,
+    hook: SockAddrHook,
+    min_kernel: KernelVersion,
+) -> ProbeSpec {
     ProbeSpec {
         program,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name,
-        },
+        hook: Hook::CgroupSockAddr(hook),
         backends: TRACEPOINT,
-        min_kernel: KernelVersion::new(4, 7, 0),
+        min_kernel,
         max_kernel: None,
     }
 }
@@ -381,6 +423,17 @@ pub const CAPTURE_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 
 /// The first kernel with BPF iterators over TCP sockets (`iter/tcp`).
 pub const ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 9, 0);
+
+/// The first kernel with BPF iterators over tasks' files (`iter/task_file`).
+pub const TASK_FILE_ITER_MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+/// What the plan's reason says when the task-file iterator is left out.
+pub fn without_task_file_iterator(why: &str) -> String {
+    format!(
+        "without iter/task_file ({why}): an accepted TCP connection is held back until its first \
+         send or receive names its owner"
+    )
+}
 
 /// What the plan's reason says when the TCP iterator is left out, `why` (a kernel below 5.9, or
 /// the error that refused it at load time).
