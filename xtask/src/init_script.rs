@@ -1,6 +1,8 @@
 //! The VM's /init: a busybox sh script that prepares the mounts the tracer needs, loads the
 //! modules the tests may use, runs the test binary once per backend between console markers (see
-//! console.rs) and powers off.
+//! console.rs) and powers off. One image serves every backend of its kernel: a boot runs the
+//! backends named by `xtask.backend=<name>` parameters on the kernel command line ([`param`]),
+//! or all of them when there is none, so that the runs of one kernel can go to separate VMs.
 
 use anyhow::{Result, ensure};
 
@@ -76,15 +78,22 @@ ip link set lo up
         None => String::new(),
     };
     s.push_str("cd /tmp\n");
+    // The backends this boot runs: the kernel keeps unknown dotted parameters in /proc/cmdline.
+    s.push_str(
+        "wanted=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^xtask\\.backend=//p')\n\
+         wants() { [ -z \"$wanted\" ] || echo \"$wanted\" | grep -qx \"$1\"; }\n",
+    );
     for (i, backend) in spec.backends.iter().enumerate() {
         ensure!(shell_safe(backend), "backend {backend:?} is not shell-safe");
         // Tests that do not depend on the attach backend run with the kernel's first one only.
         let first = u8::from(i == 0);
         s.push_str(&format!(
-            "echo \"{begin}{backend}\"\n\
+            "if wants {backend}; then\n\
+             echo \"{begin}{backend}\"\n\
              TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND={backend} TRACER_TEST_FIRST_BACKEND={first} \
              RUST_BACKTRACE=1 timeout -s KILL {secs} {bin} --test-threads=1{filter}\n\
-             echo \"{end}{backend} status=$?\"\n",
+             echo \"{end}{backend} status=$?\"\n\
+             fi\n",
             begin = console::BEGIN,
             end = console::END,
             bin = spec.test_binary,
@@ -93,6 +102,11 @@ ip link set lo up
     }
     s.push_str(&format!("echo {}\nsync\npoweroff -f\n", console::DONE));
     Ok(s)
+}
+
+/// The kernel command-line parameter that makes a boot run `backend` only.
+pub fn param(backend: &str) -> String {
+    format!("xtask.backend={backend}")
 }
 
 #[cfg(test)]
@@ -118,8 +132,9 @@ mod tests {
         assert!(script.contains(
             "TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND=kprobe TRACER_TEST_FIRST_BACKEND=0 \
              RUST_BACKTRACE=1 timeout -s KILL 900 /xtask/integration --test-threads=1\n\
-             echo \"XTASK-END backend=kprobe status=$?\"\n"
+             echo \"XTASK-END backend=kprobe status=$?\"\nfi\n"
         ));
+        assert!(script.contains("if wants kprobe; then\n"));
         assert!(script.contains("TRACER_TEST_BACKEND=fentry TRACER_TEST_FIRST_BACKEND=1 "));
         assert!(script.ends_with("poweroff -f\n"));
     }

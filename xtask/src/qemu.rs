@@ -17,7 +17,15 @@ pub struct Boot {
     pub elapsed: Duration,
 }
 
-pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
+/// Boots `vmlinuz` with `initrd`; `params` are appended to the kernel command line (the /init
+/// script reads its own there, e.g. which backend to run).
+pub fn boot(
+    label: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    params: &str,
+    timeout: Duration,
+) -> Result<Boot> {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
         .args(["-nic", "none"])
@@ -31,7 +39,7 @@ pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Re
         .arg("-initrd")
         .arg(initrd)
         // panic=-1 reboots at once on a panic (e.g. /init dying), which -no-reboot turns into exit.
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        .args(["-append", &format!("console=ttyS0 panic=-1 quiet {params}")]);
     // cmd::tee gives qemu no stdin: it would otherwise put a terminal in raw mode and read monitor
     // escapes from it.
     let run = cmd::tee(&mut qemu, &format!("[vm {label}] "), timeout)

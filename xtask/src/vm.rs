@@ -1,11 +1,12 @@
-//! The integration tests inside qemu, one boot per VM kernel running every backend of that kernel.
+//! The integration tests inside qemu: one image per VM kernel, one boot per (kernel, backend).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::console;
+use crate::init_script;
 use crate::initramfs;
 use crate::kernels::{self, CachedKernel};
 use crate::knobs::timeout;
@@ -19,10 +20,14 @@ const VM_BOOT_MARGIN: Duration = Duration::from_secs(300);
 /// Boots of one VM kernel when the guest dies before any test started.
 const BOOT_ATTEMPTS: u32 = 3;
 
-/// Boots each VM kernel (all, or those in XTASK_KERNELS) and records its runs and a `vm <label>`
-/// step. Up to `vm_jobs()` VMs run at once (XTASK_VM_JOBS, default 2): under TCG a guest runs
-/// the single-threaded test binary on one host core most of the time, so two guests on this
-/// 2-core machine take little more than one. Results are recorded in kernel order.
+/// Runs the integration tests in each VM kernel (all, or those in XTASK_KERNELS), one boot per
+/// (kernel, backend), and records the runs and a `vm <label>` step per kernel. Up to `vm_jobs()`
+/// VMs run at once (XTASK_VM_JOBS, default 2): under TCG a guest runs the single-threaded test
+/// binary on one host core most of the time, so two guests on this 2-core machine take little
+/// more than one. One boot per run rather than per kernel keeps both cores busy to the end (with
+/// three kernels of two backends each, a boot per kernel left the last kernel's two runs to one
+/// core); each kernel's first backend (the longer run: it also runs the backend-independent
+/// tests) goes first. Results are recorded in kernel and backend order.
 pub fn run_all(binary: &Path, summary: &mut Summary) {
     let only: Option<Vec<String>> = std::env::var("XTASK_KERNELS")
         .ok()
@@ -34,27 +39,49 @@ pub fn run_all(binary: &Path, summary: &mut Summary) {
                 .is_none_or(|only| only.iter().any(|k| k == vm.label))
         })
         .collect();
-    let jobs = vm_jobs().max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<std::sync::Mutex<Option<VmOutcome>>> = selected
+    // One image per kernel, shared by its boots.
+    let images: Vec<Result<PathBuf, String>> = selected
         .iter()
-        .map(|_| std::sync::Mutex::new(None))
+        .map(|(_, located)| match located {
+            Ok(kernel) => build_image(binary, kernel).map_err(|e| format!("{e:#}")),
+            Err(err) => Err(format!("kernel not in the cache: {err:#}")),
+        })
         .collect();
+    // Jobs: (kernel index, backend index), first backends first.
+    let most = selected
+        .iter()
+        .map(|(vm, _)| vm.backends.len())
+        .max()
+        .unwrap_or(0);
+    let jobs: Vec<(usize, usize)> = (0..most)
+        .flat_map(|b| {
+            selected
+                .iter()
+                .enumerate()
+                .filter(move |(_, (vm, _))| b < vm.backends.len())
+                .map(move |(k, _)| (k, b))
+        })
+        .filter(|(k, _)| images.get(*k).is_some_and(Result::is_ok))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<std::sync::Mutex<Option<Result<BootRun>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
-        for _ in 0..jobs.min(selected.len()) {
+        for _ in 0..vm_jobs().max(1).min(jobs.len()) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let (Some((_, located)), Some(slot)) = (selected.get(i), outcomes.get(i))
-                    else {
+                    let (Some(&(k, b)), Some(slot)) = (jobs.get(i), outcomes.get(i)) else {
                         break;
                     };
-                    let outcome = match located {
-                        Ok(kernel) => VmOutcome::Ran(vm_run(binary, kernel, timeout())),
-                        Err(err) => {
-                            VmOutcome::NotCached(format!("kernel not in the cache: {err:#}"))
-                        }
+                    let (Some((_, Ok(kernel))), Some(Ok(image))) = (selected.get(k), images.get(k))
+                    else {
+                        continue;
                     };
+                    let Some(backend) = kernel.backends.get(b) else {
+                        continue;
+                    };
+                    let outcome = boot_run(kernel, image, backend, timeout());
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(outcome);
                     }
@@ -62,33 +89,59 @@ pub fn run_all(binary: &Path, summary: &mut Summary) {
             });
         }
     });
+    let outcomes: Vec<Option<Result<BootRun>>> = outcomes
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten())
+        .collect();
     let mut boot_lines = Vec::new();
-    for ((vm, located), outcome) in selected.iter().zip(outcomes) {
+    for (k, ((vm, located), image)) in selected.iter().zip(&images).enumerate() {
         let step_name = format!("vm {}", vm.label);
-        let outcome = outcome.into_inner().ok().flatten();
-        match (located, outcome) {
-            (Ok(_), Some(VmOutcome::Ran(Ok((runs, report, failure))))) => {
-                summary.runs.extend(runs);
-                match failure {
-                    None => summary.step(&step_name, true, ""),
-                    Some(why) => summary.step(&step_name, false, why),
+        let kernel = match (located, image) {
+            (Ok(kernel), Ok(_)) => kernel,
+            (Ok(kernel), Err(why)) => {
+                fail_all(summary, &kernel.release, kernel.backends, why);
+                summary.step(&step_name, false, why.clone());
+                continue;
+            }
+            // A kernel missing from the cache has no image either (`images` says why).
+            (Err(_), _) => {
+                let why = image.as_ref().err().cloned().unwrap_or_default();
+                fail_all(summary, vm.package, vm.backends, &why);
+                summary.step(&step_name, false, why);
+                continue;
+            }
+        };
+        let mut failures = Vec::new();
+        for (b, backend) in kernel.backends.iter().enumerate() {
+            let outcome = jobs
+                .iter()
+                .position(|&job| job == (k, b))
+                .and_then(|i| outcomes.get(i))
+                .and_then(Option::as_ref);
+            match outcome {
+                Some(Ok(run)) => {
+                    summary.runs.push(run.run.clone());
+                    if let Some(why) = &run.failure {
+                        failures.push(format!("{backend}: {why}"));
+                    }
+                    boot_lines.push(run.report.clone());
                 }
-                boot_lines.push(report);
+                Some(Err(err)) => {
+                    let why = format!("{err:#}");
+                    fail_all(summary, &kernel.release, &[*backend], &why);
+                    failures.push(format!("{backend}: {why}"));
+                }
+                None => {
+                    let why = "the VM's worker did not report (it panicked)".to_owned();
+                    fail_all(summary, &kernel.release, &[*backend], &why);
+                    failures.push(format!("{backend}: {why}"));
+                }
             }
-            (Ok(kernel), Some(VmOutcome::Ran(Err(err)))) => {
-                let why = format!("{err:#}");
-                fail_all(summary, &kernel.release, kernel.backends, &why);
-                summary.step(&step_name, false, why);
-            }
-            (_, Some(VmOutcome::NotCached(why))) => {
-                fail_all(summary, vm.package, vm.backends, &why);
-                summary.step(&step_name, false, why);
-            }
-            (_, _) => {
-                let why = "the VM's worker did not report (it panicked)".to_owned();
-                fail_all(summary, vm.package, vm.backends, &why);
-                summary.step(&step_name, false, why);
-            }
+        }
+        if failures.is_empty() {
+            summary.step(&step_name, true, "");
+        } else {
+            summary.step(&step_name, false, failures.join("; "));
         }
     }
     for line in boot_lines {
@@ -96,10 +149,28 @@ pub fn run_all(binary: &Path, summary: &mut Summary) {
     }
 }
 
-/// What one VM's worker ended with.
-enum VmOutcome {
-    Ran(Result<(Vec<Run>, String, Option<String>)>),
-    NotCached(String),
+/// Builds the image of one kernel (its /init runs the backends its boot names).
+fn build_image(binary: &Path, kernel: &CachedKernel) -> Result<PathBuf> {
+    let image = initramfs::image_path(kernel);
+    println!("xtask: building {} for {}", image.display(), kernel.release);
+    let built = initramfs::build(kernel, binary, timeout().as_secs(), &image)
+        .with_context(|| format!("building the initramfs for {}", kernel.release))?;
+    println!(
+        "xtask: initramfs {:.1} MiB, {} libraries, modules: {} (not modules here: {})",
+        built.bytes as f64 / (1024.0 * 1024.0),
+        built.libraries,
+        built.modules.len(),
+        built.not_modules.join(" "),
+    );
+    Ok(image)
+}
+
+/// One boot's result: its run, a one-line report of the boot (time, modules), and why the VM
+/// did not get through its /init, if it did not.
+struct BootRun {
+    run: Run,
+    report: String,
+    failure: Option<String>,
 }
 
 /// XTASK_VM_JOBS: how many VMs run at once (default 2).
@@ -124,43 +195,37 @@ fn fail_all(summary: &mut Summary, kernel: &str, backends: &[&str], why: &str) {
     }
 }
 
-/// Builds the image, boots it and reads the console. Returns the runs, a one-line report of the
-/// boot (time, modules) and why the VM did not get through its whole /init, if it did not.
-fn vm_run(
-    binary: &Path,
+/// Boots `kernel` with `image` to run `backend`'s tests and reads the console.
+fn boot_run(
     kernel: &CachedKernel,
+    image: &Path,
+    backend: &str,
     timeout: Duration,
-) -> Result<(Vec<Run>, String, Option<String>)> {
-    let image = initramfs::image_path(kernel);
-    println!("xtask: building {} for {}", image.display(), kernel.release);
-    let built = initramfs::build(kernel, binary, timeout.as_secs(), &image)
-        .with_context(|| format!("building the initramfs for {}", kernel.release))?;
-    println!(
-        "xtask: initramfs {:.1} MiB, {} libraries, modules: {} (not modules here: {})",
-        built.bytes as f64 / (1024.0 * 1024.0),
-        built.libraries,
-        built.modules.len(),
-        built.not_modules.join(" "),
-    );
-    // Each run has `timeout` inside the VM; the VM as a whole gets them all plus time to boot.
-    let runs = u32::try_from(kernel.backends.len()).unwrap_or(u32::MAX);
-    let vm_deadline = timeout.saturating_mul(runs) + VM_BOOT_MARGIN;
+) -> Result<BootRun> {
+    let vm_deadline = timeout + VM_BOOT_MARGIN;
+    let label = format!("{} {backend}", kernel.label);
     // A guest kernel that dies while booting under TCG, before any test starts (seen on 6.12:
     // an Oops in early boot, a few boots in a hundred), says nothing about the tracer: boot it
     // again, at most BOOT_ATTEMPTS times in all, and say so. A VM that died or hung once a test
     // had started is never retried.
     let mut attempt = 1;
     let (boot, parsed) = loop {
-        let boot = qemu::boot(kernel.label, &kernel.vmlinuz, &image, vm_deadline)?;
+        let boot = qemu::boot(
+            &label,
+            &kernel.vmlinuz,
+            image,
+            &init_script::param(backend),
+            vm_deadline,
+        )?;
         let parsed = console::parse(&boot.console);
-        let started = kernel.backends.iter().any(|b| parsed.run(b).is_some());
+        let started = parsed.run(backend).is_some();
         if started || boot.timed_out || attempt >= BOOT_ATTEMPTS {
             break (boot, parsed);
         }
         println!(
-            "xtask: VM {} died while booting, before any test started (qemu {}, attempt \
+            "xtask: VM {label} died while booting, before any test started (qemu {}, attempt \
              {attempt} of {BOOT_ATTEMPTS}); booting again",
-            kernel.label, boot.exit
+            boot.exit
         );
         attempt += 1;
     };
@@ -168,61 +233,52 @@ fn vm_run(
         .kernel
         .clone()
         .unwrap_or_else(|| kernel.release.clone());
-    let mut runs = Vec::new();
-    for backend in kernel.backends {
-        let (counts, status) = match parsed.run(backend) {
-            Some(out) => match out.status {
-                Some(code) => {
-                    // busybox `timeout -s KILL` makes a hung run exit 137.
-                    let how = if code == 137 {
-                        format!(
-                            "status 137, killed after the {}s timeout?",
-                            timeout.as_secs()
-                        )
-                    } else {
-                        format!("status {code}")
-                    };
-                    let (counts, verdict) = libtest::judge(&out.output, code == 0, &how);
-                    (counts, verdict.describe())
-                }
-                None => {
-                    let counts = libtest::parse(&out.output).unwrap_or_default();
-                    let why = if boot.timed_out {
-                        "timed out"
-                    } else {
-                        "no end marker: VM died"
-                    };
-                    (
-                        Counts {
-                            failed: counts.failed.max(1),
-                            ..counts
-                        },
-                        format!("FAILED ({why})"),
+    let (counts, status) = match parsed.run(backend) {
+        Some(out) => match out.status {
+            Some(code) => {
+                // busybox `timeout -s KILL` makes a hung run exit 137.
+                let how = if code == 137 {
+                    format!(
+                        "status 137, killed after the {}s timeout?",
+                        timeout.as_secs()
                     )
-                }
-            },
-            None => {
-                let why = if boot.timed_out {
-                    "timed out before it started"
                 } else {
-                    "never started"
+                    format!("status {code}")
+                };
+                let (counts, verdict) = libtest::judge(&out.output, code == 0, &how);
+                (counts, verdict.describe())
+            }
+            None => {
+                let counts = libtest::parse(&out.output).unwrap_or_default();
+                let why = if boot.timed_out {
+                    "timed out"
+                } else {
+                    "no end marker: VM died"
                 };
                 (
                     Counts {
-                        failed: 1,
-                        ..Counts::default()
+                        failed: counts.failed.max(1),
+                        ..counts
                     },
                     format!("FAILED ({why})"),
                 )
             }
-        };
-        runs.push(Run {
-            kernel: release.clone(),
-            backend: (*backend).to_owned(),
-            counts,
-            status,
-        });
-    }
+        },
+        None => {
+            let why = if boot.timed_out {
+                "timed out before it started"
+            } else {
+                "never started"
+            };
+            (
+                Counts {
+                    failed: 1,
+                    ..Counts::default()
+                },
+                format!("FAILED ({why})"),
+            )
+        }
+    };
     let failure = if boot.timed_out {
         Some(format!("timed out after {}s", boot.elapsed.as_secs()))
     } else if !parsed.done {
@@ -231,13 +287,21 @@ fn vm_run(
         None
     };
     let report = format!(
-        "VM {} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]",
-        kernel.label,
+        "VM {label} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]",
         failure.as_deref().unwrap_or("booted, ran /init to the end"),
         boot.elapsed.as_secs_f64(),
         boot.exit,
         parsed.modules_loaded.join(" "),
         parsed.modules_failed.join("; "),
     );
-    Ok((runs, report, failure))
+    Ok(BootRun {
+        run: Run {
+            kernel: release,
+            backend: backend.to_owned(),
+            counts,
+            status,
+        },
+        report,
+        failure,
+    })
 }
