@@ -253,7 +253,10 @@ fn otlp_venv() -> Result<String> {
             .args(OTLP_PIP_PACKAGES),
     )
     .context("pip install of the OpenTelemetry protobuf definitions")?;
-    Ok(format!("installed {} in {OTLP_VENV}", OTLP_PIP_PACKAGES.join(" ")))
+    Ok(format!(
+        "installed {} in {OTLP_VENV}",
+        OTLP_PIP_PACKAGES.join(" ")
+    ))
 }
 
 fn bpf_linker() -> Result<String> {

@@ -22,7 +22,11 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("not a string: {s}")).to_owned())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_owned()
+        })
         .collect()
 }
 
@@ -66,7 +70,13 @@ fn the_daemonset_runs_serve_with_the_documented_capabilities_and_mounts() {
     add.sort();
     assert_eq!(
         add,
-        ["BPF", "DAC_READ_SEARCH", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_RESOURCE"
+        ]
     );
 
     // The node's cgroup v2 root and tracefs, each at its own path.
@@ -94,7 +104,12 @@ fn prometheus_scrapes_the_daemonsets_metrics_port() {
     let keeps: Vec<(String, String)> = relabels
         .iter()
         .filter(|r| r["action"] == "keep")
-        .map(|r| (strings(&r["source_labels"])[0].clone(), r["regex"].as_str().unwrap_or("").to_owned()))
+        .map(|r| {
+            (
+                strings(&r["source_labels"])[0].clone(),
+                r["regex"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
     assert!(keeps.contains(&(
         "__meta_kubernetes_pod_container_port_name".to_owned(),
@@ -118,7 +133,10 @@ fn the_collector_pipeline_takes_otlp_http_metrics() {
     assert_eq!(strings(&pipeline["receivers"]), ["otlp"]);
     for kind in ["processors", "exporters"] {
         for name in strings(&pipeline[kind]) {
-            assert!(config[kind].get(&name).is_some(), "{kind} {name} is not defined");
+            assert!(
+                config[kind].get(&name).is_some(),
+                "{kind} {name} is not defined"
+            );
         }
     }
 }

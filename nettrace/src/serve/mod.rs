@@ -48,7 +48,11 @@ impl Names {
         } else {
             conn.comm.to_string()
         };
-        Arc::clone(self.interned.entry(name.clone()).or_insert_with(|| name.into()))
+        Arc::clone(
+            self.interned
+                .entry(name.clone())
+                .or_insert_with(|| name.into()),
+        )
     }
 
     fn end_read(&mut self) {
@@ -168,12 +172,15 @@ fn serve_prometheus(
     tracer
         .register_client(PROMETHEUS_CLIENT)
         .map_err(|err| format!("registering {PROMETHEUS_CLIENT}: {err}"))?;
-    let server = tiny_http::Server::http(addr)
-        .map_err(|err| format!("listening on {addr}: {err}"))?;
+    let server =
+        tiny_http::Server::http(addr).map_err(|err| format!("listening on {addr}: {err}"))?;
     let _ = writeln!(
         io::stderr(),
         "nettrace serve: Prometheus metrics on http://{}/metrics",
-        server.server_addr().to_ip().map_or_else(|| addr.to_string(), |a| a.to_string())
+        server
+            .server_addr()
+            .to_ip()
+            .map_or_else(|| addr.to_string(), |a| a.to_string())
     );
     let mut exporter = prom::PromExporter::new(max_series, initial);
     let mut names = Names::default();
@@ -185,7 +192,11 @@ fn serve_prometheus(
         };
         let response = match (request.method(), request.url()) {
             (tiny_http::Method::Get, "/metrics") => scrape(tracer, &mut exporter, &mut names),
-            (tiny_http::Method::Get, "/") => text(200, "nettrace serve: metrics at /metrics\n".to_owned(), "text/plain"),
+            (tiny_http::Method::Get, "/") => text(
+                200,
+                "nettrace serve: metrics at /metrics\n".to_owned(),
+                "text/plain",
+            ),
             _ => text(404, "not found\n".to_owned(), "text/plain"),
         };
         if let Err(err) = request.respond(response) {

@@ -171,9 +171,14 @@ impl OtlpExporter {
             }
         }
         for sample in conns.counters.iter() {
-            let kind = [KeyValue::new("nettrace.counter.kind", sample.info.kind.as_str())];
+            let kind = [KeyValue::new(
+                "nettrace.counter.kind",
+                sample.info.kind.as_str(),
+            )];
             match self.tracer_instrument(sample) {
-                Instrument::Gauge(g) => g.record(i64::try_from(sample.value).unwrap_or(i64::MAX), &[]),
+                Instrument::Gauge(g) => {
+                    g.record(i64::try_from(sample.value).unwrap_or(i64::MAX), &[])
+                }
                 Instrument::Counter(c) => c.add(sample.value, &kind),
                 Instrument::FloatCounter(_) | Instrument::Histogram(_) => {}
             }
@@ -200,7 +205,10 @@ mod tests {
     fn the_metrics_path_is_added_only_to_a_bare_endpoint() {
         assert_eq!(metrics_url("http://c:4318"), "http://c:4318/v1/metrics");
         assert_eq!(metrics_url("http://c:4318/"), "http://c:4318/v1/metrics");
-        assert_eq!(metrics_url("http://c:4318/v1/metrics"), "http://c:4318/v1/metrics");
+        assert_eq!(
+            metrics_url("http://c:4318/v1/metrics"),
+            "http://c:4318/v1/metrics"
+        );
         assert_eq!(metrics_url("http://c/otlp/m"), "http://c/otlp/m");
     }
 }

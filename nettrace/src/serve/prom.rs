@@ -204,4 +204,3 @@ impl PromExporter {
         Ok(out)
     }
 }
-

@@ -142,7 +142,9 @@ impl Metric {
             Self::IoBytes => "Bytes moved by the connections, by network_io_direction.",
             Self::IoPackets => "Packets (TCP segments) moved, by network_io_direction.",
             Self::Retransmits => "TCP segments retransmitted.",
-            Self::Rtt => "Smoothed TCP round trip, one observation per connection that moved per read.",
+            Self::Rtt => {
+                "Smoothed TCP round trip, one observation per connection that moved per read."
+            }
             Self::Opened => "TCP connections established.",
             Self::Closed => "Connections closed (TCP) or expired (UDP).",
             Self::Active => "Connections seen open and not yet seen closed.",
@@ -369,7 +371,14 @@ impl Aggregator {
         Some(shared)
     }
 
-    fn push(&mut self, out: &mut Vec<Point>, metric: Metric, group: &Group, extra: Extra, value: Value) {
+    fn push(
+        &mut self,
+        out: &mut Vec<Point>,
+        metric: Metric,
+        group: &Group,
+        extra: Extra,
+        value: Value,
+    ) {
         let zero = match value {
             Value::Add(v) => v == 0,
             Value::AddF(v) => v == 0.0,
@@ -389,7 +398,11 @@ impl Aggregator {
     }
 
     /// The points of one delta (`conns`, this client's call).
-    pub fn points(&mut self, conns: &Connections, names: &mut dyn FnMut(&ConnectionStats) -> Arc<str>) -> Vec<Point> {
+    pub fn points(
+        &mut self,
+        conns: &Connections,
+        names: &mut dyn FnMut(&ConnectionStats) -> Arc<str>,
+    ) -> Vec<Point> {
         let mut out = Vec::new();
         let mut groups: FxHashMap<(SocketAddr, SocketAddr), Group> = FxHashMap::default();
         let mut touched_active: FxHashSet<Arc<SeriesKey>> = FxHashSet::default();
@@ -398,49 +411,141 @@ impl Aggregator {
             let (local, remote) = ends(conn);
             groups.insert((local, remote), group.clone());
             let m = &conn.last;
-            self.push(&mut out, Metric::IoBytes, &group, Extra::IoDirection("transmit"), Value::Add(m.sent_bytes));
-            self.push(&mut out, Metric::IoBytes, &group, Extra::IoDirection("receive"), Value::Add(m.recv_bytes));
-            self.push(&mut out, Metric::IoPackets, &group, Extra::IoDirection("transmit"), Value::Add(m.sent_packets));
-            self.push(&mut out, Metric::IoPackets, &group, Extra::IoDirection("receive"), Value::Add(m.recv_packets));
-            self.push(&mut out, Metric::Retransmits, &group, Extra::None, Value::Add(u64::from(m.retransmits)));
-            self.push(&mut out, Metric::Opened, &group, Extra::None, Value::Add(u64::from(m.tcp_established)));
+            self.push(
+                &mut out,
+                Metric::IoBytes,
+                &group,
+                Extra::IoDirection("transmit"),
+                Value::Add(m.sent_bytes),
+            );
+            self.push(
+                &mut out,
+                Metric::IoBytes,
+                &group,
+                Extra::IoDirection("receive"),
+                Value::Add(m.recv_bytes),
+            );
+            self.push(
+                &mut out,
+                Metric::IoPackets,
+                &group,
+                Extra::IoDirection("transmit"),
+                Value::Add(m.sent_packets),
+            );
+            self.push(
+                &mut out,
+                Metric::IoPackets,
+                &group,
+                Extra::IoDirection("receive"),
+                Value::Add(m.recv_packets),
+            );
+            self.push(
+                &mut out,
+                Metric::Retransmits,
+                &group,
+                Extra::None,
+                Value::Add(u64::from(m.retransmits)),
+            );
+            self.push(
+                &mut out,
+                Metric::Opened,
+                &group,
+                Extra::None,
+                Value::Add(u64::from(m.tcp_established)),
+            );
             if conn.tuple.protocol == Protocol::Tcp && conn.rtt_us > 0 {
                 let rtt = f64::from(conn.rtt_us) / 1e6;
-                self.push(&mut out, Metric::Rtt, &group, Extra::None, Value::Observe(rtt));
+                self.push(
+                    &mut out,
+                    Metric::Rtt,
+                    &group,
+                    Extra::None,
+                    Value::Observe(rtt),
+                );
             }
             for (code, count) in conn.tcp_failures.iter() {
                 let name: Arc<str> = errno::describe(code).into();
-                self.push(&mut out, Metric::Failures, &group, Extra::ErrorType(name), Value::Add(u64::from(count)));
+                self.push(
+                    &mut out,
+                    Metric::Failures,
+                    &group,
+                    Extra::ErrorType(name),
+                    Value::Add(u64::from(count)),
+                );
             }
             if let Some(dns) = &conn.dns {
                 for (question, by_type) in &dns.0 {
                     for stats in by_type.values() {
                         let q = Arc::clone(question);
-                        self.push(&mut out, Metric::DnsTimeouts, &group, Extra::DnsQuestion(Arc::clone(&q)), Value::Add(u64::from(stats.timeouts)));
-                        let answered: u64 = stats.count_by_rcode.values().map(|&n| u64::from(n)).sum();
+                        self.push(
+                            &mut out,
+                            Metric::DnsTimeouts,
+                            &group,
+                            Extra::DnsQuestion(Arc::clone(&q)),
+                            Value::Add(u64::from(stats.timeouts)),
+                        );
+                        let answered: u64 =
+                            stats.count_by_rcode.values().map(|&n| u64::from(n)).sum();
                         for (&rcode, &count) in &stats.count_by_rcode {
-                            let extra = Extra::Dns { question: Arc::clone(&q), rcode: rcode_name(rcode) };
-                            self.push(&mut out, Metric::DnsResponses, &group, extra, Value::Add(u64::from(count)));
+                            let extra = Extra::Dns {
+                                question: Arc::clone(&q),
+                                rcode: rcode_name(rcode),
+                            };
+                            self.push(
+                                &mut out,
+                                Metric::DnsResponses,
+                                &group,
+                                extra,
+                                Value::Add(u64::from(count)),
+                            );
                         }
                         // The sums are split only into success (rcode 0) and failure.
                         if answered > 0 {
-                            let ok = Extra::Dns { question: Arc::clone(&q), rcode: rcode_name(0) };
-                            self.push(&mut out, Metric::DnsLatency, &group, ok, Value::AddF(stats.success_latency_sum_us as f64 / 1e6));
-                            let failed = Extra::Dns { question: Arc::clone(&q), rcode: "failure".into() };
-                            self.push(&mut out, Metric::DnsLatency, &group, failed, Value::AddF(stats.failure_latency_sum_us as f64 / 1e6));
+                            let ok = Extra::Dns {
+                                question: Arc::clone(&q),
+                                rcode: rcode_name(0),
+                            };
+                            self.push(
+                                &mut out,
+                                Metric::DnsLatency,
+                                &group,
+                                ok,
+                                Value::AddF(stats.success_latency_sum_us as f64 / 1e6),
+                            );
+                            let failed = Extra::Dns {
+                                question: Arc::clone(&q),
+                                rcode: "failure".into(),
+                            };
+                            self.push(
+                                &mut out,
+                                Metric::DnsLatency,
+                                &group,
+                                failed,
+                                Value::AddF(stats.failure_latency_sum_us as f64 / 1e6),
+                            );
                         }
                     }
                 }
             }
             // The Active gauge: one per group, from the connections seen open and not closed.
-            let active_key = SeriesKey { metric: Metric::Active, group, extra: Extra::None };
+            let active_key = SeriesKey {
+                metric: Metric::Active,
+                group,
+                extra: Extra::None,
+            };
             let closed = conn.is_closed || m.tcp_closed > 0;
             if closed {
                 if let Some(key) = self.open.remove(&conn.cookie) {
                     *self.active.entry(Arc::clone(&key)).or_default() -= 1;
                     touched_active.insert(key);
                 }
-                self.push(&mut out, Metric::Closed, &active_key.group, Extra::None, Value::Add(1));
+                self.push(
+                    &mut out,
+                    Metric::Closed,
+                    &active_key.group,
+                    Extra::None,
+                    Value::Add(1),
+                );
             } else if !self.open.contains_key(&conn.cookie) {
                 if self.open.len() >= MAX_OPEN {
                     self.refused = self.refused.saturating_add(1);
@@ -453,7 +558,10 @@ impl Aggregator {
         }
         for key in touched_active {
             let level = self.active.get(&key).copied().unwrap_or(0).max(0);
-            out.push(Point { key, value: Value::Set(level) });
+            out.push(Point {
+                key,
+                value: Value::Set(level),
+            });
         }
         for (key, stats) in &conns.usm.http {
             let client = canonical(key.client);
@@ -471,13 +579,28 @@ impl Aggregator {
                 });
             let method: Arc<str> = key.method.as_str().into();
             for (&status, req) in &stats.0 {
-                let extra = Extra::Http { method: Arc::clone(&method), status };
-                self.push(&mut out, Metric::HttpRequests, &group, extra.clone(), Value::Add(req.count));
+                let extra = Extra::Http {
+                    method: Arc::clone(&method),
+                    status,
+                };
+                self.push(
+                    &mut out,
+                    Metric::HttpRequests,
+                    &group,
+                    extra.clone(),
+                    Value::Add(req.count),
+                );
                 let sum_ns = match &req.latencies {
                     Some(sketch) => sketch.sum().unwrap_or(0.0),
                     None => req.first_latency_ns as f64,
                 };
-                self.push(&mut out, Metric::HttpLatency, &group, extra, Value::AddF(sum_ns / 1e9));
+                self.push(
+                    &mut out,
+                    Metric::HttpLatency,
+                    &group,
+                    extra,
+                    Value::AddF(sum_ns / 1e9),
+                );
             }
         }
         out
@@ -485,7 +608,11 @@ impl Aggregator {
 }
 
 /// The group of a connection: the remote's first DNS name when the tracer saw one.
-pub fn group_of(conn: &ConnectionStats, dns: &FxHashMap<IpAddr, Vec<Arc<str>>>, process: Arc<str>) -> Group {
+pub fn group_of(
+    conn: &ConnectionStats,
+    dns: &FxHashMap<IpAddr, Vec<Arc<str>>>,
+    process: Arc<str>,
+) -> Group {
     let t = &conn.tuple;
     let remote = dns
         .get(&t.dst)

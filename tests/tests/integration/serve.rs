@@ -20,7 +20,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_integration::{netns::in_fresh_netns, policy::first_backend_of_kernel, tracer::backend_under_test};
+use tracer_integration::{
+    netns::in_fresh_netns, policy::first_backend_of_kernel, tracer::backend_under_test,
+};
 
 /// The venv `cargo xtask setup` makes with `opentelemetry-proto` (xtask/src/setup.rs, OTLP_VENV).
 const OTLP_PYTHON: &str = "/opt/tracer-test/otlp-venv/bin/python3";
@@ -126,7 +128,9 @@ impl Drop for Killed {
 /// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
@@ -138,7 +142,10 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
-        assert!(Instant::now() < deadline, "{what} not ready after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready after {timeout:?}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -148,7 +155,9 @@ fn encode(query: &str) -> String {
     query
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -251,7 +260,12 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
             Command::new(&nettrace)
                 .args(["serve", "--listen", &format!("127.0.0.1:{metrics_port}")])
                 .args(["--otlp-endpoint", &format!("http://127.0.0.1:{otlp_port}")])
-                .args(["--otlp-interval", "1", "--backend", backend_under_test().name()])
+                .args([
+                    "--otlp-interval",
+                    "1",
+                    "--backend",
+                    backend_under_test().name(),
+                ])
                 .spawn()
                 .expect("nettrace serve starts"),
         );
@@ -272,7 +286,10 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
         let prometheus = Killed(
             Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -292,8 +309,11 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
         let client = format!("remote_port=\"{port}\",direction=\"outgoing\",protocol=\"tcp\"");
         let server = format!("local_port=\"{port}\",direction=\"incoming\",protocol=\"tcp\"");
         let closed = |group: &str| {
-            prom_value(prom_port, &format!("sum(nettrace_network_connections_closed_total{{{group}}})"))
-                .is_some_and(|v| v >= 1.0)
+            prom_value(
+                prom_port,
+                &format!("sum(nettrace_network_connections_closed_total{{{group}}})"),
+            )
+            .is_some_and(|v| v >= 1.0)
         };
         wait_for("the closes in Prometheus", Duration::from_secs(30), || {
             closed(&client) && closed(&server)
@@ -301,7 +321,9 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
         let bytes = |group: &str, way: &str| {
             prom_value(
                 prom_port,
-                &format!("sum(nettrace_network_io_bytes_total{{{group},network_io_direction=\"{way}\"}})"),
+                &format!(
+                    "sum(nettrace_network_io_bytes_total{{{group},network_io_direction=\"{way}\"}})"
+                ),
             )
         };
         let found: BTreeMap<&str, Option<f64>> = [
@@ -321,11 +343,17 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
         assert_eq!(found, expected, "Prometheus's series of the transfer");
         // One connection each way, and the tracer's own counters are there too.
         assert_eq!(
-            prom_value(prom_port, &format!("sum(nettrace_network_connections_closed_total{{{client}}})")),
+            prom_value(
+                prom_port,
+                &format!("sum(nettrace_network_connections_closed_total{{{client}}})")
+            ),
             Some(1.0)
         );
         let tracer_series = prom_value(prom_port, "count({__name__=~\"nettrace_tracer_.+\"})");
-        assert!(tracer_series.is_some_and(|n| n >= 10.0), "tracer counters: {tracer_series:?}");
+        assert!(
+            tracer_series.is_some_and(|n| n >= 10.0),
+            "tracer counters: {tracer_series:?}"
+        );
 
         // OTLP: the first request whose points hold both closes; its byte points must be exact.
         let port = port.to_string();
@@ -342,7 +370,9 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let points = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let points = requests.recv_timeout(left).expect("an OTLP request with both closes");
+            let points = requests
+                .recv_timeout(left)
+                .expect("an OTLP request with both closes");
             let closes = |group: &[(&str, &str)]| {
                 otlp_value(&points, "nettrace.network.connections.closed", group)
             };
@@ -368,7 +398,10 @@ fn serve_counts_a_known_transfer_exactly_in_prometheus_and_otlp() {
             .find(|p| p["name"] == "nettrace.network.io")
             .expect("a nettrace.network.io point");
         // Cumulative (AGGREGATION_TEMPORALITY_CUMULATIVE = 2), monotonic sums.
-        assert_eq!((io["monotonic"].clone(), io["temporality"].clone()), (Value::Bool(true), Value::from(2)));
+        assert_eq!(
+            (io["monotonic"].clone(), io["temporality"].clone()),
+            (Value::Bool(true), Value::from(2))
+        );
         drop((receiver, prometheus));
         let _ = std::fs::remove_dir_all(&dir);
     });
