@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
@@ -199,10 +199,10 @@ fn receiver_lines(stdout: ChildStdout) -> mpsc::Receiver<Vec<Value>> {
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if let Ok(Value::Array(points)) = serde_json::from_str(&line) {
-                if tx.send(points).is_err() {
-                    return;
-                }
+            if let Ok(Value::Array(points)) = serde_json::from_str(&line)
+                && tx.send(points).is_err()
+            {
+                return;
             }
         }
     });
