@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand};
 use tracer::{Backend, BackendChoice};
 
 /// Default time between snapshots.
@@ -80,6 +80,15 @@ pub struct Cli {
     /// print this help and exit
     #[arg(short, long, action = ArgAction::Help)]
     help: Option<bool>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands; without one, the live table.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prometheus /metrics and/or OTLP export of the host's traffic (for fleets)
+    Serve(crate::serve::ServeArgs),
 }
 
 /// What the command line asks for.
@@ -110,6 +119,11 @@ impl Default for Options {
 }
 
 impl Cli {
+    /// The subcommand, if any (taken out, so that [`Cli::options`] still applies).
+    pub fn take_command(&mut self) -> Option<Command> {
+        self.command.take()
+    }
+
     /// The options this command line asks for.
     pub fn options(self) -> Options {
         Options {
@@ -124,7 +138,7 @@ impl Cli {
     }
 }
 
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
         .parse()
@@ -137,7 +151,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }
 
-fn parse_backend(text: &str) -> Result<BackendChoice, String> {
+pub(crate) fn parse_backend(text: &str) -> Result<BackendChoice, String> {
     if text == "auto" {
         return Ok(BackendChoice::Auto);
     }

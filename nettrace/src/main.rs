@@ -12,6 +12,7 @@ mod filter;
 mod json;
 mod process;
 mod row;
+mod serve;
 mod signal;
 mod table;
 mod telemetry;
@@ -56,7 +57,10 @@ impl Failure {
 
 fn main() -> ExitCode {
     let options = match args::Cli::try_parse() {
-        Ok(cli) => cli.options(),
+        Ok(mut cli) => match cli.take_command() {
+            Some(args::Command::Serve(serve)) => return exit_with(serve::run(&serve)),
+            None => cli.options(),
+        },
         // `--help` (stdout, status 0) or a usage error (stderr, status 2).
         Err(err) => {
             let printed = err.print();
@@ -72,6 +76,17 @@ fn main() -> ExitCode {
     match run(&options) {
         Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
         Err(Failure::Message(message)) => {
+            let _ = writeln!(io::stderr(), "nettrace: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status 0, or 1 with the message on stderr.
+fn exit_with(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
             let _ = writeln!(io::stderr(), "nettrace: {message}");
             ExitCode::FAILURE
         }

@@ -49,6 +49,12 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     ("redis-tools", true),
     ("postgresql", true),
     ("openssl", true),
+    // `nettrace serve`'s tests (tests/tests/integration/serve.rs): a real Prometheus scrapes it
+    // (its own instance, config and data dir; the system service is stopped below), and an OTLP
+    // receiver decodes its pushes with the OpenTelemetry project's protobuf definitions, the
+    // `opentelemetry-proto` Python package, installed by pip into a venv (see `otlp_venv`).
+    ("prometheus", true),
+    ("python3-venv", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a
@@ -58,7 +64,14 @@ const APT_PACKAGES: &[(&str, bool)] = &[
 const UNWANTED_SERVICES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("postgresql", "postgresql"),
+    ("prometheus", "prometheus"),
 ];
+
+/// The venv with the OpenTelemetry protobuf definitions; the same path is
+/// `tracer_integration::serve::OTLP_PYTHON`'s venv.
+const OTLP_VENV: &str = "/opt/tracer-test/otlp-venv";
+/// Pinned: the versions the OTLP test was written against.
+const OTLP_PIP_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -71,6 +84,7 @@ pub fn run() -> Result<()> {
         );
     }
     apt_packages()?;
+    report("OTLP protobuf definitions (venv)", otlp_venv()?);
     report("bpf-linker", bpf_linker()?);
     report("LLVM versions", llvm_versions_match()?);
     kernels::ensure_all(&mut |label, what| report(&format!("VM kernel {label}"), what))?;
@@ -218,6 +232,30 @@ fn stop_service(service: &str) -> Result<String> {
     Ok(format!(
         "{}disabled at boot (no systemd: init script)",
         if running { "stopped and " } else { "" }
+    ))
+}
+
+/// A venv at [`OTLP_VENV`] with [`OTLP_PIP_PACKAGES`] (Debian packages no
+/// `opentelemetry-proto`, and its `python3-protobuf` is too old for it).
+fn otlp_venv() -> Result<String> {
+    let python = std::path::Path::new(OTLP_VENV).join("bin/python3");
+    let check = "from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2";
+    if python.is_file()
+        && cmd::output(Command::new(&python).args(["-c", check])).is_ok_and(|o| o.status.success())
+    {
+        return Ok("ok: already present".to_owned());
+    }
+    cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv", OTLP_VENV]))
+        .with_context(|| format!("creating the venv {OTLP_VENV}"))?;
+    cmd::run(
+        Command::new(std::path::Path::new(OTLP_VENV).join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(OTLP_PIP_PACKAGES),
+    )
+    .context("pip install of the OpenTelemetry protobuf definitions")?;
+    Ok(format!(
+        "installed {} in {OTLP_VENV}",
+        OTLP_PIP_PACKAGES.join(" ")
     ))
 }
 

@@ -20,6 +20,17 @@ pub fn locate(root: &Path) -> Result<PathBuf> {
         }
         return Ok(path);
     }
+    // The `nettrace serve` tests run the `nettrace` binary found beside the test executable's
+    // deps/ folder: built here with the same profile.
+    let mut nettrace = Command::new("cargo");
+    nettrace
+        .current_dir(root)
+        .args(["build", "-p", "nettrace"])
+        .stderr(Stdio::inherit());
+    cmd::announce(&nettrace);
+    if !nettrace.status().context("starting cargo")?.success() {
+        bail!("cargo build -p nettrace failed");
+    }
     let mut build = Command::new("cargo");
     build
         .current_dir(root)

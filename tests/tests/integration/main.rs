@@ -25,6 +25,7 @@ mod protocol_servers;
 mod protocols;
 mod real_servers;
 mod routes;
+mod serve;
 mod tcp_bytes;
 mod tcp_close;
 mod tcp_counters;
