@@ -61,6 +61,9 @@ const UNWANTED_SERVICES: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for the fuzz targets of fuzz/ (`cargo xtask fuzz`); declares no MSRV, builds with
+/// stable 1.95.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     ensure_root()?;
@@ -73,6 +76,7 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     report("bpf-linker", bpf_linker()?);
     report("LLVM versions", llvm_versions_match()?);
+    report("cargo-fuzz", cargo_fuzz()?);
     kernels::ensure_all(&mut |label, what| report(&format!("VM kernel {label}"), what))?;
     report("tracefs", tracefs::ensure_mounted()?);
     Ok(())
@@ -239,6 +243,23 @@ fn bpf_linker() -> Result<String> {
     .context("installing bpf-linker with cargo install")?;
     Ok(format!(
         "installed bpf-linker {BPF_LINKER_VERSION} (cargo install, LLVM 22)"
+    ))
+}
+
+fn cargo_fuzz() -> Result<String> {
+    if let Some(path) = cmd::find_program("cargo-fuzz") {
+        return Ok(format!("ok: already present ({})", path.display()));
+    }
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+    .context("installing cargo-fuzz with cargo install")?;
+    Ok(format!(
+        "installed cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install)"
     ))
 }
 

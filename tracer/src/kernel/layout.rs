@@ -91,7 +91,7 @@ fn sock_length(tracefs: &Path) -> Result<SockLengthFormat> {
 }
 
 /// Offsets from the current task to the socket behind a file descriptor.
-fn fd_offsets(btf: &Btf, btf_path: &Path) -> Result<FdOffsets> {
+pub(crate) fn fd_offsets(btf: &Btf, btf_path: &Path) -> Result<FdOffsets> {
     let offset = |structure: &str, path: &str| -> Result<u16> {
         btf.member_offset(structure, path)
             .ok()
