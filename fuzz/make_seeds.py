@@ -380,7 +380,8 @@ def netlink_child():
     """Runs inside the namespace: routes and conntrack there."""
     sh = lambda *a: subprocess.run(a, check=True, stdout=subprocess.DEVNULL)
     sh("ip", "link", "set", "lo", "up")
-    sh("ip", "link", "add", "nt0", "type", "dummy")
+    sh("ip", "link", "add", "nt0", "type", "veth", "peer", "name", "nt1")
+    sh("ip", "link", "set", "nt1", "up")
     sh("ip", "link", "set", "nt0", "up")
     sh("ip", "addr", "add", "192.0.2.1/24", "dev", "nt0")
     sh("ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.254")

@@ -153,3 +153,92 @@ pub fn proc_text(data: &[u8]) {
     let _ = EphemeralPortRange::parse(&text);
     let _ = KernelVersion::parse_release(&text);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds")
+            .join(target);
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        out.sort();
+        assert!(!out.is_empty(), "no seeds in {}", dir.display());
+        out
+    }
+
+    #[test]
+    fn the_btf_seed_is_a_subset_the_loader_resolves() {
+        for (name, blob) in seeds("btf") {
+            let btf = Btf::parse(&blob).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name == "vmlinux-subset" {
+                layout::sock_offsets(&btf, Path::new(&name)).unwrap();
+                layout::fd_offsets(&btf, Path::new(&name)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_dns_seeds_are_real_messages_and_records() {
+        let parsed = seeds("dns_message")
+            .iter()
+            .filter(|(_, m)| dns_parse::parse(m, true).is_ok())
+            .count();
+        assert!(parsed >= 6, "{parsed} seeds parse as whole messages");
+        for (name, data) in seeds("capture_records") {
+            let sources = Sources::start(&DnsConfig::default(), &HttpConfig::default());
+            for record in records(&data) {
+                sources.ingest(record);
+            }
+            let mut samples = Vec::new();
+            sources.dns().collect(&mut samples);
+            let counter = |n: &str| samples.iter().find(|s| s.info.name == n).map(|s| s.value);
+            assert_eq!(
+                counter("dns_records_invalid"),
+                Some(0),
+                "{name}: every record is a valid capture record"
+            );
+        }
+    }
+
+    #[test]
+    fn records_frame_and_split_back() {
+        let a = [1u8; 8];
+        let b = [2u8; 92];
+        let framed = frame_records([&a[..], &b[..]]).unwrap();
+        assert_eq!(records(&framed).collect::<Vec<_>>(), vec![&a[..], &b[..]]);
+        assert_eq!(frame_records([&[0u8; 3][..]]), None);
+        assert_eq!(frame_records([&[0u8; 1024][..]]), None);
+        // A length byte announcing more than is left takes the rest.
+        assert_eq!(records(&[5, 1, 2]).collect::<Vec<_>>(), vec![&[1u8, 2][..]]);
+    }
+
+    #[test]
+    fn every_seed_runs_through_its_target() {
+        for (_, d) in seeds("btf") {
+            btf(&d);
+        }
+        for (_, d) in seeds("tracefs_format") {
+            tracefs_format(&d);
+        }
+        for (_, d) in seeds("ring_record") {
+            ring_record(&d);
+        }
+        for (_, d) in seeds("proc_text") {
+            proc_text(&d);
+        }
+        let ids = seeds("cgroup_path")
+            .iter()
+            .filter(|(_, d)| cgroup_path(d).is_some())
+            .count();
+        assert!(ids >= 4, "the container paths of real runtimes have ids: {ids}");
+    }
+}
