@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::{
-    decode,
+    KernelVersion, decode,
     enrich::{conntrack, containers, routes},
     kernel::{btf::Btf, capabilities, layout, privileges, tracefs::EventFormat},
     model::EphemeralPortRange,
@@ -17,7 +17,6 @@ use crate::{
         dns::{DnsConfig, parse as dns_parse},
         http::HttpConfig,
     },
-    KernelVersion,
 };
 
 /// A BTF blob (`/sys/kernel/btf/vmlinux` or a file given by path): parsed, then asked for every
@@ -239,6 +238,9 @@ mod tests {
             .iter()
             .filter(|(_, d)| cgroup_path(d).is_some())
             .count();
-        assert!(ids >= 4, "the container paths of real runtimes have ids: {ids}");
+        assert!(
+            ids >= 4,
+            "the container paths of real runtimes have ids: {ids}"
+        );
     }
 }

@@ -55,7 +55,10 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<bool> {
     let mut targets = targets()?;
     if let Some(only) = only {
         if !targets.iter().any(|t| t == only) {
-            bail!("no fuzz target {only}: the targets are {}", targets.join(", "));
+            bail!(
+                "no fuzz target {only}: the targets are {}",
+                targets.join(", ")
+            );
         }
         targets.retain(|t| t == only);
     }

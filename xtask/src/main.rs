@@ -126,6 +126,12 @@ mod tests {
         assert!(matches!(cli.command, Command::Test { vm_only: true, .. }));
         assert!(Cli::try_parse_from(["xtask", "test", "--vm-only", "--host-only"]).is_err());
         let cli = Cli::try_parse_from(["xtask", "fuzz", "--seconds", "5"]).unwrap();
-        assert!(matches!(cli.command, Command::Fuzz { seconds: 5, target: None }));
+        assert!(matches!(
+            cli.command,
+            Command::Fuzz {
+                seconds: 5,
+                target: None
+            }
+        ));
     }
 }

@@ -121,7 +121,11 @@ fn checks(root: &Path, summary: &mut Summary) {
     // regression inputs included, and fails on a crash.
     println!("xtask: step fuzz (short)");
     match fuzz::run_short() {
-        Ok(ok) => summary.step("fuzz (short)", ok, if ok { "" } else { "a fuzz target crashed" }),
+        Ok(ok) => summary.step(
+            "fuzz (short)",
+            ok,
+            if ok { "" } else { "a fuzz target crashed" },
+        ),
         Err(err) => summary.step("fuzz (short)", false, format!("{err:#}")),
     }
 }

@@ -69,7 +69,10 @@ fn transfer(out: usize, back: usize) -> [(Flow, u64, u64); 2] {
         let mut buf = vec![0u8; out];
         conn.read_exact(&mut buf).expect("server read");
         conn.write_all(&vec![7u8; back]).expect("server write");
-        let ends = (conn.local_addr().expect("addr"), conn.peer_addr().expect("peer"));
+        let ends = (
+            conn.local_addr().expect("addr"),
+            conn.peer_addr().expect("peer"),
+        );
         // The client closes first; reading to its EOF waits for it.
         let mut rest = Vec::new();
         conn.read_to_end(&mut rest).expect("server eof");
@@ -80,7 +83,10 @@ fn transfer(out: usize, back: usize) -> [(Flow, u64, u64); 2] {
     client.write_all(&vec![1u8; out]).expect("client write");
     let mut buf = vec![0u8; back];
     client.read_exact(&mut buf).expect("client read");
-    let client_ends = (client.local_addr().expect("addr"), client.peer_addr().expect("peer"));
+    let client_ends = (
+        client.local_addr().expect("addr"),
+        client.peer_addr().expect("peer"),
+    );
     drop(client);
     let server_ends = server.join().expect("server thread");
     let (out, back) = (out as u64, back as u64);
@@ -98,9 +104,11 @@ fn tally(tracer: &Tracer, client: &str, netns: u32, expected: &[Flow]) -> Tally 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let delta = tracer.get_active_connections(client).expect("call");
-        for conn in delta.conns.iter().filter(|c| {
-            c.tuple.netns == netns && c.tuple.protocol == Protocol::Tcp
-        }) {
+        for conn in delta
+            .conns
+            .iter()
+            .filter(|c| c.tuple.netns == netns && c.tuple.protocol == Protocol::Tcp)
+        {
             let flow = (
                 SocketAddr::new(conn.tuple.src, conn.tuple.sport),
                 SocketAddr::new(conn.tuple.dst, conn.tuple.dport),
@@ -216,7 +224,13 @@ impl ChildTracer {
     fn start(mode: &str) -> Option<(Self, BTreeSet<u32>, BTreeSet<u32>)> {
         let exe = std::env::current_exe().expect("current_exe");
         let mut process = Command::new(exe)
-            .args(["--exact", "crash::child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash::child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -296,14 +310,17 @@ fn left_over(programs: &BTreeSet<u32>, links: &BTreeSet<u32>) -> (Vec<u32>, Vec<
 /// The kretprobe events (kprobe backend) of process `pid` still defined in tracefs.
 fn kprobe_events_of(pid: u32) -> Vec<String> {
     let prefix = format!("nettracer/nt{pid}_");
-    ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains(&prefix))
-        .map(str::to_owned)
-        .collect()
+    [
+        "/sys/kernel/tracing/kprobe_events",
+        "/sys/kernel/debug/tracing/kprobe_events",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .unwrap_or_default()
+    .lines()
+    .filter(|line| line.contains(&prefix))
+    .map(str::to_owned)
+    .collect()
 }
 
 #[test]
@@ -358,7 +375,10 @@ fn a_killed_tracer_leaves_nothing_attached_and_a_restart_counts_exactly() {
         // The kprobe backend's kretprobe events of the killed process were removed by the
         // restart (with no kprobe events at all, as on kernels without kprobes, none exist).
         let stale = kprobe_events_of(pid);
-        assert!(stale.is_empty(), "kretprobe events of the killed tracer: {stale:?}");
+        assert!(
+            stale.is_empty(),
+            "kretprobe events of the killed tracer: {stale:?}"
+        );
     });
 }
 
@@ -394,7 +414,11 @@ fn two_tracers_in_two_processes_both_count_each_transfer_exactly() {
             (mine, theirs)
         });
         let (mine, theirs) = theirs;
-        assert_eq!(theirs.len(), 2, "the child reports both ends of its transfer");
+        assert_eq!(
+            theirs.len(),
+            2,
+            "the child reports both ends of its transfer"
+        );
         let moved: Vec<(Flow, u64, u64)> = mine.iter().chain(&theirs).copied().collect();
         let flows: Vec<Flow> = moved.iter().map(|(f, _, _)| *f).collect();
 
