@@ -19,6 +19,8 @@ pub mod enrich;
 pub mod error;
 pub mod expiry;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kernel;
 pub mod model;
 pub mod sources;

@@ -18,6 +18,7 @@ mod cmd;
 mod console;
 mod cpio;
 mod demo;
+mod fuzz;
 mod init_script;
 mod initramfs;
 mod kernels;
@@ -66,6 +67,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the cargo-fuzz targets of fuzz/ and run each for a bounded time from its seed corpus;
+    /// fails on a crash (its input is left in fuzz/artifacts/<target>/).
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (a file name of fuzz/fuzz_targets/ without `.rs`).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Run setup, then the `nettrace` demo binary in release mode with ARGS.
     Demo {
         /// Arguments for `nettrace` (after `--`).
@@ -81,6 +92,9 @@ fn main() -> ExitCode {
         Command::Test { host_only, vm_only } => test::run(host_only, vm_only),
         Command::Bench { args } => bench::run(&args),
         Command::Demo { args } => demo::run(&args),
+        Command::Fuzz { seconds, target } => {
+            fuzz::run(seconds, target.as_deref(), fuzz::Profile::Release)
+        }
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -113,5 +127,13 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "test", "--vm-only"]).unwrap();
         assert!(matches!(cli.command, Command::Test { vm_only: true, .. }));
         assert!(Cli::try_parse_from(["xtask", "test", "--vm-only", "--host-only"]).is_err());
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--seconds", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Fuzz {
+                seconds: 5,
+                target: None
+            }
+        ));
     }
 }

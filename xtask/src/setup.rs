@@ -74,6 +74,9 @@ const OTLP_VENV: &str = "/opt/tracer-test/otlp-venv";
 const OTLP_PIP_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for the fuzz targets of fuzz/ (`cargo xtask fuzz`); declares no MSRV, builds with
+/// stable 1.95.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     ensure_root()?;
@@ -87,6 +90,7 @@ pub fn run() -> Result<()> {
     report("OTLP protobuf definitions (venv)", otlp_venv()?);
     report("bpf-linker", bpf_linker()?);
     report("LLVM versions", llvm_versions_match()?);
+    report("cargo-fuzz", cargo_fuzz()?);
     kernels::ensure_all(&mut |label, what| report(&format!("VM kernel {label}"), what))?;
     report("tracefs", tracefs::ensure_mounted()?);
     Ok(())
@@ -277,6 +281,23 @@ fn bpf_linker() -> Result<String> {
     .context("installing bpf-linker with cargo install")?;
     Ok(format!(
         "installed bpf-linker {BPF_LINKER_VERSION} (cargo install, LLVM 22)"
+    ))
+}
+
+fn cargo_fuzz() -> Result<String> {
+    if let Some(path) = cmd::find_program("cargo-fuzz") {
+        return Ok(format!("ok: already present ({})", path.display()));
+    }
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+    .context("installing cargo-fuzz with cargo install")?;
+    Ok(format!(
+        "installed cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install)"
     ))
 }
 

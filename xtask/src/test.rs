@@ -11,7 +11,7 @@ use crate::kernels::HOST_BACKENDS;
 use crate::knobs::{filter, timeout};
 use crate::libtest::{self, Counts};
 use crate::summary::{Run, Summary};
-use crate::{cmd, paths, setup, test_binary, vm};
+use crate::{cmd, fuzz, paths, setup, test_binary, vm};
 
 pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     let root = paths::workspace_root();
@@ -116,6 +116,18 @@ fn checks(root: &Path, summary: &mut Summary) {
         "tracer-ebpf",
     ]);
     step(summary, "unit tests", &mut unit);
+
+    // Every fuzz target briefly (about 30 s in all, plus the build): replays the seed corpus,
+    // regression inputs included, and fails on a crash.
+    println!("xtask: step fuzz (short)");
+    match fuzz::run_short() {
+        Ok(ok) => summary.step(
+            "fuzz (short)",
+            ok,
+            if ok { "" } else { "a fuzz target crashed" },
+        ),
+        Err(err) => summary.step("fuzz (short)", false, format!("{err:#}")),
+    }
 }
 
 fn step(summary: &mut Summary, name: &str, command: &mut Command) {

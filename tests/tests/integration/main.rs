@@ -12,6 +12,7 @@
 
 mod api;
 mod containers;
+mod crash;
 mod dns;
 mod environment;
 mod http;

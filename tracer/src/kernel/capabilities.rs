@@ -332,7 +332,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 
 /// The first `cgroup2` mount of a mountinfo text whose mount point is the hierarchy's root (a
 /// bind mount of a sub-cgroup would cover only part of the processes).
-fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(crate) fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     parse_mountinfo(mountinfo)
         .into_iter()
         .find(|m| m.fstype == "cgroup2" && m.root == "/")

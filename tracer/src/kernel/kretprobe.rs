@@ -6,8 +6,10 @@
 //! created through tracefs (`r<maxactive>:group/event function` in `kprobe_events`), and the
 //! loaded program is attached to the event with `perf_event_open` + `PERF_EVENT_IOC_SET_BPF`.
 //!
-//! The event is removed again on drop; a process that dies without dropping leaves it in
-//! `kprobe_events` (harmless, and named after the dead process's pid).
+//! The event is removed again on drop; a process that dies without dropping (SIGKILL, a crash)
+//! leaves it in `kprobe_events`, named after its pid, with nothing attached. The next tracer to
+//! attach removes the events of pids that no longer run ([`remove_stale`]), so a restart after a
+//! crash starts from a clean `kprobe_events`.
 
 use std::{
     fs::OpenOptions,
@@ -62,6 +64,7 @@ impl KretprobeLink {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let kprobe_events = tracefs.join("kprobe_events");
+        remove_stale(&kprobe_events);
         write_control(
             &kprobe_events,
             &format!("r{maxactive}:{GROUP}/{event} {function}\n"),
@@ -124,6 +127,37 @@ impl Drop for KretprobeLink {
     }
 }
 
+/// Removes the events of this group whose process is gone (see the module doc). Best effort: an
+/// event that cannot be removed is logged and left (it costs a little kernel memory, nothing
+/// runs on it).
+fn remove_stale(kprobe_events: &Path) {
+    let Ok(text) = std::fs::read_to_string(kprobe_events) else {
+        return;
+    };
+    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
+    for event in stale_events(&text, alive) {
+        match write_control(kprobe_events, &format!("-:{GROUP}/{event}\n")) {
+            Ok(()) => tracing::info!(%event, "removed a kretprobe event left by a dead tracer"),
+            Err(err) => tracing::warn!(%event, %err, "could not remove a stale kretprobe event"),
+        }
+    }
+}
+
+/// The events of [`GROUP`] in a `kprobe_events` listing (`r1024:nettracer/nt<pid>_<n>_<fn>
+/// <fn>` lines) whose pid is not `alive`.
+fn stale_events(listing: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            let event = rest.split_whitespace().next()?.strip_prefix(GROUP)?;
+            let event = event.strip_prefix('/')?;
+            let pid = event.strip_prefix("nt")?.split('_').next()?.parse().ok()?;
+            (!alive(pid)).then(|| event.to_owned())
+        })
+        .collect()
+}
+
 fn write_control(path: &Path, line: &str) -> Result<()> {
     OpenOptions::new()
         .append(true)
@@ -179,4 +213,24 @@ fn open_tracepoint_event(id: u64) -> Result<OwnedFd> {
     })?;
     // SAFETY: a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_group_s_events_of_dead_pids_are_stale() {
+        let listing = "r1024:nettracer/nt4242_0_tcp_recvmsg tcp_recvmsg\n\
+                       r1024:nettracer/nt7_1_udp_recvmsg udp_recvmsg\n\
+                       r16:other/nt4242_0_tcp_recvmsg tcp_recvmsg\n\
+                       p:kprobes/myprobe do_sys_open\n\
+                       r1024:nettracer/garbage tcp_recvmsg\n";
+        assert_eq!(
+            stale_events(listing, |pid| pid == 7),
+            vec!["nt4242_0_tcp_recvmsg".to_owned()]
+        );
+        assert!(stale_events(listing, |_| true).is_empty());
+        assert!(stale_events("", |_| false).is_empty());
+    }
 }

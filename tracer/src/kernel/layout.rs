@@ -92,7 +92,7 @@ fn sock_length(tracefs: &Path) -> Result<SockLengthFormat> {
 
 /// Offsets from a file to its socket and from a task to its owner fields (the `iter/task_file`
 /// owner walk).
-fn file_offsets(btf: &Btf, btf_path: &Path) -> Result<FileOffsets> {
+pub(crate) fn file_offsets(btf: &Btf, btf_path: &Path) -> Result<FileOffsets> {
     let offset = |structure: &str, path: &str| -> Result<u16> {
         btf.member_offset(structure, path)
             .ok()

@@ -106,7 +106,7 @@ fn check_caps(effective: u64) -> Result<()> {
 }
 
 /// The `CapEff:` hex mask of a `/proc/<pid>/status` file.
-fn parse_cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(line.trim(), 16).ok()
 }

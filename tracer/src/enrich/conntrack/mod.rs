@@ -30,7 +30,7 @@
 //! Such namespaces, and those that cannot be found or entered, are retried after
 //! [`RETRY_AFTER`].
 
-mod parse;
+pub(crate) mod parse;
 mod socket;
 mod table;
 

@@ -31,7 +31,7 @@
 //! looked up in the call: one `RTM_GETROUTE`, two for another namespace, none once the call
 //! has had [`MAX_UNANSWERED_PER_CALL`] questions unanswered): see [`RouteCounters`].
 
-mod netlink;
+pub(crate) mod netlink;
 
 use std::{
     collections::HashMap,

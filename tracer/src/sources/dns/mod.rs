@@ -17,7 +17,7 @@
 //! cut. A message whose answer section is malformed still counts for the stats (its header and
 //! question are sound and it matched a pending query) but gives no reverse DNS.
 
-mod parse;
+pub(crate) mod parse;
 mod reverse;
 mod stats;
 mod tcp;
