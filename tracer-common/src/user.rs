@@ -58,3 +58,6 @@ const _: () = assert!(core::mem::size_of::<crate::packet::PacketHeader>() == 24 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, size asserted
 // in `http.rs` (88 + HTTP_PATH_MAX, no implicit padding).
 unsafe impl aya::Pod for crate::http::HttpTransaction {}
+
+// SAFETY: `#[repr(C)]`, integers only, explicit padding.
+unsafe impl aya::Pod for crate::tls::TlsKey {}

@@ -49,6 +49,9 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     ("redis-tools", true),
     ("postgresql", true),
     ("openssl", true),
+    // The HTTPS tests' GnuTLS client (gnutls-cli), whose library the TLS uprobes hook
+    // (tests/tests/integration/tls.rs).
+    ("gnutls-bin", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a

@@ -30,4 +30,5 @@ mod tcp_close;
 mod tcp_counters;
 mod tcp_failures;
 mod tcp_state;
+mod tls;
 mod udp;

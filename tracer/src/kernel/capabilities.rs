@@ -68,7 +68,9 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::Uprobe
+                | Hook::Uretprobe => {}
             }
         }
         let fentry = btf.is_some()
@@ -125,7 +127,9 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::CgroupSkbIngress
-                | Hook::CgroupSkbEgress => {}
+                | Hook::CgroupSkbEgress
+                | Hook::Uprobe
+                | Hook::Uretprobe => {}
             }
         }
         Self {
