@@ -168,9 +168,12 @@ counters! {
     TlsUntied = 42 => "tls_untied" : Loss,
     /// TLS: the plaintext (or a read call's arguments) could not be read from user memory.
     TlsReadFailed = 43 => "tls_read_failed" : Loss,
+    /// TLS: a request on a tied TLS object whose socket has no connection entry (the table was
+    /// full, or the connection is not traced): not recorded.
+    TlsNoConnection = 44 => "tls_no_connection" : Loss,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 44;
+pub const COUNTER_COUNT: u32 = 45;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -34,7 +34,6 @@ use aya_ebpf::{
 };
 use tracer_common::{
     classify::{PROTO_HTTP, PROTO_TLS, PROTO_UNKNOWN},
-    conn::IPPROTO_TCP,
     counters::Counter,
     http::{
         HTTP_FLAG_PATH_TRUNCATED, HTTP_PATH_MAX, HTTP_PREFIX_LEN, HTTP_ROLE_CLIENT,
@@ -166,8 +165,9 @@ fn data(object: u64, buf: u64, len: i64, direction: u8) {
             if superseded {
                 bump(Counter::HttpRequestUnanswered);
             }
-            let request = u64::from(direction) | u64::from(method) << 8 | u64::from(target) << 32;
-            if begin(conn, buf, len, request) != 0 {
+            // Two subprograms in turn, each with its own frame (see `begin`).
+            if begin(conn, direction, method) != 0 {
+                path(&mut conn.tx, buf, len, target);
                 conn.flow.begun();
             }
         }
@@ -176,8 +176,8 @@ fn data(object: u64, buf: u64, len: i64, direction: u8) {
 }
 
 /// Writes TLS (and HTTP once a message start was seen) into the connection's protocol stack,
-/// once each.
-#[inline(always)]
+/// once each. A subprogram: the connection key's lookup has its own frame.
+#[inline(never)]
 fn mark_stack(conn: &mut TlsConn, other: bool) {
     let want = if other {
         STACK_TLS
@@ -197,22 +197,22 @@ fn mark_stack(conn: &mut TlsConn, other: bool) {
     }
 }
 
-/// Fills the in-flight record of a request whose line starts at `buf` (`request`: direction,
-/// method << 8, target offset << 32); 0 if the socket's tuple could not be read.
+/// Fills the in-flight record of a request (all but its path, which [`path`] copies); 0 if the
+/// socket's tuple could not be read.
 ///
-/// A BPF subprogram of its own (five arguments at most, hence the packing): its frame (the
-/// socket's tuple, the path copy) is apart from the probe's, which LLVM otherwise refuses as
-/// over 512 bytes.
+/// BPF subprograms of their own, called one after the other from [`data`]: the verifier sums
+/// the frames of a call chain against 512 bytes (on every kernel), and the socket's tuple here
+/// and the path's reads there would not fit in one frame with [`data`]'s.
 #[inline(never)]
-fn begin(conn: &mut TlsConn, buf: u64, len: u64, request: u64) -> u32 {
-    let direction = request as u8;
-    let method = (request >> 8) as u8;
-    let target = (request >> 32) as u32;
-    let Ok(tuple) = sock::sock_tuple(conn.sk, &layout().sock, IPPROTO_TCP) else {
-        bump(Counter::KernelReadFailed);
+fn begin(conn: &mut TlsConn, direction: u8, method: u8) -> u32 {
+    // The tuple as the connection's entry has it (read in place: a copy of the socket's, read
+    // from the kernel, would not fit this frame).
+    let Some(stats) = conn::tracked(conn.sk) else {
+        bump(Counter::TlsNoConnection);
         return 0;
     };
-    let cookie = conn::tracked(conn.sk).map_or(0, |stats| stats.cookie);
+    let tuple = &stats.tuple;
+    let cookie = stats.cookie;
     let tx = &mut conn.tx;
     // SAFETY: a helper allowed everywhere.
     tx.request_ns = unsafe { bpf_ktime_get_ns() };
@@ -235,15 +235,14 @@ fn begin(conn: &mut TlsConn, buf: u64, len: u64, request: u64) -> u32 {
     tx.kind = PACKET_KIND_HTTP;
     tx._pad = [0; 4];
     tx.flags = 0;
-    zero_path(tx);
-    path(tx, buf, len, target);
     1
 }
 
 /// Copies the path of the request target at `buf + target` (the call's buffer is `len` bytes)
 /// and ends it with the shared rule (`end_path`).
-#[inline(always)]
+#[inline(never)]
 fn path(tx: &mut HttpTransaction, buf: u64, len: u64, target: u32) {
+    zero_path(tx);
     let available = len.saturating_sub(u64::from(target));
     let n = available.min(HTTP_PATH_MAX as u64) as u32;
     tx.path_len = 0;

@@ -161,7 +161,11 @@ fn classify_failure(e: ProgramError) -> AttachFailure {
     }
     match &e {
         ProgramError::UProbeError(aya::programs::uprobe::UProbeError::SymbolError { .. })
-            if text.contains("unknown symbol") || text.contains("does not appear") =>
+            // Not in the file's symbols; a stripped file's search goes on to its debuglink
+            // file, whose absence (or another build) is the same answer.
+            if ["unknown symbol", "does not appear", "debuglink", "mismatched build IDs"]
+                .iter()
+                .any(|needle| text.contains(needle)) =>
         {
             AttachFailure::NoSymbol(text)
         }
