@@ -160,9 +160,22 @@ counters! {
     /// segments (the table was full, or the socket is not traced): its connection is reported
     /// without its protocol stack.
     ProtocolStackUnwritten = 39 => "protocol_stack_unwritten" : Loss,
+    /// TLS: a TLS object was tied to its socket (`SSL_set_fd`, `gnutls_transport_set_int2`).
+    TlsTied = 40 => "tls_tied" : Activity,
+    /// TLS: a TLS object's descriptor could not be resolved to a socket, or the table of tied
+    /// objects refused it: its calls are not parsed.
+    TlsTieFailed = 41 => "tls_tie_failed" : Loss,
+    /// TLS: a read or write call on a TLS object that is not tied to a socket (set up before the
+    /// tracer, or through a custom BIO such as curl's): its plaintext is not parsed.
+    TlsUntied = 42 => "tls_untied" : Loss,
+    /// TLS: the plaintext (or a read call's arguments) could not be read from user memory.
+    TlsReadFailed = 43 => "tls_read_failed" : Loss,
+    /// TLS: a request on a tied TLS object whose socket has no connection entry (the table was
+    /// full, or the connection is not traced): not recorded.
+    TlsNoConnection = 44 => "tls_no_connection" : Loss,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 40;
+pub const COUNTER_COUNT: u32 = 45;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -325,6 +325,209 @@ pub fn is_path_end(byte: u8) -> bool {
     matches!(byte, b' ' | b'?' | b'#' | b'\r' | b'\n')
 }
 
+/// The request/response pairing of one HTTP/1.x connection as one observing end sees it: the
+/// rules every source of [`HttpTransaction`]s shares (the packet capture's TCP segments, and the
+/// plaintext of TLS library calls: `tracer-ebpf/src/packet/http.rs`, `tracer-ebpf/src/tls/`).
+/// A source reads the first [`HTTP_PREFIX_LEN`] bytes of each unit (a segment, a call's
+/// buffer), asks [`message_start`] what they start, and hands that to [`HttpFlow::on_start`];
+/// the [`Step`] says what to do with the in-flight record. Pure: unit-tested here.
+///
+/// Retransmissions: a source with sequence numbers passes them; a message start at the same
+/// sequence number as the last one in its direction is ignored. Keep-alive: a request after an
+/// answered one starts afresh. Pipelining (a second request before any response byte): every
+/// request of the run is dropped until as many final responses as requests came (see the
+/// kernel parser's docs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpFlow {
+    /// Sequence number of the last request start (valid with [`FLOW_REQ_SEQ`]).
+    pub req_seq: u32,
+    /// Sequence number of the last response start (valid with [`FLOW_RESP_SEQ`]).
+    pub resp_seq: u32,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    /// Direction of the last request start (`PACKET_EGRESS`: this end is the client); 0 before
+    /// any.
+    pub req_dir: u8,
+    /// Pipelined mode: requests whose final response has not been seen.
+    pub outstanding: u8,
+    pub _pad: u8,
+}
+
+/// [`HttpFlow::flags`]: a request is in flight (its record is being kept by the source).
+pub const FLOW_PENDING: u8 = 1;
+/// Payload came in the response's direction since the request in flight started.
+pub const FLOW_ANSWERED: u8 = 2;
+/// Requests overlapped: pipelined mode.
+pub const FLOW_PIPELINED: u8 = 4;
+/// [`HttpFlow::req_seq`] is valid.
+pub const FLOW_REQ_SEQ: u8 = 8;
+/// [`HttpFlow::resp_seq`] is valid.
+pub const FLOW_RESP_SEQ: u8 = 16;
+
+/// What a source does after [`HttpFlow::on_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing (a body, an interim response, bytes in the request's direction that look like a
+    /// status line, a response of a pipelined run).
+    Nothing,
+    /// A message start at the sequence number of the last one: a retransmission, ignored
+    /// (`http_retransmission`).
+    Retransmission,
+    /// This many requests were dropped as pipelined (`http_pipelined`).
+    Pipelined(u8),
+    /// A request starts: fill the in-flight record (method, the path at `target`), then call
+    /// [`HttpFlow::begun`] if it could be. `superseded`: the previous request had response
+    /// bytes but no status line, and is dropped (`http_request_unanswered`).
+    Begin {
+        method: u8,
+        target: u32,
+        superseded: bool,
+    },
+    /// The in-flight request's final status line: finish the record with `status` and hand it
+    /// out (`http_transactions`).
+    Finish { status: u16 },
+    /// A final response with no request in flight (`http_response_without_request`).
+    WithoutRequest,
+}
+
+impl HttpFlow {
+    /// A unit (segment, call) in `direction` that starts `start`; `seq` its sequence number
+    /// where the source has one (only read for message starts); `payload` whether it carries
+    /// bytes (a bare FIN does not).
+    #[inline(always)]
+    pub fn on_start(
+        &mut self,
+        direction: u8,
+        start: MessageStart,
+        seq: Option<u32>,
+        payload: bool,
+    ) -> Step {
+        match start {
+            MessageStart::Request { method, target } => {
+                self.request(direction, seq, method, target)
+            }
+            MessageStart::Response { status } => self.response(direction, seq, status),
+            MessageStart::Other => {
+                if payload && self.flags & FLOW_PENDING != 0 && direction != self.req_dir {
+                    self.flags |= FLOW_ANSWERED;
+                }
+                Step::Nothing
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn request(&mut self, direction: u8, seq: Option<u32>, method: u8, target: u32) -> Step {
+        if let Some(seq) = seq {
+            if self.flags & FLOW_REQ_SEQ != 0 && self.req_seq == seq && self.req_dir == direction {
+                return Step::Retransmission;
+            }
+            self.req_seq = seq;
+            self.flags |= FLOW_REQ_SEQ;
+        }
+        self.req_dir = direction;
+        let mut superseded = false;
+        if self.flags & FLOW_PIPELINED != 0 {
+            if self.outstanding > 0 {
+                self.outstanding = self.outstanding.saturating_add(1);
+                return Step::Pipelined(1);
+            }
+            // Every request of the pipelined run was answered: this one starts afresh.
+            self.flags &= !FLOW_PIPELINED;
+        } else if self.flags & FLOW_PENDING != 0 {
+            if self.flags & FLOW_ANSWERED == 0 {
+                // Sent before the one in flight was answered: pipelining. Neither can be paired.
+                self.flags = (self.flags | FLOW_PIPELINED) & !(FLOW_PENDING | FLOW_ANSWERED);
+                self.outstanding = 2;
+                return Step::Pipelined(2);
+            }
+            // Response bytes came, but no status line at a unit's start.
+            superseded = true;
+        }
+        self.flags &= !(FLOW_PENDING | FLOW_ANSWERED);
+        Step::Begin {
+            method,
+            target,
+            superseded,
+        }
+    }
+
+    /// The source filled the record of the request [`Step::Begin`] announced: it is in flight.
+    #[inline(always)]
+    pub fn begun(&mut self) {
+        self.flags |= FLOW_PENDING;
+    }
+
+    #[inline(always)]
+    fn response(&mut self, direction: u8, seq: Option<u32>, status: u16) -> Step {
+        if self.req_dir == direction {
+            // Bytes in the request's direction that look like a status line: a request body.
+            return Step::Nothing;
+        }
+        if let Some(seq) = seq {
+            if self.flags & FLOW_RESP_SEQ != 0 && self.resp_seq == seq {
+                return Step::Retransmission;
+            }
+            self.resp_seq = seq;
+            self.flags |= FLOW_RESP_SEQ;
+        }
+        if (100..200).contains(&status) && status != 101 {
+            // Interim (100 Continue, 103 Early Hints): the final response is still to come.
+            return Step::Nothing;
+        }
+        if self.flags & FLOW_PIPELINED != 0 {
+            // Its request was counted when the run became pipelined.
+            self.outstanding = self.outstanding.saturating_sub(1);
+            return Step::Nothing;
+        }
+        if self.flags & FLOW_PENDING == 0 {
+            return Step::WithoutRequest;
+        }
+        self.flags &= !(FLOW_PENDING | FLOW_ANSWERED);
+        Step::Finish { status }
+    }
+
+    /// The connection ends (`reset`: either way; `fin_from_responder`: the responder's FIN, not
+    /// the client's half-close after its request): true when a request in flight goes
+    /// unanswered (`http_request_unanswered`).
+    #[inline(always)]
+    pub fn on_close(&mut self, reset: bool, fin_direction: Option<u8>) -> bool {
+        let closing = reset || fin_direction.is_some_and(|d| d != self.req_dir);
+        if closing && self.flags & FLOW_PENDING != 0 {
+            self.flags &= !(FLOW_PENDING | FLOW_ANSWERED);
+            return true;
+        }
+        false
+    }
+}
+
+/// Ends the path copied into `path[..n]` (the bytes of the request target from its start):
+/// zeroes from its first [`is_path_end`] byte on (the query must not leave the kernel). Returns
+/// the path's length and whether it was cut: no end within `n` bytes, and `next` (the byte after
+/// them, when the source has it) does not end it either.
+#[inline(always)]
+pub fn end_path(path: &mut [u8; HTTP_PATH_MAX], n: u32, next: Option<u8>) -> (u16, bool) {
+    let mut end = n;
+    let mut found = false;
+    for (i, byte) in path.iter_mut().enumerate() {
+        let i = i as u32;
+        if i >= n {
+            break;
+        }
+        if found {
+            *byte = 0;
+        } else if is_path_end(*byte) {
+            found = true;
+            end = i;
+            *byte = 0;
+        }
+    }
+    let cut = !found && !next.is_some_and(is_path_end);
+    // `end` <= HTTP_PATH_MAX, which fits in u16.
+    (end as u16, cut)
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -332,6 +535,108 @@ mod tests {
     use std::format;
 
     use super::*;
+
+    const OUT: u8 = 1;
+    const IN: u8 = 2;
+    fn req() -> MessageStart {
+        MessageStart::Request {
+            method: 1,
+            target: 4,
+        }
+    }
+    fn resp(status: u16) -> MessageStart {
+        MessageStart::Response { status }
+    }
+
+    #[test]
+    fn flow_pairs_keep_alive_exchanges_and_skips_interim() {
+        let mut f = HttpFlow::default();
+        for _ in 0..3 {
+            assert!(matches!(
+                f.on_start(OUT, req(), None, true),
+                Step::Begin {
+                    superseded: false,
+                    ..
+                }
+            ));
+            f.begun();
+            assert_eq!(f.on_start(IN, resp(100), None, true), Step::Nothing);
+            assert_eq!(
+                f.on_start(IN, resp(200), None, true),
+                Step::Finish { status: 200 }
+            );
+            assert_eq!(
+                f.on_start(IN, MessageStart::Other, None, true),
+                Step::Nothing
+            );
+        }
+        assert_eq!(f.on_start(IN, resp(200), None, true), Step::WithoutRequest);
+    }
+
+    #[test]
+    fn flow_drops_retransmissions_and_pipelined_runs() {
+        let mut f = HttpFlow::default();
+        assert!(matches!(
+            f.on_start(OUT, req(), Some(10), true),
+            Step::Begin { .. }
+        ));
+        f.begun();
+        assert_eq!(f.on_start(OUT, req(), Some(10), true), Step::Retransmission);
+        // A second request before any response byte: pipelined, both dropped.
+        assert_eq!(f.on_start(OUT, req(), Some(20), true), Step::Pipelined(2));
+        assert_eq!(f.on_start(OUT, req(), Some(30), true), Step::Pipelined(1));
+        for seq in [1, 2, 3] {
+            assert_eq!(f.on_start(IN, resp(200), Some(seq), true), Step::Nothing);
+        }
+        assert!(matches!(
+            f.on_start(OUT, req(), Some(40), true),
+            Step::Begin { .. }
+        ));
+        f.begun();
+        assert_eq!(
+            f.on_start(IN, resp(200), Some(3), true),
+            Step::Retransmission
+        );
+        assert_eq!(
+            f.on_start(IN, resp(404), Some(4), true),
+            Step::Finish { status: 404 }
+        );
+    }
+
+    #[test]
+    fn flow_supersedes_and_closes_unanswered_requests() {
+        let mut f = HttpFlow::default();
+        assert!(matches!(
+            f.on_start(OUT, req(), None, true),
+            Step::Begin { .. }
+        ));
+        f.begun();
+        f.on_start(IN, MessageStart::Other, None, true);
+        assert!(matches!(
+            f.on_start(OUT, req(), None, true),
+            Step::Begin {
+                superseded: true,
+                ..
+            }
+        ));
+        f.begun();
+        // The client's half-close does not end it; the server's FIN does.
+        assert!(!f.on_close(false, Some(OUT)));
+        assert!(f.on_close(false, Some(IN)));
+        assert!(!f.on_close(true, None));
+    }
+
+    #[test]
+    fn path_ends_at_its_first_end_byte_or_is_cut() {
+        let mut path = [0u8; HTTP_PATH_MAX];
+        path[..12].copy_from_slice(b"/a/b?q=1 HTT");
+        assert_eq!(end_path(&mut path, 12, None), (4, false));
+        assert!(path[4..].iter().all(|b| *b == 0));
+        let mut path = [b'x'; HTTP_PATH_MAX];
+        assert_eq!(end_path(&mut path, 160, Some(b' ')), (160, false));
+        assert_eq!(end_path(&mut path, 160, Some(b'y')), (160, true));
+        assert_eq!(end_path(&mut path, 160, None), (160, true));
+    }
 
     fn start(bytes: &[u8]) -> MessageStart {
         let mut prefix = [0u8; HTTP_PREFIX_LEN];

@@ -12,6 +12,7 @@ pub mod names;
 pub mod offsets;
 pub mod packet;
 pub mod tcp_state;
+pub mod tls;
 pub mod tracepoint;
 
 #[cfg(feature = "user")]

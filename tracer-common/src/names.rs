@@ -160,3 +160,22 @@ pub const GLOBAL_CAPTURE_CONFIG: &str = "NT_CAPTURE_CONFIG";
 pub const PROG_PACKET_FLOOR_INGRESS: &str = "nt_floor_in";
 /// The capture benchmark's floor: the empty `cgroup_skb/egress` twin.
 pub const PROG_PACKET_FLOOR_EGRESS: &str = "nt_floor_out";
+
+/// TLS: `SSL_set_fd` uprobe (ties an OpenSSL object to its socket).
+pub const PROG_TLS_SSL_SET_FD: &str = "nt_ssl_set_fd";
+/// TLS: `gnutls_transport_set_int2` uprobe (ties a GnuTLS session to its socket).
+pub const PROG_TLS_GNUTLS_SET_INT: &str = "nt_gnutls_set_int";
+/// TLS: uprobe on the write calls (`SSL_write`, `SSL_write_ex`, `gnutls_record_send`).
+pub const PROG_TLS_WRITE: &str = "nt_tls_write";
+/// TLS: uprobe on the entry of `SSL_read` and `gnutls_record_recv`.
+pub const PROG_TLS_READ: &str = "nt_tls_read";
+/// TLS: uprobe on the entry of `SSL_read_ex`.
+pub const PROG_TLS_READ_EX: &str = "nt_tls_read_ex";
+/// TLS: uretprobe on the read calls.
+pub const PROG_TLS_READ_RET: &str = "nt_tls_read_ret";
+/// TLS: uprobe on `SSL_shutdown` and `gnutls_bye`.
+pub const PROG_TLS_SHUTDOWN: &str = "nt_tls_shutdown";
+/// TLS objects tied to their sockets.
+pub const MAP_TLS_CONNS: &str = "NT_TLS_CONNS";
+/// TLS read calls' arguments, entry to return.
+pub const MAP_TLS_ARGS: &str = "NT_TLS_ARGS";

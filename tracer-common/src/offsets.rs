@@ -94,9 +94,10 @@ impl KernelLayout {
     pub const UNRESOLVED: Self = unsafe { core::mem::zeroed() };
 }
 
-/// Offsets from an open file to its socket, and from a task to its owner fields: the
-/// `iter/task_file` walk (`tracer-ebpf/src/iter/task_file.rs`) that names the owners of accepted
-/// connections, and hooks that get a `struct socket *` (`tcp_splice_read`).
+/// Offsets from an open file to its socket, and from a task to its owner fields and descriptors:
+/// the `iter/task_file` walk (`tracer-ebpf/src/iter/task_file.rs`) that names the owners of
+/// accepted connections, hooks that get a `struct socket *` (`tcp_splice_read`), and hooks that
+/// get a descriptor of the current task (`SSL_set_fd`: `conn::fd`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileOffsets {
@@ -116,4 +117,12 @@ pub struct FileOffsets {
     pub cgroup_kn: u16,
     /// `kernfs_node.id`: the cgroup id (`bpf_get_current_cgroup_id` returns the same one)
     pub kernfs_node_id: u16,
+    /// `task_struct.files`
+    pub task_files: u16,
+    /// `files_struct.fdt`
+    pub files_fdt: u16,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u16,
+    /// `fdtable.fd`
+    pub fdtable_fd: u16,
 }

@@ -38,7 +38,7 @@ const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 16
 const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_stack) == 152);
 // sock + inet_sock_set_state + sock_length + the two tcp skaddrs + msghdr_msg_name + file.
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 2 + 16);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 2 + 24);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}
@@ -59,3 +59,6 @@ const _: () = assert!(core::mem::size_of::<crate::packet::PacketHeader>() == 24 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, size asserted
 // in `http.rs` (88 + HTTP_PATH_MAX, no implicit padding).
 unsafe impl aya::Pod for crate::http::HttpTransaction {}
+
+// SAFETY: `#[repr(C)]`, integers only, explicit padding.
+unsafe impl aya::Pod for crate::tls::TlsKey {}

@@ -15,6 +15,7 @@ mod counters;
 mod iter;
 mod packet;
 mod tcp_state;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

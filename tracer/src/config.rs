@@ -9,7 +9,7 @@ use crate::{
     expiry::ExpiryConfig,
     filter::Filters,
     kernel::{conn_tracer::KernelConfig, packet::CaptureConfig, plan::BackendChoice},
-    sources::{dns::DnsConfig, http::HttpConfig},
+    sources::{dns::DnsConfig, http::HttpConfig, tls::TlsConfig},
     state::StateConfig,
 };
 
@@ -42,6 +42,9 @@ pub struct Config {
     /// HTTP stats from the kernel's finished HTTP/1.x transactions: path bytes, quantization,
     /// replace rules, cap.
     pub http: HttpConfig,
+    /// HTTPS: uprobes on the TLS libraries (OpenSSL, GnuTLS) feed the HTTP stats: on or off,
+    /// libraries, cap on hooked files, refresh of the file registry.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             capture: kernel.capture,
             dns: DnsConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -80,6 +84,11 @@ impl Config {
                 http: self.capture.http && self.http.enabled,
                 ..self.capture.clone()
             },
+            tls_max_objects: if self.tls.enabled && self.http.enabled {
+                self.tls.max_objects
+            } else {
+                0
+            },
         }
     }
 
@@ -91,6 +100,7 @@ impl Config {
         self.enrich.validate()?;
         self.dns.validate()?;
         self.http.validate()?;
+        self.tls.validate()?;
         // The state refuses a batch heavier than its whole USM limit: with a smaller limit, a
         // busy interval's HTTP stats would reach no client at all.
         if self.http.enabled && self.http.max_stats > self.state.max_usm_stats {

@@ -11,7 +11,7 @@ use tracer_common::conn::{
 };
 
 use crate::{
-    Result,
+    Error, Result,
     config::Config,
     consumer::Consumer,
     decode,
@@ -23,7 +23,7 @@ use crate::{
         plan::{Backend, Plan},
     },
     model::{Connections, CounterSet, EphemeralPortRange},
-    sources::Sources,
+    sources::{Sources, tls::Tls},
     state::{ClientId, NetworkState},
     telemetry::{CounterInfo, CounterSource, Sample, bump},
 };
@@ -95,6 +95,8 @@ struct Shared {
     enrich: Enrichers,
     /// Batch sources fed by the packet capture (DNS, HTTP).
     sources: Sources,
+    /// The TLS file registry: where the TLS uprobes are attached (HTTPS into `sources`).
+    tls: Tls,
     /// The network namespaces of the latest map read: where the enrichments' event sources
     /// (conntrack) must listen.
     netns: Mutex<std::collections::HashSet<u32>>,
@@ -241,6 +243,8 @@ pub struct Tracer {
     consumer: Option<Consumer>,
     /// Feeds captured packets to the sources as they arrive, when the capture runs.
     packet_consumer: Option<Consumer>,
+    /// Refreshes the TLS file registry, when the TLS uprobes are loaded.
+    tls_refresher: Option<Refresher>,
     shared: Arc<Shared>,
     expiry: ExpiryConfig,
     reads: Mutex<ReadBuffers>,
@@ -269,6 +273,7 @@ impl Tracer {
             counters: Counters::default(),
             enrich: Enrichers::start(&config.enrich),
             sources: Sources::start(&config.dns, &config.http),
+            tls: Tls::new(&config.tls),
             netns: Mutex::new(std::collections::HashSet::new()),
             flush: Mutex::new(Vec::new()),
         });
@@ -290,6 +295,13 @@ impl Tracer {
             }
             None => None,
         };
+        let tls_refresher = if shared.kernel.tls_loaded() {
+            shared.tls.refresh(&shared.kernel);
+            shared.tls.log();
+            Some(Refresher::start(Arc::clone(&shared))?)
+        } else {
+            None
+        };
         tracing::info!(
             backend = %shared.kernel.plan().backend,
             reason = %shared.kernel.plan().reason,
@@ -298,6 +310,7 @@ impl Tracer {
         Ok(Self {
             consumer: Some(consumer),
             packet_consumer,
+            tls_refresher,
             shared,
             expiry: config.expiry,
             reads: Mutex::new(ReadBuffers::default()),
@@ -314,6 +327,18 @@ impl Tracer {
     /// The backend, the programs attached and why this backend was chosen.
     pub fn plan(&self) -> &Plan {
         self.shared.kernel.plan()
+    }
+
+    /// The TLS file registry (its counters and `log`), for tests and tools.
+    pub fn tls(&self) -> &Tls {
+        &self.shared.tls
+    }
+
+    /// Runs one refresh of the TLS file registry now (it also runs every `tls.refresh`).
+    pub fn refresh_tls(&self) {
+        if self.shared.kernel.tls_loaded() {
+            self.shared.tls.refresh(&self.shared.kernel);
+        }
     }
 
     /// How long the tracer has been running.
@@ -370,6 +395,16 @@ impl Tracer {
         shared.state.remove_expired_clients(now);
         clock.lap(|t| &mut t.pipeline);
         let mut connections = Connections::from_delta(delta);
+        // TLS connections of processes that map no hooked TLS library: not hookable, counted.
+        if shared.kernel.tls_loaded() {
+            shared.tls.note_tls_owners(
+                connections
+                    .conns
+                    .iter()
+                    .filter(|c| c.protocol_stack.encryption != 0)
+                    .map(|c| c.tuple.pid),
+            );
+        }
         // On the result: destination containers (LocalResolver), routes.
         shared.enrich.resolve(&mut connections.conns);
         clock.lap(|t| &mut t.enrich);
@@ -501,6 +536,7 @@ impl Tracer {
         ));
         shared.enrich.collect(&mut samples);
         shared.sources.collect(&mut samples);
+        shared.tls.collect(&mut samples);
         Ok(CounterSet(samples))
     }
 
@@ -520,6 +556,55 @@ impl Drop for Tracer {
         // Stop and join the consumer first: it holds a reference to the kernel side.
         drop(self.consumer.take());
         drop(self.packet_consumer.take());
+        if let Some(refresher) = self.tls_refresher.take() {
+            refresher.stop();
+            self.shared.tls.clear(&self.shared.kernel);
+        }
+    }
+}
+
+/// The TLS file registry's thread: a refresh every `tls.refresh` until stopped.
+struct Refresher {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Refresher {
+    fn start(shared: Arc<Shared>) -> Result<Self> {
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let period = shared.tls.config().refresh;
+        let thread = std::thread::Builder::new()
+            .name("tracer-tls".to_owned())
+            .spawn(move || {
+                let (lock_, wake) = &*flag;
+                let mut stopped = lock(lock_);
+                loop {
+                    let (guard, _) = wake
+                        .wait_timeout(stopped, period)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    stopped = guard;
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    shared.tls.refresh(&shared.kernel);
+                    stopped = lock(lock_);
+                }
+            })
+            .map_err(|e| Error::io("starting the TLS registry thread", e))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -55,6 +55,9 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // `opentelemetry-proto` Python package, installed by pip into a venv (see `otlp_venv`).
     ("prometheus", true),
     ("python3-venv", true),
+    // The HTTPS tests' GnuTLS client (gnutls-cli), whose library the TLS uprobes hook
+    // (tests/tests/integration/tls.rs).
+    ("gnutls-bin", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a

@@ -32,4 +32,5 @@ mod tcp_close;
 mod tcp_counters;
 mod tcp_failures;
 mod tcp_state;
+mod tls;
 mod udp;

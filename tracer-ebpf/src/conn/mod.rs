@@ -7,6 +7,7 @@
 //! Other programs write into an entry only through this module ([`protocol::set`]).
 
 pub mod at_read;
+pub mod fd;
 pub mod layout;
 pub mod peer;
 pub mod protocol;

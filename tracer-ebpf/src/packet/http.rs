@@ -82,8 +82,8 @@ use tracer_common::{
     counters::Counter,
     http::{
         HTTP_FLAG_PATH_TRUNCATED, HTTP_PATH_MAX, HTTP_PREFIX_LEN, HTTP_ROLE_CLIENT,
-        HTTP_ROLE_SERVER, HTTP_TRANSACTION_LEN, HttpTransaction, MessageStart as Start,
-        PACKET_KIND_HTTP, is_path_end, message_start,
+        HTTP_ROLE_SERVER, HTTP_TRANSACTION_LEN, HttpFlow, HttpTransaction, MessageStart as Start,
+        PACKET_KIND_HTTP, Step, end_path, message_start,
     },
     packet::PACKET_EGRESS,
 };
@@ -94,6 +94,9 @@ use crate::{conn, counters::bump};
 /// A TCP socket's HTTP state (`NT_HTTP_SOCKS`).
 #[repr(C)]
 pub struct HttpSock {
+    /// The request/response pairing (`tracer_common::http::HttpFlow`: the rules the TLS
+    /// source shares).
+    flow: HttpFlow,
     /// [`CLASS_UNKNOWN`], [`CLASS_HTTP`], [`CLASS_NOT_HTTP`], [`CLASS_HTTP2`] or
     /// [`CLASS_CLASSIFIED`].
     class: u8,
@@ -102,18 +105,9 @@ pub struct HttpSock {
     tries: u8,
     /// `SOCK_*` bits.
     flags: u8,
-    /// Direction of the last request start (`PACKET_EGRESS`: this is the client's socket); 0
-    /// before any.
-    req_dir: u8,
-    /// Pipelined mode: requests whose final response has not been seen.
-    outstanding: u8,
     /// The protocol stack classified (api, application, encryption: `classify` codes), kept
     /// here until [`conn::protocol::set`] wrote it into the connection entry.
     stack: [u8; 3],
-    /// Sequence number of the last request start (valid with [`SOCK_REQ_SEQ`]).
-    req_seq: u32,
-    /// Sequence number of the last response start (valid with [`SOCK_RESP_SEQ`]).
-    resp_seq: u32,
 }
 
 /// Not classified yet: each payload segment goes through `classify`.
@@ -133,16 +127,8 @@ const CLASS_CLASSIFIED: u8 = 4;
 /// The kernel's `TCP_LISTEN` (`bpf_sock::state` numbers are the kernel's TCP states).
 const TCP_LISTEN: u32 = 10;
 
-/// A request is in flight (its record is in `NT_HTTP_INFLIGHT`).
-const SOCK_PENDING: u8 = 1;
-/// Payload came in the response's direction since the request in flight started.
-const SOCK_ANSWERED: u8 = 2;
-/// Requests overlapped: pipelined mode (see the module docs).
-const SOCK_PIPELINED: u8 = 4;
-const SOCK_REQ_SEQ: u8 = 8;
-const SOCK_RESP_SEQ: u8 = 16;
 /// `stack` changed and is not yet in the connection entry.
-const SOCK_STACK_PENDING: u8 = 32;
+const SOCK_STACK_PENDING: u8 = 1;
 
 /// Payload segments that `classify` does not recognise before a socket is given up (unknown,
 /// and not HTTP).
@@ -287,22 +273,42 @@ fn parse(
     } else {
         Start::Other
     };
-    match start {
-        Start::Request { method, target } => {
-            request(skb, protocol, direction, seg, sk, st, method, target);
-        }
-        Start::Response { status } => response(skb, direction, seg, sk, st, status),
-        Start::Other => {
-            if seg.payload_len > 0 && st.flags & SOCK_PENDING != 0 && direction != st.req_dir {
-                st.flags |= SOCK_ANSWERED;
+    // The sequence number is read only for message starts (retransmissions are told by it); a
+    // start whose number cannot be read is skipped.
+    let step = match start {
+        Start::Other => st
+            .flow
+            .on_start(direction, start, None, seg.payload_len > 0),
+        _ => match seq_of(skb, seg) {
+            Some(seq) => st.flow.on_start(direction, start, Some(seq), true),
+            None => Step::Nothing,
+        },
+    };
+    match step {
+        Step::Nothing => {}
+        Step::Retransmission => bump(Counter::HttpRetransmission),
+        Step::Pipelined(n) => {
+            for _ in 0..n {
+                bump(Counter::HttpPipelined);
             }
         }
+        Step::WithoutRequest => bump(Counter::HttpResponseWithoutRequest),
+        Step::Begin {
+            method,
+            target,
+            superseded,
+        } => {
+            if superseded {
+                bump(Counter::HttpRequestUnanswered);
+            }
+            request(skb, protocol, direction, seg, sk, st, method, target);
+        }
+        Step::Finish { status } => response(sk, status),
     }
     // The connection ends: the responder's FIN, or an RST either way (the client's FIN may
     // be a half-close after its request, still answered).
-    let closing = seg.flags & TCP_RST != 0 || (seg.flags & TCP_FIN != 0 && direction != st.req_dir);
-    if closing && st.flags & SOCK_PENDING != 0 {
-        st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
+    let fin = (seg.flags & TCP_FIN != 0).then_some(direction);
+    if st.flow.on_close(seg.flags & TCP_RST != 0, fin) {
         bump(Counter::HttpRequestUnanswered);
     }
 }
@@ -414,7 +420,8 @@ fn sock_addr(sk: *mut bpf_sock) -> u64 {
     addr
 }
 
-/// A request start in `direction`.
+/// A request start in `direction` that the flow let begin: fills the socket's in-flight
+/// record.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn request(
@@ -427,37 +434,6 @@ fn request(
     method: u8,
     target: u32,
 ) {
-    let Some(seq) = seq_of(skb, seg) else {
-        return;
-    };
-    if st.flags & SOCK_REQ_SEQ != 0 && st.req_seq == seq && st.req_dir == direction {
-        bump(Counter::HttpRetransmission);
-        return;
-    }
-    st.req_seq = seq;
-    st.req_dir = direction;
-    st.flags |= SOCK_REQ_SEQ;
-    if st.flags & SOCK_PIPELINED != 0 {
-        if st.outstanding > 0 {
-            st.outstanding = st.outstanding.saturating_add(1);
-            bump(Counter::HttpPipelined);
-            return;
-        }
-        // Every request of the pipelined run was answered: this one starts afresh.
-        st.flags &= !SOCK_PIPELINED;
-    } else if st.flags & SOCK_PENDING != 0 {
-        if st.flags & SOCK_ANSWERED == 0 {
-            // Sent before the one in flight was answered: pipelining. Neither can be paired.
-            st.flags = (st.flags | SOCK_PIPELINED) & !(SOCK_PENDING | SOCK_ANSWERED);
-            st.outstanding = 2;
-            bump(Counter::HttpPipelined);
-            bump(Counter::HttpPipelined);
-            return;
-        }
-        // Response bytes came, but no status line at a segment's start.
-        bump(Counter::HttpRequestUnanswered);
-    }
-    st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
     let tx = storage(&NT_HTTP_INFLIGHT, sk, true);
     if tx.is_null() {
         bump(Counter::HttpStorageFailed);
@@ -466,7 +442,7 @@ fn request(
     // SAFETY: this socket's storage value.
     let tx = unsafe { &mut *tx };
     if begin(skb, protocol, direction, seg, tx, method, target) {
-        st.flags |= SOCK_PENDING;
+        st.flow.begun();
     }
 }
 
@@ -546,40 +522,26 @@ fn path(skb: *mut __sk_buff, seg: &Segment, tx: &mut HttpTransaction, target: u3
         tx.path_captured = 0;
         return;
     }
-    // One pass: find the end, zero from there (the query must not leave the kernel).
-    let mut end = n;
-    let mut found = false;
-    for (i, byte) in tx.path.iter_mut().enumerate() {
-        let i = i as u32;
-        if i >= n {
-            break;
-        }
-        if found {
-            *byte = 0;
-        } else if is_path_end(*byte) {
-            found = true;
-            end = i;
-            *byte = 0;
-        }
+    // The byte after the copy, when the segment has it: a path exactly as long as the copy is
+    // not cut.
+    let next = if available > n {
+        load::<u8>(skb, seg.payload + target + n).ok()
+    } else {
+        None
+    };
+    let (end, cut) = end_path(&mut tx.path, n, next);
+    if cut {
+        tx.flags |= HTTP_FLAG_PATH_TRUNCATED;
+        bump(Counter::HttpFragmentTruncated);
     }
-    if !found {
-        // Cut by the copy or by the segment's end, unless the very next byte ends it.
-        let next_ends =
-            available > n && load::<u8>(skb, seg.payload + target + n).is_ok_and(is_path_end);
-        if !next_ends {
-            tx.flags |= HTTP_FLAG_PATH_TRUNCATED;
-            bump(Counter::HttpFragmentTruncated);
-        }
-    }
-    // `end` <= HTTP_PATH_MAX, which fits in u16.
-    tx.path_len = end as u16;
-    tx.path_captured = end as u16;
+    tx.path_len = end;
+    tx.path_captured = end;
 }
 
 /// Zeroes `tx.path` with 8-byte stores (an assignment becomes a call to a byte-wise `memset`
 /// subprogram: 160 iterations on every request).
 #[inline(always)]
-fn zero_path(tx: &mut HttpTransaction) {
+pub(crate) fn zero_path(tx: &mut HttpTransaction) {
     const WORDS: usize = HTTP_PATH_MAX / 8;
     const _: () = assert!(HTTP_PATH_MAX.is_multiple_of(8));
     const _: () = assert!(core::mem::offset_of!(HttpTransaction, path).is_multiple_of(8));
@@ -599,43 +561,10 @@ fn seq_of(skb: *mut __sk_buff, seg: &Segment) -> Option<u32> {
         .map(u32::from_be_bytes)
 }
 
-/// A status line in `direction`.
+/// The final status line of the request in flight: finishes the socket's record and hands it
+/// out.
 #[inline(always)]
-fn response(
-    skb: *mut __sk_buff,
-    direction: u8,
-    seg: &Segment,
-    sk: *mut bpf_sock,
-    st: &mut HttpSock,
-    status: u16,
-) {
-    if st.req_dir == direction {
-        // Bytes in the request's direction that look like a status line: a request body.
-        return;
-    }
-    let Some(seq) = seq_of(skb, seg) else {
-        return;
-    };
-    if st.flags & SOCK_RESP_SEQ != 0 && st.resp_seq == seq {
-        bump(Counter::HttpRetransmission);
-        return;
-    }
-    st.resp_seq = seq;
-    st.flags |= SOCK_RESP_SEQ;
-    if (100..200).contains(&status) && status != 101 {
-        // Interim (100 Continue, 103 Early Hints): the final response is still to come.
-        return;
-    }
-    if st.flags & SOCK_PIPELINED != 0 {
-        // Its request was counted when the run became pipelined.
-        st.outstanding = st.outstanding.saturating_sub(1);
-        return;
-    }
-    if st.flags & SOCK_PENDING == 0 {
-        bump(Counter::HttpResponseWithoutRequest);
-        return;
-    }
-    st.flags &= !(SOCK_PENDING | SOCK_ANSWERED);
+fn response(sk: *mut bpf_sock, status: u16) {
     let tx = storage(&NT_HTTP_INFLIGHT, sk, false);
     if tx.is_null() {
         // Created with the request: gone only if the kernel freed it meanwhile.
@@ -643,12 +572,19 @@ fn response(
         return;
     }
     // SAFETY: this socket's storage value.
-    let record = unsafe { &mut *tx };
+    finish(unsafe { &mut *tx }, status);
+}
+
+/// Finishes an in-flight record with its status and the time, and writes it to the capture's
+/// ring (counted either way). Shared by every source of records (here and `tls`).
+#[inline(always)]
+pub(crate) fn finish(record: &mut HttpTransaction, status: u16) {
     record.status = status;
     // SAFETY: a helper allowed everywhere.
     record.response_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the storage value is a whole HttpTransaction.
-    if unsafe { ring_output(tx.cast(), HTTP_TRANSACTION_LEN as u64) } {
+    let ptr: *mut HttpTransaction = record;
+    // SAFETY: the record is a whole HttpTransaction in a map value.
+    if unsafe { ring_output(ptr.cast(), HTTP_TRANSACTION_LEN as u64) } {
         bump(Counter::HttpTransactions);
     } else {
         bump(Counter::HttpBatchFull);

@@ -37,7 +37,9 @@ use tracer_common::{
 use crate::counters::bump;
 
 mod floor;
-mod http;
+pub(crate) mod http;
+
+pub(crate) use http::finish as http_finish;
 
 #[unsafe(no_mangle)]
 static NT_CAPTURE_CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::DISABLED);
@@ -447,7 +449,7 @@ pub(super) fn ip_header(skb: *mut __sk_buff, protocol: u32) -> Option<Ip> {
 /// size=0"). Here the clamp is in asm, which LLVM cannot rewrite: `((n - 1) & 0xffff)`, then
 /// at most `MAX - 1`, plus one. For `n` in `1..=MAX` the result is `n`.
 #[inline(always)]
-pub(super) fn verifier_len<const MAX: u32>(n: u32) -> u32 {
+pub(crate) fn verifier_len<const MAX: u32>(n: u32) -> u32 {
     const { assert!(MAX >= 1 && MAX <= 0x1_0000) };
     let mut len = u64::from(n);
     // SAFETY: register-only arithmetic and a forward jump within the block.

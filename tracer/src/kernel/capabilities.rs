@@ -70,7 +70,9 @@ impl Capabilities {
                 | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
-                | Hook::CgroupSockAddr(_) => {}
+                | Hook::CgroupSockAddr(_)
+                | Hook::Uprobe
+                | Hook::Uretprobe => {}
             }
         }
         let fentry = btf.is_some()
@@ -129,7 +131,9 @@ impl Capabilities {
                 | Hook::IterTaskFile
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
-                | Hook::CgroupSockAddr(_) => {}
+                | Hook::CgroupSockAddr(_)
+                | Hook::Uprobe
+                | Hook::Uretprobe => {}
             }
         }
         Self {

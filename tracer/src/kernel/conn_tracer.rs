@@ -14,7 +14,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, Program, TracePoint},
+    programs::{
+        FEntry, FExit, KProbe, Program, ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use tracer_common::{
     conn::{
@@ -23,7 +26,7 @@ use tracer_common::{
     },
     names::{
         GLOBAL_CAPTURE_CONFIG, GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_PACKETS,
-        MAP_TCP_STATES, MAP_UDP_PEERS, MAP_UDP_SOCKS,
+        MAP_TCP_STATES, MAP_TLS_ARGS, MAP_TLS_CONNS, MAP_UDP_PEERS, MAP_UDP_SOCKS,
     },
     packet::CaptureConfig as CaptureConfigWire,
 };
@@ -54,6 +57,9 @@ pub struct KernelConfig {
     pub btf_path: Option<PathBuf>,
     /// The packet capture (DNS, HTTP): on or off, ports, snap length, ring size, HTTP parsing.
     pub capture: CaptureConfig,
+    /// TLS objects the uprobes can tie to their sockets at once (`NT_TLS_CONNS`); 0: the TLS
+    /// uprobes are not loaded.
+    pub tls_max_objects: u32,
 }
 
 impl Default for KernelConfig {
@@ -64,6 +70,7 @@ impl Default for KernelConfig {
             ring_buffer_bytes: 1 << 20,
             btf_path: None,
             capture: CaptureConfig::default(),
+            tls_max_objects: 0,
         }
     }
 }
@@ -181,6 +188,13 @@ impl ConnTracer {
             &caps,
         );
         let capture = plan.probes.iter().any(|p| p.hook == Hook::CgroupSkbIngress);
+        plan::add_tls(
+            &mut plan,
+            config.tls_max_objects > 0,
+            config.capture.http,
+            &caps,
+        );
+        let tls = plan.probes.iter().any(|p| p.hook == Hook::Uprobe);
         tracing::info!(backend = %plan.backend, reason = %plan.reason, "attach backend chosen");
         let layout = layout::resolve(&btf, &btf_path, &tracefs)?;
 
@@ -194,6 +208,9 @@ impl ConnTracer {
             .map_max_entries(MAP_UDP_SOCKS, config.max_tracked_connections)
             // The issue-2 state-transition probe's map is unused here: keep it tiny.
             .map_max_entries(MAP_TCP_STATES, 1)
+            // Without the TLS uprobes, nothing writes these.
+            .map_max_entries(MAP_TLS_CONNS, if tls { config.tls_max_objects } else { 1 })
+            .map_max_entries(MAP_TLS_ARGS, if tls { config.tls_max_objects } else { 1 })
             // Without the capture, its ring is one page that nothing writes.
             .map_max_entries(
                 MAP_PACKETS,
@@ -288,6 +305,41 @@ impl ConnTracer {
     /// The backend in use and why it was chosen.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Attaches the loaded TLS program `program` at `symbol` of the ELF file `target` (for every
+    /// process that maps it). The error is aya's, for the caller to classify.
+    pub fn attach_uprobe(
+        &self,
+        program: &str,
+        target: &Path,
+        symbol: &str,
+    ) -> std::result::Result<UProbeLinkId, ProgramError> {
+        let mut ebpf = lock(&self.ebpf);
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        prog.attach(symbol, target, UProbeScope::AllProcesses)
+    }
+
+    /// Detaches a link [`Self::attach_uprobe`] made.
+    pub fn detach_uprobe(
+        &self,
+        program: &str,
+        link: UProbeLinkId,
+    ) -> std::result::Result<(), ProgramError> {
+        let mut ebpf = lock(&self.ebpf);
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        prog.detach(link)
+    }
+
+    /// Whether the TLS uprobes are loaded (planned and accepted by the kernel).
+    pub fn tls_loaded(&self) -> bool {
+        self.plan.probes.iter().any(|p| p.hook == Hook::Uprobe)
     }
 
     /// The packet capture's ring, when the capture runs.
@@ -676,6 +728,11 @@ fn attach(
             prog.load().map_err(fail)?;
             prog.attach(cgroup, attach_type, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
+        }
+        // Loaded only: the file registry attaches them per TLS library file
+        // ([`ConnTracer::attach_uprobe`]).
+        (Hook::Uprobe | Hook::Uretprobe, Program::UProbe(prog)) => {
+            prog.load().map_err(fail)?;
         }
         (Hook::IterTcp, Program::Iter(prog)) => {
             // Optional: a refusal is recorded (the plan's reason names it), not fatal.

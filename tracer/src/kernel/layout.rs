@@ -111,6 +111,10 @@ pub(crate) fn file_offsets(btf: &Btf, btf_path: &Path) -> Result<FileOffsets> {
         css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
         cgroup_kn: offset("cgroup", "kn")?,
         kernfs_node_id: offset("kernfs_node", "id")?,
+        task_files: offset("task_struct", "files")?,
+        files_fdt: offset("files_struct", "fdt")?,
+        fdtable_max_fds: offset("fdtable", "max_fds")?,
+        fdtable_fd: offset("fdtable", "fd")?,
     })
 }
 

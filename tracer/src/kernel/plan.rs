@@ -4,7 +4,8 @@
 
 pub use super::probes::{
     Backend, BackendChoice, CAPTURE_MIN_KERNEL, CAPTURE_PROBES, Hook, ITER_MIN_KERNEL, MIN_KERNEL,
-    PROBES, ProbeSpec, SockAddrHook, without_task_file_iterator, without_tcp_iterator,
+    PROBES, ProbeSpec, SockAddrHook, TLS_MIN_KERNEL, TLS_PROBES, without_task_file_iterator,
+    without_tcp_iterator,
 };
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
@@ -95,6 +96,8 @@ fn target_name(hook: Hook) -> String {
         Hook::CgroupSkbIngress => "cgroup_skb/ingress".to_owned(),
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_owned(),
         Hook::CgroupSockAddr(attach) => attach.section().to_owned(),
+        Hook::Uprobe => "uprobe (per TLS library file)".to_owned(),
+        Hook::Uretprobe => "uretprobe (per TLS library file)".to_owned(),
     }
 }
 
@@ -123,6 +126,33 @@ pub fn add_capture(plan: &mut Plan, enabled: bool, http: bool, caps: &Capabiliti
             } else {
                 "; packet capture on cgroup_skb ingress and egress (DNS)"
             });
+        }
+    }
+}
+
+/// Adds the TLS uprobes to `plan` (loaded now, attached per library file later by the file
+/// registry) when `enabled` and the capture's HTTP path runs: they write its records to its
+/// ring. Says in the plan's reason what was decided.
+pub fn add_tls(plan: &mut Plan, enabled: bool, http: bool, caps: &Capabilities) {
+    if !enabled {
+        return;
+    }
+    let capture = plan.probes.iter().any(|p| p.hook == Hook::CgroupSkbIngress);
+    let without = if caps.kernel < TLS_MIN_KERNEL {
+        Some(format!("Linux < {TLS_MIN_KERNEL}"))
+    } else if !capture || !http {
+        Some("no packet capture with HTTP, whose ring and records they use".to_owned())
+    } else {
+        None
+    };
+    match without {
+        Some(why) => plan
+            .reason
+            .push_str(&format!("; without TLS uprobes ({why}): no HTTPS")),
+        None => {
+            plan.probes.extend_from_slice(TLS_PROBES);
+            plan.reason
+                .push_str("; TLS uprobes on OpenSSL and GnuTLS files (HTTPS)");
         }
     }
 }

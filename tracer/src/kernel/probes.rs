@@ -98,6 +98,11 @@ pub enum Hook {
     /// receive functions with the peer's address (the attach type comes from the object's
     /// section name, `cgroup/<name>`).
     CgroupSockAddr(SockAddrHook),
+    /// A uprobe on functions of TLS library files ([`TlsLibrary::hooks`]): loaded with the plan, attached
+    /// per file by the file registry (`sources/tls`), at [`TlsLibrary::hooks`].
+    Uprobe,
+    /// A uretprobe, likewise.
+    Uretprobe,
 }
 
 /// The `sock_addr` attach points the tracer uses.
@@ -446,3 +451,116 @@ pub fn without_tcp_iterator(why: &str) -> String {
 
 /// The tracer's floor: the ring buffer of closed connections.
 pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+/// The TLS uprobes (tracer-ebpf/src/tls, owner in userspace: tracer/src/sources/tls): loaded
+/// when `Config::tls.enabled` (and the capture's HTTP path, whose ring and records they use),
+/// attached per library file by the file registry at the symbols of [`TlsLibrary::hooks`]. Floor: the
+/// capture's ring (5.8); uprobes through the perf PMU are 4.17, `bpf_probe_read_user` 5.5.
+pub const TLS_PROBES: &[ProbeSpec] = &[
+    tls_probe(names::PROG_TLS_SSL_SET_FD, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_GNUTLS_SET_INT, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_WRITE, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_READ, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_READ_EX, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_READ_RET, Hook::Uretprobe),
+    tls_probe(names::PROG_TLS_SHUTDOWN, Hook::Uprobe),
+];
+
+/// The TLS uprobes' floor.
+pub const TLS_MIN_KERNEL: KernelVersion = CAPTURE_MIN_KERNEL;
+
+const fn tls_probe(program: &'static str, hook: Hook) -> ProbeSpec {
+    ProbeSpec {
+        program,
+        hook,
+        backends: ALL,
+        min_kernel: TLS_MIN_KERNEL,
+        max_kernel: None,
+    }
+}
+
+/// A TLS library the file registry hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsLibrary {
+    /// OpenSSL's libssl (1.1 and 3).
+    OpenSsl,
+    /// GnuTLS.
+    GnuTls,
+}
+
+/// One symbol of a TLS library and the program attached there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsHook {
+    pub program: &'static str,
+    pub symbol: &'static str,
+    /// Without it the file is not hooked at all (blocked); an optional one (`SSL_read_ex`,
+    /// OpenSSL 1.1.1+) is skipped when absent.
+    pub required: bool,
+}
+
+const fn tls_hook(program: &'static str, symbol: &'static str, required: bool) -> TlsHook {
+    TlsHook {
+        program,
+        symbol,
+        required,
+    }
+}
+
+impl TlsLibrary {
+    /// Every library.
+    pub const ALL: [TlsLibrary; 2] = [TlsLibrary::OpenSsl, TlsLibrary::GnuTls];
+
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OpenSsl => "openssl",
+            Self::GnuTls => "gnutls",
+        }
+    }
+
+    /// The file-name prefix of its shared object.
+    pub const fn file_prefix(self) -> &'static str {
+        match self {
+            Self::OpenSsl => "libssl.so",
+            Self::GnuTls => "libgnutls.so",
+        }
+    }
+
+    /// The symbols hooked, in attach order: each uretprobe before its uprobe, so that no entry
+    /// stashes arguments that no return will take.
+    pub const fn hooks(self) -> &'static [TlsHook] {
+        match self {
+            Self::OpenSsl => &OPENSSL_HOOKS,
+            Self::GnuTls => &GNUTLS_HOOKS,
+        }
+    }
+}
+
+/// The (symbol, program) pairs of OpenSSL's libssl. `SSL_set_bio` is not hooked: a BIO of
+/// the application's own (curl's) has no descriptor to tie the object to its socket, and a
+/// socket BIO's descriptor sits in OpenSSL's private structures; such objects are counted
+/// (`tls_untied`).
+pub const OPENSSL_HOOKS: [TlsHook; 8] = [
+    tls_hook(names::PROG_TLS_SSL_SET_FD, "SSL_set_fd", true),
+    tls_hook(names::PROG_TLS_WRITE, "SSL_write", true),
+    tls_hook(names::PROG_TLS_READ_RET, "SSL_read", true),
+    tls_hook(names::PROG_TLS_READ, "SSL_read", true),
+    tls_hook(names::PROG_TLS_WRITE, "SSL_write_ex", false),
+    tls_hook(names::PROG_TLS_READ_RET, "SSL_read_ex", false),
+    tls_hook(names::PROG_TLS_READ_EX, "SSL_read_ex", false),
+    tls_hook(names::PROG_TLS_SHUTDOWN, "SSL_shutdown", false),
+];
+
+/// The (symbol, program) pairs of GnuTLS (`gnutls_transport_set_int` is a macro over
+/// `gnutls_transport_set_int2`).
+pub const GNUTLS_HOOKS: [TlsHook; 5] = [
+    tls_hook(
+        names::PROG_TLS_GNUTLS_SET_INT,
+        "gnutls_transport_set_int2",
+        true,
+    ),
+    tls_hook(names::PROG_TLS_WRITE, "gnutls_record_send", true),
+    tls_hook(names::PROG_TLS_READ_RET, "gnutls_record_recv", true),
+    tls_hook(names::PROG_TLS_READ, "gnutls_record_recv", true),
+    tls_hook(names::PROG_TLS_SHUTDOWN, "gnutls_bye", false),
+];

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | [`dns`] | the capture's records (DNS ports) | [`ConnectionStats::dns`] (through the state, per client) and [`Connections::dns`](crate::model::Connections) | stats before the state, names after the enrichments |
 //! | [`http`] | the HTTP parser's finished transactions | [`Connections::usm`](crate::model::Connections) (through the state, per client) | stats before the state |
+//! | [`tls`] | `/proc` (which processes map a TLS library) | where the TLS uprobes are attached: their records join the HTTP parser's in the capture's ring | its own thread, every `tls.refresh` |
 //!
 //! [`Sources`] is the one seam [`crate::Tracer`] calls: `ingest` (or `ingest_http` for a ring
 //! that only carries HTTP transactions) from the capture's consumer thread and once per call to
@@ -13,6 +14,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod tls;
 
 use std::{net::IpAddr, sync::Arc};
 
