@@ -1,5 +1,6 @@
-//! Builds the eBPF object with aya-build (nightly + bpf-linker, always release) and puts it in
-//! `OUT_DIR/tracer`, where `kernel::object` embeds it.
+//! Builds the eBPF objects with aya-build (nightly + bpf-linker, always release) and puts them
+//! in `OUT_DIR`, where `kernel::object` embeds them: `tracer` (the production object) and
+//! `tcp-state-probe` (the test-only TCP state probe).
 //!
 //! The root `cargo build` / `cargo test` must work on a machine without nightly or bpf-linker
 //! (docs, unit tests, the state pipeline): there the build script writes an empty stub object and
@@ -10,13 +11,13 @@ use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, anyhow};
 
-const OBJECT_NAME: &str = "tracer";
+const OBJECT_NAMES: [&str; 2] = ["tracer", "tcp-state-probe"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=TRACER_REQUIRE_EBPF");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out_dir.join(OBJECT_NAME);
+    let objects = OBJECT_NAMES.map(|name| out_dir.join(name));
     let required = env::var("TRACER_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
 
@@ -29,7 +30,9 @@ fn main() -> anyhow::Result<()> {
             ));
         }
         println!("cargo:warning=building without the eBPF object ({why}); the tracer cannot load");
-        fs::write(&object, []).with_context(|| format!("writing stub {}", object.display()))?;
+        for object in &objects {
+            fs::write(object, []).with_context(|| format!("writing stub {}", object.display()))?;
+        }
         return Ok(());
     }
 
@@ -45,8 +48,10 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )?;
-    if !object.exists() {
-        return Err(anyhow!("aya-build did not produce {}", object.display()));
+    for object in &objects {
+        if !object.exists() {
+            return Err(anyhow!("aya-build did not produce {}", object.display()));
+        }
     }
     Ok(())
 }

@@ -5,14 +5,7 @@
 //! closes), so a close by another process or by the kernel finds the entry, and the pid recorded
 //! at connect/accept time survives events that fire in softirq context.
 
-/// `AF_INET`.
-pub const AF_INET: u16 = 2;
-/// `AF_INET6`.
-pub const AF_INET6: u16 = 10;
-/// `IPPROTO_TCP`.
-pub const IPPROTO_TCP: u8 = 6;
-/// `IPPROTO_UDP`.
-pub const IPPROTO_UDP: u8 = 17;
+pub use crate::linux::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Direction is not known (the connection existed before the tracer started, or a UDP socket).
 pub const DIRECTION_UNKNOWN: u8 = 0;

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod conn;
 pub mod counters;
 pub mod http;
+pub mod linux;
 pub mod names;
 pub mod offsets;
 pub mod packet;

@@ -13,8 +13,8 @@ mod backend;
 mod conn;
 mod counters;
 mod iter;
+mod lifecycle;
 mod packet;
-mod tcp_state;
 mod tls;
 
 #[cfg(not(test))]

@@ -18,9 +18,9 @@ use tracer_common::{
 
 use crate::counters::bump;
 
-const IPPROTO_TCP: u16 = 6;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use tracer_common::linux::{AF_INET, AF_INET6};
+
+const IPPROTO_TCP: u16 = tracer_common::linux::IPPROTO_TCP as u16;
 
 /// Field offsets of the tracepoint record, patched at load time from the running kernel's
 /// tracefs `format` file.

@@ -24,13 +24,13 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap,
 };
 use tracer_common::{
-    conn::{AF_INET6, ConnKey, IPPROTO_TCP, IPPROTO_UDP},
+    conn::{AF_INET6, IPPROTO_UDP},
     counters::Counter,
 };
 
 use crate::{
     conn::{
-        self,
+        self, io,
         layout::{layout, read_kernel},
         peer,
     },
@@ -132,9 +132,6 @@ fn inside(func: Func, sk: u64) -> bool {
     unsafe { NT_PROBE_ARGS.get(call_key(func)) }.is_some_and(|args| args.sk == sk)
 }
 
-/// `MSG_PEEK` (include/linux/socket.h).
-pub const MSG_PEEK: u64 = 2;
-
 /// A return value as the `int` the hooked functions return: the upper half of the register is
 /// not defined by the ABI, so it is dropped before the sign is looked at.
 #[inline(always)]
@@ -142,15 +139,11 @@ pub fn int_ret(raw: u64) -> i32 {
     raw as u32 as i32
 }
 
-/// `MSG_ERRQUEUE` (include/linux/socket.h).
-pub const MSG_ERRQUEUE: u64 = 0x2000;
-
-/// Whether a receive call with these `flags` moves no payload to count: a peek (the bytes are
-/// read again later) or a read of the socket's error queue (timestamps, ICMP errors, zerocopy
-/// notifications).
+/// Whether a receive call with these `flags` (the hooked function's `int flags`, in a 64-bit
+/// argument slot) moves no payload to count (`conn::io::skipped_receive`).
 #[inline(always)]
 pub fn skipped_receive(flags: u64) -> bool {
-    flags & (MSG_PEEK | MSG_ERRQUEUE) != 0
+    io::skipped_receive(flags as u32)
 }
 
 /// `tcp_sendmsg`/`tcp_sendpage` on `sk` returned `ret`.
@@ -167,18 +160,8 @@ pub fn tcp_received(sk: u64, ret: i32) {
 
 #[inline(always)]
 fn tcp_io(sk: u64, ret: i32, sending: bool) {
-    let bytes = if ret > 0 { ret as u64 } else { 0 };
-    // Fast path, as in the tracepoint backend: a tracked socket is found by its address, and a
-    // call that moved nothing (EAGAIN, EOF, an error) refreshes its copied TCP counters.
-    if conn::on_tracked_io(sk, bytes, sending) {
-        return;
-    }
-    let layout = layout();
-    if sending {
-        conn::on_send(&sock_key(sk), IPPROTO_TCP, bytes, &layout.sock);
-    } else {
-        conn::on_recv(&sock_key(sk), IPPROTO_TCP, bytes, &layout.sock);
-    }
+    // A TCP socket never needs a peer.
+    io::on_call(sk, ret, sending, || None);
 }
 
 /// Which UDP function returned.
@@ -220,43 +203,8 @@ pub fn udp_call(call: UdpCall, sk: u64, msg: u64, ret: i32) {
         }
     }
     let sending = call != UdpCall::Recv;
-    // Fast path: a connected socket's flow is found by its address alone.
-    if ret > 0 && conn::on_tracked_io(sk, ret as u64, sending) {
-        return;
-    }
-    let Ok(protocol) = read_kernel::<u16>(sk, offsets.sk_protocol) else {
-        bump(Counter::KernelReadFailed);
-        return;
-    };
-    if protocol != u16::from(IPPROTO_UDP) {
-        return;
-    }
-    if ret == 0 {
-        // As in the tracepoint backend: a datagram is only counted with its bytes.
-        bump(Counter::UdpEmptyDatagram);
-        return;
-    }
-    // The peer is only read for an unconnected socket, and each branch ends in a key or a
-    // return: no `Option<Peer>` is merged across paths, whose undefined `None` payload the
-    // compiler may copy around as uninitialised stack (which the 5.10/6.1 verifiers reject).
-    let key = if peer::is_connected(sk, offsets) {
-        peer::udp_key(sk, None, offsets)
-    } else {
-        let Some(peer) = msg_peer(msg, layout.msghdr_msg_name) else {
-            bump(Counter::UdpMissingPeer);
-            return;
-        };
-        peer::udp_key(sk, Some(peer), offsets)
-    };
-    let Some(key) = key else {
-        bump(Counter::UdpMissingPeer);
-        return;
-    };
-    if sending {
-        conn::on_send(&key, IPPROTO_UDP, ret as u64, offsets);
-    } else {
-        conn::on_recv(&key, IPPROTO_UDP, ret as u64, offsets);
-    }
+    // The peer of an unconnected socket is `msg->msg_name`, read only when needed.
+    io::on_call(sk, ret, sending, || msg_peer(msg, layout.msghdr_msg_name));
 }
 
 /// The address in `msg->msg_name` (kernel memory), if there is one.
@@ -294,12 +242,4 @@ pub fn sk_of_socket(socket: u64) -> Option<u64> {
 pub fn ssize_ret(raw: u64) -> i32 {
     let ret = raw as i64;
     ret.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
-}
-
-#[inline(always)]
-fn sock_key(sk: u64) -> ConnKey {
-    ConnKey {
-        sk,
-        ..ConnKey::default()
-    }
 }

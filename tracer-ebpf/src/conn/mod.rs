@@ -8,6 +8,7 @@
 
 pub mod at_read;
 pub mod fd;
+pub mod io;
 pub mod layout;
 pub mod peer;
 pub mod protocol;
@@ -49,16 +50,10 @@ static NT_UNTRACKED: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(4096
 static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
 
 // Linux TCP states (include/net/tcp_states.h).
-pub const TCP_ESTABLISHED: i32 = 1;
-pub const TCP_SYN_SENT: i32 = 2;
-pub const TCP_SYN_RECV: i32 = 3;
-pub const TCP_FIN_WAIT1: i32 = 4;
-pub const TCP_FIN_WAIT2: i32 = 5;
-pub const TCP_CLOSE: i32 = 7;
-pub const TCP_CLOSE_WAIT: i32 = 8;
-pub const TCP_LAST_ACK: i32 = 9;
-pub const TCP_LISTEN: i32 = 10;
-pub const TCP_CLOSING: i32 = 11;
+pub use tracer_common::linux::{
+    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+    TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+};
 
 /// How an entry is created when it does not exist yet.
 #[derive(Clone, Copy)]
@@ -193,18 +188,6 @@ fn add(counter: &mut u64, n: u64) {
     }
 }
 
-/// Bytes sent by the current process on a socket (`bytes` may be 0 for a refresh only).
-#[inline(always)]
-pub fn on_send(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
-    on_io(key, protocol, bytes, true, offsets);
-}
-
-/// Bytes received by the current process on a socket (MSG_PEEK already excluded by the caller).
-#[inline(always)]
-pub fn on_recv(key: &ConnKey, protocol: u8, bytes: u64, offsets: &SockOffsets) {
-    on_io(key, protocol, bytes, false, offsets);
-}
-
 /// The entry of a socket tracked under its own address (a TCP socket or a connected UDP
 /// socket), if any.
 #[inline(always)]
@@ -218,15 +201,12 @@ pub fn tracked(sk: u64) -> Option<&'static mut ConnStats> {
     Some(unsafe { &mut *stats })
 }
 
-/// The data path's fast path: if `sk` is tracked under its own address (a TCP socket or a
-/// connected UDP socket), account `bytes` and return true; otherwise the caller resolves the
-/// protocol and peer and takes the slow path. One map lookup, one atomic add, no kernel reads
-/// (TCP counters are refreshed at most every [`TCP_REFRESH_NS`], and on every zero-byte call).
+/// The data path's fast path (`io::on_call`): a call that moved `bytes` on `sk`, tracked under
+/// its own address (a TCP socket or a connected UDP socket) with entry `stats`. One atomic add,
+/// no kernel reads (TCP counters are refreshed at most every [`TCP_REFRESH_NS`], and on every
+/// zero-byte call).
 #[inline(always)]
-pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
-    let Some(stats) = tracked(sk) else {
-        return false;
-    };
+pub fn on_tracked(sk: u64, stats: &mut ConnStats, bytes: u64, sending: bool) {
     let protocol = stats.tuple.protocol;
     account(stats, protocol, bytes, sending);
     if stats.flags & FLAG_CLOSE_PENDING != 0 {
@@ -235,7 +215,7 @@ pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
         if bytes == 0 || !sock::has_unread_bytes(sk, &offsets) {
             finish_pending(sk, &offsets);
         }
-        return true;
+        return;
     }
     let now = now_ns();
     if protocol == IPPROTO_TCP
@@ -245,7 +225,6 @@ pub fn on_tracked_io(sk: u64, bytes: u64, sending: bool) -> bool {
         refresh(sk, &offsets, stats, now);
     }
     stats.updated_ns = now;
-    true
 }
 
 /// How stale the copied TCP counters (packets, retransmits, RTT) may get on a busy connection
@@ -316,6 +295,8 @@ fn tcp_io_may_track(sk: u64, bytes: u64, offsets: &SockOffsets) -> bool {
         && layout::read_kernel::<u16>(sk, offsets.skc_dport).is_ok_and(|port| port != 0)
 }
 
+/// The slow path of a call on an untracked socket (`io::on_call`): creates the entry of `key`
+/// where the rules allow, and accounts the call.
 #[inline(always)]
 fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockOffsets) {
     if protocol == IPPROTO_TCP && !tcp_io_may_track(key.sk, bytes, offsets) {

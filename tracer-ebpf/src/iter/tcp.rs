@@ -12,12 +12,9 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_seq_write},
 };
 
-use crate::conn::{at_read, layout};
+use tracer_common::linux::{TCP_NEW_SYN_RECV, TCP_TIME_WAIT};
 
-/// `TCP_TIME_WAIT`: an `inet_timewait_sock`, no `tcp_sock` behind its `sock_common`.
-const TCP_TIME_WAIT: u8 = 6;
-/// `TCP_NEW_SYN_RECV`: a `request_sock`, likewise.
-const TCP_NEW_SYN_RECV: u8 = 12;
+use crate::conn::{at_read, layout};
 
 /// `struct bpf_iter__tcp { struct bpf_iter_meta *meta; struct sock_common *sk_common; uid_t uid; }`
 /// (stable since 5.9): the two pointers at offsets 0 and 8.
@@ -43,7 +40,9 @@ pub fn nt_iter_tcp(ctx: *mut c_void) -> i32 {
     let Ok(state) = layout::read_kernel::<u8>(sk, offsets.skc_state) else {
         return 0;
     };
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+    // A timewait sock (`inet_timewait_sock`) or a request sock has no `tcp_sock` behind its
+    // `sock_common`.
+    if matches!(i32::from(state), TCP_TIME_WAIT | TCP_NEW_SYN_RECV) {
         return 0;
     }
     if at_read::refresh_tracked_tcp(sk) {

@@ -124,8 +124,8 @@ const CLASS_HTTP2: u8 = 3;
 /// retries the write, for at most [`MAX_WRITE_TRIES`] segments.
 const CLASS_CLASSIFIED: u8 = 4;
 
-/// The kernel's `TCP_LISTEN` (`bpf_sock::state` numbers are the kernel's TCP states).
-const TCP_LISTEN: u32 = 10;
+/// The kernel's `TCP_LISTEN` as `bpf_sock::state` has it (the kernel's TCP state numbers).
+const TCP_LISTEN: u32 = tracer_common::linux::TCP_LISTEN as u32;
 
 /// `stack` changed and is not yet in the connection entry.
 const SOCK_STACK_PENDING: u8 = 1;

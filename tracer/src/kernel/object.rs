@@ -1,4 +1,4 @@
-//! The eBPF object built by `tracer/build.rs`, embedded in the library.
+//! The eBPF objects built by `tracer/build.rs`, embedded in the library.
 
 use crate::{Error, Result};
 
@@ -13,4 +13,17 @@ pub fn bytes() -> Result<&'static [u8]> {
         return Err(Error::EbpfObjectMissing);
     }
     Ok(OBJECT)
+}
+
+/// The test-only object of the TCP state probe (`kernel::tcp_state`), apart from the production
+/// object so that this does not carry it.
+static TCP_STATE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-state-probe"));
+
+/// The TCP state probe's object, or a typed error when this build carries only the stub.
+pub fn tcp_state_bytes() -> Result<&'static [u8]> {
+    if TCP_STATE_OBJECT.is_empty() {
+        return Err(Error::EbpfObjectMissing);
+    }
+    Ok(TCP_STATE_OBJECT)
 }

@@ -18,8 +18,8 @@ use crate::{Error, Result};
 
 const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 #[cfg(test)]
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use tracer_common::linux::AF_INET;
+use tracer_common::linux::AF_INET6;
 
 /// The kernel's TCP states (`include/net/tcp_states.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,7 +108,7 @@ impl TcpStateProbe {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_INET_SOCK_SET_STATE, &format, true)
             .map_max_entries(MAP_TCP_STATES, config.max_sockets)
-            .load(object::bytes()?)
+            .load(object::tcp_state_bytes()?)
             .map_err(|e| Error::Load(Box::new(e)))?;
         let program: &mut TracePoint = ebpf
             .program_mut(PROG_TCP_STATE)

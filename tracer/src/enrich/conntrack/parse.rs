@@ -43,10 +43,7 @@ pub(crate) const IPS_SRC_NAT: u32 = 1 << 4;
 /// `IPS_DST_NAT`.
 pub(crate) const IPS_DST_NAT: u32 = 1 << 5;
 
-/// `IPPROTO_TCP`.
-pub(crate) const IPPROTO_TCP: u8 = 6;
-/// `IPPROTO_UDP`.
-pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) use tracer_common::linux::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// One direction of a conntrack entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
