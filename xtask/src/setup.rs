@@ -49,6 +49,8 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     ("redis-tools", true),
     ("postgresql", true),
     ("openssl", true),
+    // The terminal the live view's test runs `nettrace` in, and reads back (`capture-pane`).
+    ("tmux", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a
