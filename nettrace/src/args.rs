@@ -9,7 +9,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use tracer::{Backend, BackendChoice};
 
 /// Default time between snapshots.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default number of table rows.
 pub const DEFAULT_LIMIT: usize = 40;
 /// Exit status of a usage error (clap's).
@@ -18,8 +18,8 @@ const MIN_INTERVAL_S: f64 = 0.1;
 const MAX_INTERVAL_S: f64 = 86_400.0;
 
 const ABOUT: &str = "\
-Shows the host's TCP and UDP connections live: every interval, each connection that moved,
-sorted by throughput.";
+Shows the host's TCP and UDP connections live: on a terminal an interactive view, otherwise
+(a pipe, --json, --once) every interval each connection that moved, sorted by throughput.";
 
 /// Printed after the options by `-h` and `--help`.
 const AFTER_HELP: &str = "\
@@ -41,6 +41,14 @@ Redis, MySQL; - unknown). REQ/s: HTTP/1.x requests this connection carried in th
 (as client or server); 5XX%: the share of them answered 5xx (4xx are not counted as errors;
 the JSON lines give http_4xx and http_5xx). The header lists non-zero loss counters.
 
+live view (stdout a terminal, no --json or --once): every connection seen until it closes (a
+closed one stays 5 s), refreshed every interval; the header gives the backend, the connections
+tracked, the loss counters since start and nettrace's own CPU use; below the table, the
+selected line's throughput over the last minute. Keys: t b r l a sort by throughput, bytes,
+retransmits, RTT, age (the same key again reverses); g connections / by process / by remote
+service; d totals / last interval; p pid, o port, / text filter (Esc clears); arrows, PgUp,
+PgDn select; q or Ctrl-C quit. --pid, --port and --limit (table only) apply as for the table.
+
 exit status: 0 done or interrupted, 1 tracer error, 2 usage error";
 
 /// The command line as clap parses it; [`Cli::options`] turns it into [`Options`].
@@ -57,7 +65,7 @@ exit status: 0 done or interrupted, 1 tracer error, 2 usage error";
 )]
 pub struct Cli {
     /// time between snapshots in seconds, fractional allowed (0.1 to 86400)
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     interval: Duration,
     /// print one snapshot of one interval and exit
     #[arg(long)]
@@ -195,7 +203,7 @@ mod tests {
     #[test]
     fn no_arguments_give_the_defaults() {
         assert_eq!(options(&[]), Options::default());
-        assert_eq!(Options::default().interval, Duration::from_secs(2));
+        assert_eq!(Options::default().interval, Duration::from_secs(1));
         assert_eq!(Options::default().limit, Some(40));
         assert_eq!(Options::default().backend, BackendChoice::Auto);
     }
@@ -316,7 +324,7 @@ mod tests {
         for needle in [
             "Usage: nettrace [OPTIONS]",
             "--interval <SECS>",
-            "[default: 2]",
+            "[default: 1]",
             "--once",
             "--json",
             "--backend <NAME>",

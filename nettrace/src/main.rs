@@ -1,22 +1,8 @@
 //! `nettrace`: the host's TCP and UDP connections, live, from the `tracer` library's public API.
 //!
-//! Every interval it asks the tracer for what moved since the previous call and prints it as
-//! an aligned table (busiest first) or as JSON lines. See `nettrace --help` ([`args::Cli`]).
-
-mod addr;
-mod app;
-mod args;
-mod clock;
-mod errno;
-mod filter;
-mod json;
-mod process;
-mod row;
-mod serve;
-mod signal;
-mod table;
-mod telemetry;
-mod units;
+//! Every interval it asks the tracer for what moved since the previous call and shows it: on a
+//! terminal in the interactive view ([`view`]), otherwise as an aligned table (busiest first)
+//! or as JSON lines. See `nettrace --help` ([`args::Cli`]).
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -28,8 +14,17 @@ use std::{
 use clap::Parser as _;
 use tracer::{Backend, Config, Tracer, model::Connections};
 
-use crate::{
-    args::Options, filter::Selection, process::ProcessNames, row::Row, telemetry::Telemetry,
+use nettrace::{
+    args,
+    args::Options,
+    clock,
+    filter::Selection,
+    json,
+    process::ProcessNames,
+    row::{self, Row},
+    serve, signal, table,
+    telemetry::{self, Telemetry},
+    view,
 };
 
 /// The tracer client id this program reads with.
@@ -129,7 +124,13 @@ fn run(options: &Options) -> Result<(), Failure> {
     tracer.register_client(CLIENT).map_err(read_failed)?;
     // A client's first call reports every open connection's totals; take it as the baseline
     // so that each snapshot shown covers exactly one interval.
-    tracer.get_active_connections(CLIENT).map_err(read_failed)?;
+    let baseline = tracer.get_active_connections(CLIENT).map_err(read_failed)?;
+
+    // A person at a terminal gets the interactive view; pipes, --json and --once the text.
+    if view::wanted(options) {
+        return view::run(&tracer, CLIENT, options, &baseline)
+            .map_err(|err| Failure::Message(err.to_string()));
+    }
     let mut previous = Instant::now();
 
     let mut view = View::new(options, tracer.backend());
@@ -196,25 +197,10 @@ impl View {
 
     fn show(&mut self, conns: &Connections, interval_s: f64) -> Result<(), Failure> {
         let unix_time = clock::unix_now();
-        let http = app::HttpIndex::new(&conns.usm.http);
-        let mut rows: Vec<Row> = conns
-            .conns
-            .iter()
-            .filter(|conn| self.selection.matches(&conn.tuple))
-            .map(|conn| {
-                // The kernel's name of the owner first: it is right even when the process has
-                // exited (or its pid was reused) before this lookup; /proc when it has none.
-                let name = if conn.comm.is_empty() {
-                    self.names.name(conn.tuple.pid)
-                } else {
-                    conn.comm.to_string()
-                };
-                Row::new(conn, name)
-                    .named(conn, &conns.dns)
-                    .with_http(conn, &http)
-            })
+        let mut rows: Vec<Row> = row::of_snapshot(conns, &self.selection, &mut self.names)
+            .into_iter()
+            .map(|(_, row)| row)
             .collect();
-        self.names.end_snapshot();
         row::sort_by_throughput(&mut rows);
         let telemetry = Telemetry::of(conns);
 

@@ -3,12 +3,14 @@
 
 use std::{cmp::Reverse, net::IpAddr, sync::Arc};
 
-use tracer::model::{ConnectionStats, Direction, Protocol};
+use tracer::model::{ConnectionStats, Connections, Direction, Protocol};
 
 use crate::{
     addr,
     app::{self, HttpCounts, HttpIndex},
     errno,
+    filter::Selection,
+    process::ProcessNames,
 };
 
 /// Reverse DNS of a snapshot, as `Connections::dns` holds it.
@@ -144,6 +146,37 @@ impl Row {
             _ => None,
         }
     }
+}
+
+/// The rows of the connections of `conns` that `selection` keeps, each with its connection, in
+/// the library's order: the owner named, the remote's DNS name and the HTTP requests attached.
+/// Ends the snapshot of `names` (pids not asked for are forgotten).
+pub fn of_snapshot<'a>(
+    conns: &'a Connections,
+    selection: &Selection,
+    names: &mut ProcessNames,
+) -> Vec<(&'a ConnectionStats, Row)> {
+    let http = HttpIndex::new(&conns.usm.http);
+    let rows = conns
+        .conns
+        .iter()
+        .filter(|conn| selection.matches(&conn.tuple))
+        .map(|conn| {
+            // The kernel's name of the owner first: it is right even when the process has
+            // exited (or its pid was reused) before this lookup; /proc when it has none.
+            let name = if conn.comm.is_empty() {
+                names.name(conn.tuple.pid)
+            } else {
+                conn.comm.to_string()
+            };
+            let row = Row::new(conn, name)
+                .named(conn, &conns.dns)
+                .with_http(conn, &http);
+            (conn, row)
+        })
+        .collect();
+    names.end_snapshot();
+    rows
 }
 
 /// `tcp` / `udp`.

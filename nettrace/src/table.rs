@@ -134,16 +134,6 @@ fn push_line(out: &mut String, cells: &[String; WIDTH], widths: &[usize; WIDTH])
 }
 
 fn cells(row: &Row, interval_s: f64) -> [String; WIDTH] {
-    let direction = match row.direction {
-        Direction::Incoming => "in",
-        Direction::Outgoing => "out",
-        Direction::Unknown => "?",
-    };
-    let state = match &row.state {
-        State::Open => "open".to_owned(),
-        State::Closed => "closed".to_owned(),
-        State::Failed(_) => format!("failed:{}", row.failure().unwrap_or_default()),
-    };
     [
         printable(&row.process),
         row.pid.to_string(),
@@ -152,12 +142,9 @@ fn cells(row: &Row, interval_s: f64) -> [String; WIDTH] {
             .as_deref()
             .map_or_else(|| "-".to_owned(), printable),
         row.local.clone(),
-        match &row.remote_name {
-            Some(name) => format!("{} ({})", row.remote, printable(name)),
-            None => row.remote.clone(),
-        },
-        direction.to_owned(),
-        state,
+        remote(row),
+        direction(row.direction).to_owned(),
+        state(row),
         units::rate(row.tx_bytes, interval_s),
         units::rate(row.rx_bytes, interval_s),
         units::bytes(row.tx_total),
@@ -167,6 +154,32 @@ fn cells(row: &Row, interval_s: f64) -> [String; WIDTH] {
         http_rate(row.http.as_ref(), interval_s),
         http_errors(row.http.as_ref()),
     ]
+}
+
+/// `in`, `out` or `?`.
+pub fn direction(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Incoming => "in",
+        Direction::Outgoing => "out",
+        Direction::Unknown => "?",
+    }
+}
+
+/// `open`, `closed` or `failed:ERRNO`.
+pub fn state(row: &Row) -> String {
+    match &row.state {
+        State::Open => "open".to_owned(),
+        State::Closed => "closed".to_owned(),
+        State::Failed(_) => format!("failed:{}", row.failure().unwrap_or_default()),
+    }
+}
+
+/// The remote end, with its DNS name when known: `93.184.215.14:443 (example.com)`.
+pub fn remote(row: &Row) -> String {
+    match &row.remote_name {
+        Some(name) => format!("{} ({})", row.remote, printable(name)),
+        None => row.remote.clone(),
+    }
 }
 
 /// HTTP requests per second, one decimal, or `-` when the connection carried none.

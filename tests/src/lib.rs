@@ -18,6 +18,7 @@ pub mod environment;
 pub mod kernel_view;
 pub mod leaks;
 pub mod netns;
+pub mod nettrace;
 pub mod policy;
 pub mod protocols;
 pub mod tracer;

@@ -58,6 +58,8 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     // The HTTPS tests' GnuTLS client (gnutls-cli), whose library the TLS uprobes hook
     // (tests/tests/integration/tls.rs).
     ("gnutls-bin", true),
+    // The terminal the live view's test runs `nettrace` in, and reads back (`capture-pane`).
+    ("tmux", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a

@@ -42,14 +42,36 @@ pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
             None
         }
     };
+    // The tests of the live view and of `nettrace serve` drive the real `nettrace` binary, on the
+    // host (tmux, Prometheus and the OTLP receiver are not in the VMs).
+    let nettrace = if binary.is_some() && !vm_only {
+        match test_binary::nettrace(&root) {
+            Ok(path) => {
+                summary.step("build nettrace", true, "");
+                Some(path)
+            }
+            Err(err) => {
+                println!("xtask: cannot build nettrace: {err:#}");
+                summary.step("build nettrace", false, format!("{err:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     if let Some(binary) = binary {
         let host = host_release();
         let host_backends: &[&str] = if vm_only { &[] } else { HOST_BACKENDS };
         for (i, backend) in host_backends.iter().enumerate() {
             println!("xtask: integration tests on the host ({host}), backend {backend}");
-            summary
-                .runs
-                .push(host_run(&root, &binary, &host, backend, i == 0));
+            summary.runs.push(host_run(
+                &root,
+                &binary,
+                nettrace.as_deref(),
+                &host,
+                backend,
+                i == 0,
+            ));
         }
         if !host_only {
             vm::run_all(&binary, &mut summary);
@@ -145,7 +167,14 @@ fn host_release() -> String {
         .unwrap_or_else(|_| "host".to_owned())
 }
 
-fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str, first: bool) -> Run {
+fn host_run(
+    root: &Path,
+    binary: &Path,
+    nettrace: Option<&Path>,
+    kernel: &str,
+    backend: &str,
+    first: bool,
+) -> Run {
     let mut test = Command::new(binary);
     test.arg("--test-threads=1");
     // Tests that do not depend on the attach backend run with the kernel's first one only.
@@ -153,6 +182,9 @@ fn host_run(root: &Path, binary: &Path, kernel: &str, backend: &str, first: bool
     // The host run is where real servers (nginx, iperf3) are installed: tests that drive them
     // must find them there, and leave the VM runs to the project's own servers.
     test.env("TRACER_TEST_HOST", "1");
+    if let Some(nettrace) = nettrace {
+        test.env("TRACER_TEST_NETTRACE", nettrace);
+    }
     if let Some(filter) = filter() {
         test.arg(filter);
     }

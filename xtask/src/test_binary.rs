@@ -20,17 +20,6 @@ pub fn locate(root: &Path) -> Result<PathBuf> {
         }
         return Ok(path);
     }
-    // The `nettrace serve` tests run the `nettrace` binary found beside the test executable's
-    // deps/ folder: built here with the same profile.
-    let mut nettrace = Command::new("cargo");
-    nettrace
-        .current_dir(root)
-        .args(["build", "-p", "nettrace"])
-        .stderr(Stdio::inherit());
-    cmd::announce(&nettrace);
-    if !nettrace.status().context("starting cargo")?.success() {
-        bail!("cargo build -p nettrace failed");
-    }
     let mut build = Command::new("cargo");
     build
         .current_dir(root)
@@ -50,6 +39,26 @@ pub fn locate(root: &Path) -> Result<PathBuf> {
     find_test_executable(&String::from_utf8_lossy(&out.stdout)).context(
         "cargo built no test target for tracer-integration (is tests/tests/integration.rs there?)",
     )
+}
+
+/// The `nettrace` binary (debug, as the tests are built), for the host test of its live view
+/// (`tests/tests/integration/nettrace_view.rs`), which runs it in tmux. Built here, before the
+/// privileged run, so that the test itself never compiles anything and the VM runs (whose
+/// initramfs holds only the test binary) need nothing more.
+pub fn nettrace(root: &Path) -> Result<PathBuf> {
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(root)
+        .args(["build", "-p", "nettrace", "--bin", "nettrace"])
+        .arg("--message-format=json")
+        .stderr(Stdio::inherit());
+    cmd::announce(&build);
+    let out = build.output().context("starting cargo")?;
+    if !out.status.success() {
+        bail!("cargo build -p nettrace failed ({})", out.status);
+    }
+    find_bin_executable(&String::from_utf8_lossy(&out.stdout), "nettrace")
+        .context("cargo built no nettrace binary")
 }
 
 /// The parts of cargo's `--message-format=json` lines this needs.
@@ -86,6 +95,19 @@ fn find_test_executable(messages: &str) -> Option<PathBuf> {
     Some(exe)
 }
 
+/// From cargo's JSON messages: the executable of the `bin` target `name`.
+fn find_bin_executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages.lines().find_map(|line| {
+        let msg = serde_json::from_str::<Message>(line).ok()?;
+        let target = msg.target?;
+        (msg.reason == "compiler-artifact"
+            && target.name == name
+            && target.kind.iter().any(|k| k == "bin"))
+        .then_some(msg.executable)
+        .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +124,17 @@ mod tests {
             Some(PathBuf::from("/t/debug/deps/integration-3"))
         );
         assert_eq!(find_test_executable(r#"{"reason":"build-finished"}"#), None);
+    }
+
+    #[test]
+    fn finds_a_binary() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"nettrace"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"other"},"executable":"/t/debug/other"}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"nettrace"},"executable":"/t/debug/nettrace"}"#;
+        assert_eq!(
+            find_bin_executable(messages, "nettrace"),
+            Some(PathBuf::from("/t/debug/nettrace"))
+        );
+        assert_eq!(find_bin_executable(messages, "absent"), None);
     }
 }

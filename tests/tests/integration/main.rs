@@ -21,6 +21,7 @@ mod io_paths;
 mod lifecycle;
 mod limits;
 mod nat;
+mod nettrace_view;
 mod ownership;
 mod protocol_servers;
 mod protocols;

@@ -88,24 +88,9 @@ fn on_the_host() -> bool {
     host
 }
 
-/// The `nettrace` binary of this build: `NETTRACE_BIN`, or beside this test's `deps/` folder
-/// (`cargo xtask test` builds it first).
+/// The `nettrace` binary of this build.
 fn nettrace_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("NETTRACE_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("nettrace");
-    assert!(
-        path.is_file(),
-        "{} is missing: `cargo build -p nettrace` (cargo xtask test does)",
-        path.display()
-    );
-    path
+    tracer_integration::nettrace::bin()
 }
 
 fn free_port() -> u16 {
