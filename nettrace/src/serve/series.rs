@@ -664,3 +664,122 @@ fn rcode_name(rcode: u32) -> Arc<str> {
     };
     name.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use tracer::model::{ConnectionTuple, Protocol};
+
+    use super::*;
+
+    /// An outgoing TCP connection of `pid` to 192.0.2.1:`dport` that moved these bytes.
+    fn conn(pid: u32, dport: u16, sent: u64, recv: u64, cookie: u64) -> ConnectionStats {
+        let tuple = ConnectionTuple {
+            src: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            sport: 40000 + (cookie as u16),
+            dport,
+            pid,
+            netns: 1,
+            protocol: Protocol::Tcp,
+        };
+        let mut c = ConnectionStats::new(tuple, Direction::Outgoing, cookie);
+        c.last.sent_bytes = sent;
+        c.last.recv_bytes = recv;
+        c
+    }
+
+    fn delta(conns: Vec<ConnectionStats>) -> Connections {
+        Connections {
+            conns,
+            ..Connections::default()
+        }
+    }
+
+    /// Process name from the pid, as the server's resolver would give it.
+    fn names(conn: &ConnectionStats) -> Arc<str> {
+        format!("p{}", conn.tuple.pid).into()
+    }
+
+    /// The sum of the `Add` points of `metric` with this extra, per process.
+    fn sums(points: &[Point], metric: Metric, extra: &Extra) -> BTreeMapOf {
+        let mut out = BTreeMapOf::new();
+        for p in points {
+            if p.key.metric == metric && &p.key.extra == extra {
+                if let Value::Add(v) = p.value {
+                    *out.entry(p.key.group.process.to_string()).or_default() += v;
+                }
+            }
+        }
+        out
+    }
+    type BTreeMapOf = std::collections::BTreeMap<String, u64>;
+
+    #[test]
+    fn connections_of_one_group_add_up_in_one_series() {
+        let mut agg = Aggregator::new(100);
+        let points = agg.points(
+            &delta(vec![conn(7, 443, 100, 5, 1), conn(7, 443, 23, 0, 2)]),
+            &mut names,
+        );
+        let sent = sums(&points, Metric::IoBytes, &Extra::IoDirection("transmit"));
+        let recv = sums(&points, Metric::IoBytes, &Extra::IoDirection("receive"));
+        assert_eq!(sent.get("p7"), Some(&123));
+        assert_eq!(recv.get("p7"), Some(&5));
+        // Bytes each way, and the Active gauge: three series, both connections open in it.
+        assert_eq!(agg.series(), 3);
+        assert!(
+            points
+                .iter()
+                .any(|p| p.key.metric == Metric::Active && matches!(p.value, Value::Set(2)))
+        );
+        assert_eq!(agg.refused(), 0);
+    }
+
+    #[test]
+    fn the_series_bound_admits_the_first_series_and_counts_every_refused_update() {
+        // Room for one process's two byte series only.
+        let mut agg = Aggregator::new(2);
+        let first = agg.points(&delta(vec![conn(1, 80, 10, 20, 1)]), &mut names);
+        assert_eq!(agg.series(), 2);
+        // Its Active gauge did not fit: refused and counted.
+        assert_eq!(agg.refused(), 1);
+        assert_eq!(
+            sums(&first, Metric::IoBytes, &Extra::IoDirection("transmit")).get("p1"),
+            Some(&10)
+        );
+        // Two more processes: each update of theirs (bytes each way, Active) is refused, as is
+        // process 1's Active again (an update per call), and the admitted series keep counting.
+        let second = agg.points(
+            &delta(vec![
+                conn(1, 80, 5, 0, 1),
+                conn(2, 80, 1, 1, 2),
+                conn(3, 80, 1, 1, 3),
+            ]),
+            &mut names,
+        );
+        assert_eq!(agg.series(), 2, "the bound holds");
+        assert_eq!(agg.refused(), 1 + 1 + 3 + 3);
+        let sent = sums(&second, Metric::IoBytes, &Extra::IoDirection("transmit"));
+        assert_eq!(sent, BTreeMapOf::from([("p1".to_owned(), 5)]));
+    }
+
+    #[test]
+    fn a_close_moves_the_active_gauge_down_and_counts_one_close() {
+        let mut agg = Aggregator::new(100);
+        let _ = agg.points(&delta(vec![conn(4, 22, 1, 1, 9)]), &mut names);
+        let mut closed = conn(4, 22, 0, 3, 9);
+        closed.is_closed = true;
+        let points = agg.points(&delta(vec![closed]), &mut names);
+        assert_eq!(
+            sums(&points, Metric::Closed, &Extra::None).get("p4"),
+            Some(&1)
+        );
+        assert!(
+            points
+                .iter()
+                .any(|p| p.key.metric == Metric::Active && matches!(p.value, Value::Set(0)))
+        );
+    }
+}
