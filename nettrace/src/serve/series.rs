@@ -706,10 +706,11 @@ mod tests {
     fn sums(points: &[Point], metric: Metric, extra: &Extra) -> BTreeMapOf {
         let mut out = BTreeMapOf::new();
         for p in points {
-            if p.key.metric == metric && &p.key.extra == extra {
-                if let Value::Add(v) = p.value {
-                    *out.entry(p.key.group.process.to_string()).or_default() += v;
-                }
+            if p.key.metric == metric
+                && &p.key.extra == extra
+                && let Value::Add(v) = p.value
+            {
+                *out.entry(p.key.group.process.to_string()).or_default() += v;
             }
         }
         out
