@@ -45,9 +45,22 @@ static NT_CLOSED: RingBuf = RingBuf::with_byte_size(4096, 0);
 static NT_UNTRACKED: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Scratch space to build a new entry in: a `ConnStats` does not fit on the 512-byte stack
-/// together with everything else a hook holds.
+/// together with everything else a hook holds. One slot per nesting level of programs on one
+/// CPU: a process-context program building an entry can be interrupted by a softirq program
+/// (a packet, a state change) that builds one too, and with a single slot the interrupted
+/// program would then insert the other connection's tuple under its own key. Nested programs
+/// run to completion before the one they interrupted resumes, so a per-CPU depth counter
+/// ([`NT_SCRATCH_DEPTH`]) hands each level its own slot.
 #[map(name = "NT_SCRATCH")]
-static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(SCRATCH_DEPTH, 0);
+
+/// How deep programs that build entries may nest on one CPU (process context, softirq, hard
+/// interrupt, NMI: four).
+pub const SCRATCH_DEPTH: u32 = 4;
+
+/// The scratch slots in use on this CPU.
+#[map(name = "NT_SCRATCH_DEPTH")]
+static NT_SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 // Linux TCP states (include/net/tcp_states.h).
 pub use tracer_common::linux::{
@@ -100,8 +113,32 @@ pub fn entry(
         // SAFETY: map values stay valid for the program's run; fields are plain integers.
         return Some(unsafe { &mut *stats });
     }
-    let scratch = NT_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU during the program.
+    let depth = NT_SCRATCH_DEPTH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's counter; a program nested on this CPU puts it back before this resumes.
+    let level = unsafe { *depth };
+    if level >= SCRATCH_DEPTH {
+        bump(Counter::ScratchNested);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    let created = build(key, protocol, origin, offsets, level);
+    // SAFETY: as above.
+    unsafe { *depth = level };
+    created
+}
+
+/// [`entry`]'s creation of a missing entry, in scratch slot `level`.
+#[inline(always)]
+fn build(
+    key: &ConnKey,
+    protocol: u8,
+    origin: Origin,
+    offsets: &SockOffsets,
+    level: u32,
+) -> Option<&'static mut ConnStats> {
+    let scratch = NT_SCRATCH.get_ptr_mut(level)?;
+    // SAFETY: this CPU's slot of this nesting level: no other program uses it meanwhile.
     let stats = unsafe { &mut *scratch };
     let Ok(tuple) = sock::sock_tuple(key.sk, offsets, protocol) else {
         bump(Counter::MissingTuple);
