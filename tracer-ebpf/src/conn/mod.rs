@@ -472,6 +472,20 @@ fn fill_source_port(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) {
     }
 }
 
+/// The socket's pending error as the connection's failure, if it is one of those reported (a
+/// later read of the error clears it: a pending close records it when the close happens).
+#[inline(always)]
+fn record_failure(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) {
+    if let Ok(errno) = sock::sock_error(sk, offsets)
+        && errno != 0
+    {
+        match reported_failure(errno) {
+            Some(code) => stats.failure = code,
+            None => bump(Counter::UnknownFailure),
+        }
+    }
+}
+
 /// The errno values reported as connection failures.
 #[inline(always)]
 fn reported_failure(errno: i32) -> Option<u16> {
@@ -498,7 +512,9 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
 ///
 /// A TCP connection whose application still has received bytes to read is not emitted yet: it
 /// is marked `FLAG_CLOSE_PENDING` and [`finish_pending`] emits it once they are read, at EOF,
-/// or when the application releases the socket, so that those bytes are counted.
+/// or when the application releases the socket, so that those bytes are counted. So is an
+/// accepted connection the network closed before its application did any I/O, so that its
+/// owner is known at its end (the application's next call names it).
 #[inline(always)]
 pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flags: u8) {
     let _ = NT_UNTRACKED.remove(key);
@@ -513,9 +529,17 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
             stats.flags |= flags;
             return;
         }
-        if stats.flags & FLAG_ESTABLISHED != 0 && sock::has_unread_bytes(key.sk, offsets) {
+        // An accepted connection that the network closed (a reset) before its application did
+        // any I/O has no owner yet: wait for the application's next call on the socket (which
+        // names it and ends the connection) or its release, as for unread bytes.
+        let unowned = stats.tuple.pid == 0
+            && sock::held_by_application(key.sk, offsets, layout::layout().file.socket_sk);
+        if stats.flags & FLAG_ESTABLISHED != 0
+            && (unowned || sock::has_unread_bytes(key.sk, offsets))
+        {
             let _ = sock::refresh_tcp(key.sk, offsets, stats);
             fill_source_port(key.sk, offsets, stats);
+            record_failure(key.sk, offsets, stats);
             stats.flags |= FLAG_CLOSE_PENDING | flags;
             stats.updated_ns = now_ns();
             return;
@@ -563,14 +587,7 @@ fn emit_close(
     if protocol == IPPROTO_TCP {
         let _ = sock::refresh_tcp(key.sk, offsets, stats);
         fill_source_port(key.sk, offsets, stats);
-        if let Ok(errno) = sock::sock_error(key.sk, offsets)
-            && errno != 0
-        {
-            match reported_failure(errno) {
-                Some(code) => stats.failure = code,
-                None => bump(Counter::UnknownFailure),
-            }
-        }
+        record_failure(key.sk, offsets, stats);
     }
     stats.flags |= FLAG_CLOSED | flags;
     stats.updated_ns = now_ns();
