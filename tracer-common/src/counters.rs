@@ -173,9 +173,12 @@ counters! {
     /// TLS: a request on a tied TLS object whose socket has no connection entry (the table was
     /// full, or the connection is not traced): not recorded.
     TlsNoConnection = 44 => "tls_no_connection" : Loss,
+    /// A new connection entry was to be built while every per-CPU scratch slot was in use by
+    /// programs nested on the same CPU (more than `conn::SCRATCH_DEPTH` deep): not created.
+    ScratchNested = 45 => "scratch_nested" : Loss,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 45;
+pub const COUNTER_COUNT: u32 = 46;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -161,7 +161,7 @@ pub fn tcp_received(sk: u64, ret: i32) {
 #[inline(always)]
 fn tcp_io(sk: u64, ret: i32, sending: bool) {
     // A TCP socket never needs a peer.
-    io::on_call(sk, ret, sending, || None);
+    io::on_call(sk, ret, sending, io::NoPeer);
 }
 
 /// Which UDP function returned.
@@ -204,7 +204,24 @@ pub fn udp_call(call: UdpCall, sk: u64, msg: u64, ret: i32) {
     }
     let sending = call != UdpCall::Recv;
     // The peer of an unconnected socket is `msg->msg_name`, read only when needed.
-    io::on_call(sk, ret, sending, || msg_peer(msg, layout.msghdr_msg_name));
+    let peer = MsgPeer {
+        msg,
+        msg_name_offset: layout.msghdr_msg_name,
+    };
+    io::on_call(sk, ret, sending, peer);
+}
+
+/// The peer in a call's kernel `msghdr`.
+struct MsgPeer {
+    msg: u64,
+    msg_name_offset: u16,
+}
+
+impl io::PeerSource for MsgPeer {
+    #[inline(always)]
+    fn peer(self) -> Option<peer::Peer> {
+        msg_peer(self.msg, self.msg_name_offset)
+    }
 }
 
 /// The address in `msg->msg_name` (kernel memory), if there is one.

@@ -40,6 +40,24 @@ fn on_length(ctx: &RawTracePointContext, sending: bool) {
         sock_addr::forget();
         return;
     }
+    if !sending && ret == 0 {
+        // An empty datagram (or a TCP EOF) takes no peer, but recvmsg4/6 may have left one for
+        // it: drop it, so that it does not name a later receive's datagram.
+        sock_addr::forget();
+    }
     // The peer of an unconnected UDP socket: the hand-off its `sock_addr` program left.
-    io::on_call(sk, ret, sending, || sock_addr::take(sk, sending));
+    io::on_call(sk, ret, sending, Handoff { sk, sending });
+}
+
+/// The peer a `sock_addr` program handed to this call.
+struct Handoff {
+    sk: u64,
+    sending: bool,
+}
+
+impl io::PeerSource for Handoff {
+    #[inline(always)]
+    fn peer(self) -> Option<crate::conn::peer::Peer> {
+        sock_addr::take(self.sk, self.sending)
+    }
 }

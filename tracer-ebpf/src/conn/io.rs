@@ -27,6 +27,25 @@ use super::{
 };
 use crate::counters::bump;
 
+/// Where a backend gets the peer of an unconnected UDP socket's datagram. A trait with
+/// always-inlined implementations rather than a closure: the compiler outlined the closure as a
+/// BPF subprogram, whose stack frame comes on top of the caller's (the fentry and kprobe UDP
+/// send programs then passed the 512-byte limit on 5.10 and 6.1).
+pub trait PeerSource {
+    /// The peer, or `None` when the call named none.
+    fn peer(self) -> Option<Peer>;
+}
+
+/// A socket that never needs a peer (TCP).
+pub struct NoPeer;
+
+impl PeerSource for NoPeer {
+    #[inline(always)]
+    fn peer(self) -> Option<Peer> {
+        None
+    }
+}
+
 /// Whether a receive call with these `flags` moves no payload to count: a peek (the bytes are
 /// read again later) or a read of the socket's error queue (timestamps, ICMP errors, zerocopy
 /// notifications).
@@ -36,11 +55,11 @@ pub fn skipped_receive(flags: u32) -> bool {
 }
 
 /// A send (`sending`) or receive call on `sk` returned `ret` (bytes moved, or a negative errno).
-/// `udp_peer` names the peer of an unconnected UDP socket; it is called only for one, after the
+/// `udp_peer` names the peer of an unconnected UDP socket; it is asked only for one, after the
 /// call moved bytes, so that backends read the peer only when it is needed (and no `Option` is
 /// carried across paths the older verifiers would have to merge).
 #[inline(always)]
-pub fn on_call(sk: u64, ret: i32, sending: bool, udp_peer: impl FnOnce() -> Option<Peer>) {
+pub fn on_call(sk: u64, ret: i32, sending: bool, udp_peer: impl PeerSource) {
     let bytes = if ret > 0 { ret as u64 } else { 0 };
     if let Some(stats) = super::tracked(sk) {
         if stats.tuple.protocol == IPPROTO_UDP && ret <= 0 {
@@ -70,12 +89,8 @@ pub fn on_call(sk: u64, ret: i32, sending: bool, udp_peer: impl FnOnce() -> Opti
         return;
     }
     if ret == 0 {
-        // A datagram is only counted with its bytes. An unconnected socket's peer is still
-        // taken: a hand-off left for this call must not name a later one's datagram.
+        // A datagram is only counted with its bytes.
         bump(Counter::UdpEmptyDatagram);
-        if !peer::is_connected(sk, offsets) {
-            let _ = udp_peer();
-        }
         return;
     }
     // Each branch ends in a key or a return: no `Option<Peer>` is merged across paths, whose
@@ -84,7 +99,7 @@ pub fn on_call(sk: u64, ret: i32, sending: bool, udp_peer: impl FnOnce() -> Opti
     let key = if peer::is_connected(sk, offsets) {
         peer::udp_key(sk, None, offsets)
     } else {
-        let Some(peer) = udp_peer() else {
+        let Some(peer) = udp_peer.peer() else {
             bump(Counter::UdpMissingPeer);
             return;
         };

@@ -45,9 +45,22 @@ static NT_CLOSED: RingBuf = RingBuf::with_byte_size(4096, 0);
 static NT_UNTRACKED: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Scratch space to build a new entry in: a `ConnStats` does not fit on the 512-byte stack
-/// together with everything else a hook holds.
+/// together with everything else a hook holds. One slot per nesting level of programs on one
+/// CPU: a process-context program building an entry can be interrupted by a softirq program
+/// (a packet, a state change) that builds one too, and with a single slot the interrupted
+/// program would then insert the other connection's tuple under its own key. Nested programs
+/// run to completion before the one they interrupted resumes, so a per-CPU depth counter
+/// ([`NT_SCRATCH_DEPTH`]) hands each level its own slot.
 #[map(name = "NT_SCRATCH")]
-static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+static NT_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(SCRATCH_DEPTH, 0);
+
+/// How deep programs that build entries may nest on one CPU (process context, softirq, hard
+/// interrupt, NMI: four).
+pub const SCRATCH_DEPTH: u32 = 4;
+
+/// The scratch slots in use on this CPU.
+#[map(name = "NT_SCRATCH_DEPTH")]
+static NT_SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 // Linux TCP states (include/net/tcp_states.h).
 pub use tracer_common::linux::{
@@ -100,8 +113,32 @@ pub fn entry(
         // SAFETY: map values stay valid for the program's run; fields are plain integers.
         return Some(unsafe { &mut *stats });
     }
-    let scratch = NT_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU during the program.
+    let depth = NT_SCRATCH_DEPTH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's counter; a program nested on this CPU puts it back before this resumes.
+    let level = unsafe { *depth };
+    if level >= SCRATCH_DEPTH {
+        bump(Counter::ScratchNested);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    let created = build(key, protocol, origin, offsets, level);
+    // SAFETY: as above.
+    unsafe { *depth = level };
+    created
+}
+
+/// [`entry`]'s creation of a missing entry, in scratch slot `level`.
+#[inline(always)]
+fn build(
+    key: &ConnKey,
+    protocol: u8,
+    origin: Origin,
+    offsets: &SockOffsets,
+    level: u32,
+) -> Option<&'static mut ConnStats> {
+    let scratch = NT_SCRATCH.get_ptr_mut(level)?;
+    // SAFETY: this CPU's slot of this nesting level: no other program uses it meanwhile.
     let stats = unsafe { &mut *scratch };
     let Ok(tuple) = sock::sock_tuple(key.sk, offsets, protocol) else {
         bump(Counter::MissingTuple);
@@ -435,6 +472,20 @@ fn fill_source_port(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) {
     }
 }
 
+/// The socket's pending error as the connection's failure, if it is one of those reported (a
+/// later read of the error clears it: a pending close records it when the close happens).
+#[inline(always)]
+fn record_failure(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) {
+    if let Ok(errno) = sock::sock_error(sk, offsets)
+        && errno != 0
+    {
+        match reported_failure(errno) {
+            Some(code) => stats.failure = code,
+            None => bump(Counter::UnknownFailure),
+        }
+    }
+}
+
 /// The errno values reported as connection failures.
 #[inline(always)]
 fn reported_failure(errno: i32) -> Option<u16> {
@@ -461,7 +512,9 @@ pub fn close(key: &ConnKey, protocol: u8, offsets: &SockOffsets) {
 ///
 /// A TCP connection whose application still has received bytes to read is not emitted yet: it
 /// is marked `FLAG_CLOSE_PENDING` and [`finish_pending`] emits it once they are read, at EOF,
-/// or when the application releases the socket, so that those bytes are counted.
+/// or when the application releases the socket, so that those bytes are counted. So is an
+/// accepted connection the network closed before its application did any I/O, so that its
+/// owner is known at its end (the application's next call names it).
 #[inline(always)]
 pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flags: u8) {
     let _ = NT_UNTRACKED.remove(key);
@@ -476,9 +529,17 @@ pub fn close_with_flags(key: &ConnKey, protocol: u8, offsets: &SockOffsets, flag
             stats.flags |= flags;
             return;
         }
-        if stats.flags & FLAG_ESTABLISHED != 0 && sock::has_unread_bytes(key.sk, offsets) {
+        // An accepted connection that the network closed (a reset) before its application did
+        // any I/O has no owner yet: wait for the application's next call on the socket (which
+        // names it and ends the connection) or its release, as for unread bytes.
+        let unowned = stats.tuple.pid == 0
+            && sock::held_by_application(key.sk, offsets, layout::layout().file.socket_sk);
+        if stats.flags & FLAG_ESTABLISHED != 0
+            && (unowned || sock::has_unread_bytes(key.sk, offsets))
+        {
             let _ = sock::refresh_tcp(key.sk, offsets, stats);
             fill_source_port(key.sk, offsets, stats);
+            record_failure(key.sk, offsets, stats);
             stats.flags |= FLAG_CLOSE_PENDING | flags;
             stats.updated_ns = now_ns();
             return;
@@ -526,14 +587,7 @@ fn emit_close(
     if protocol == IPPROTO_TCP {
         let _ = sock::refresh_tcp(key.sk, offsets, stats);
         fill_source_port(key.sk, offsets, stats);
-        if let Ok(errno) = sock::sock_error(key.sk, offsets)
-            && errno != 0
-        {
-            match reported_failure(errno) {
-                Some(code) => stats.failure = code,
-                None => bump(Counter::UnknownFailure),
-            }
-        }
+        record_failure(key.sk, offsets, stats);
     }
     stats.flags |= FLAG_CLOSED | flags;
     stats.updated_ns = now_ns();

@@ -139,6 +139,18 @@ pub fn has_unread_bytes(sk: u64, offsets: &SockOffsets) -> bool {
     owned && unread > 0 && queued
 }
 
+/// Whether the application still holds socket `sk`: its `struct socket` still points back at
+/// it. `inet_release` clears `socket->sk` before it closes the sock, so a close the application
+/// itself makes (in its `close()`, after the release hook ran) finds it cleared, and a close the
+/// network makes (a reset, in softirq) finds it set.
+#[inline(always)]
+pub fn held_by_application(sk: u64, offsets: &SockOffsets, socket_sk: u16) -> bool {
+    let Ok(socket) = read_kernel::<u64>(sk, offsets.sk_socket) else {
+        return false;
+    };
+    socket != 0 && read_kernel::<u64>(socket, socket_sk).is_ok_and(|back| back == sk)
+}
+
 /// The cgroup v2 id of the current task (its cgroup directory's inode). Only tracing programs
 /// (tracepoints, raw tracepoints, kprobes, fentry) call this: the helper exists for them from
 /// 4.18, and they run in the task that owns the socket where this is called.
