@@ -70,14 +70,7 @@ impl OwnerIter {
         btf: &aya::Btf,
         name: &'static str,
     ) -> Result<Self> {
-        let fail = |e| Error::Program {
-            program: name,
-            source: Box::new(e),
-        };
-        program.load("task_file", btf).map_err(fail)?;
-        let prog_fd = program.fd().map_err(fail)?;
-        let link = link_create(prog_fd.as_fd())
-            .map_err(|e| Error::io("BPF_LINK_CREATE of the task-file iterator", e))?;
+        let link = load_iterator(program, btf, name, "task_file")?;
         Ok(Self { link })
     }
 
@@ -104,14 +97,7 @@ impl TcpIter {
         btf: &aya::Btf,
         name: &'static str,
     ) -> Result<Self> {
-        let fail = |e| Error::Program {
-            program: name,
-            source: Box::new(e),
-        };
-        program.load("tcp", btf).map_err(fail)?;
-        let prog_fd = program.fd().map_err(fail)?;
-        let link = link_create(prog_fd.as_fd())
-            .map_err(|e| Error::io("BPF_LINK_CREATE of the TCP iterator", e))?;
+        let link = load_iterator(program, btf, name, "tcp")?;
         Ok(Self {
             link,
             namespaces: Mutex::new(HashMap::new()),
@@ -210,6 +196,23 @@ fn run_iterator(link: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Loads `program` as the iterator of `target` (`tcp`, `task_file`) against the kernel's BTF and
+/// creates its link.
+fn load_iterator(
+    program: &mut aya::programs::Iter,
+    btf: &aya::Btf,
+    name: &'static str,
+    target: &'static str,
+) -> Result<OwnedFd> {
+    let fail = |e| Error::Program {
+        program: name,
+        source: Box::new(e),
+    };
+    program.load(target, btf).map_err(fail)?;
+    let prog_fd = program.fd().map_err(fail)?;
+    link_create(prog_fd.as_fd()).map_err(|e| Error::io("BPF_LINK_CREATE of an iterator", e))
 }
 
 /// `BPF_LINK_CREATE` for an iterator program (no target, no iterator parameters).
