@@ -46,16 +46,14 @@ use std::{
 
 use criterion::{Criterion, SamplingMode, criterion_group};
 use serde_json::Value;
+use tracer::{BackendChoice, CallTimings, Config, Tracer};
+use tracer_benches::{
+    privileged::{Loaded, bench_mode, euid, median, nofile_limits, raise_nofile, thread_cpu_time},
+    summary::{number, upsert_fields_from_env},
+};
 use tracer_common::{
     conn::{ConnKey, ConnStats},
     names::MAP_CONNS,
-};
-use tracer::{BackendChoice, CallTimings, Config, Tracer};
-use tracer_benches::{
-    privileged::{
-        Loaded, bench_mode, euid, median, nofile_limits, raise_nofile, thread_cpu_time,
-    },
-    summary::{number, upsert_fields_from_env},
 };
 
 const SIZES: [(usize, &str); 2] = [(10_000, "10k"), (100_000, "100k")];
@@ -476,7 +474,11 @@ impl BareRead {
         let (mut cursor_in, mut cursor_out, mut first, mut entries) = (0u64, 0u64, true, 0);
         loop {
             let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { (&raw const cursor_in) as u64 },
+                in_batch: if first {
+                    0
+                } else {
+                    (&raw const cursor_in) as u64
+                },
                 out_batch: (&raw mut cursor_out) as u64,
                 keys: self.keys.as_mut_ptr() as u64,
                 values: self.values.as_mut_ptr() as u64,
@@ -528,7 +530,9 @@ fn floor(name: &str, rig: &mut Rig<'_>, size: usize) {
         match bare.read() {
             Ok(entries) if entries >= size => floors.push(ms(start.elapsed())),
             Ok(entries) => {
-                println!("{name}: the bare read saw {entries} entries, fewer than {size}: no floor");
+                println!(
+                    "{name}: the bare read saw {entries} entries, fewer than {size}: no floor"
+                );
                 return;
             }
             Err(err) => {
@@ -540,8 +544,14 @@ fn floor(name: &str, rig: &mut Rig<'_>, size: usize) {
     let (map_read, floor) = (median(&map_reads), median(&floors));
     let ratio = map_read / floor;
     println!(
-        "{name}: map read {map_read:.3} ms against a bare batched read of the same map          {floor:.3} ms (medians of {FLOOR_PAIRS} alternating pairs): {ratio:.2}x [target <=          {TARGET_TO_FLOOR}x {}]",
-        if ratio <= TARGET_TO_FLOOR { "met" } else { "missed" }
+        "{name}: map read {map_read:.3} ms against a bare batched read of the same map \
+         {floor:.3} ms (medians of {FLOOR_PAIRS} alternating pairs): {ratio:.2}x [target <= \
+         {TARGET_TO_FLOOR}x {}]",
+        if ratio <= TARGET_TO_FLOOR {
+            "met"
+        } else {
+            "missed"
+        }
     );
     let fields = [
         ("floor_map_read_ms", number(floor)),

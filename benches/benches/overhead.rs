@@ -72,7 +72,6 @@ use tracer::{
     Backend,
     kernel::{capabilities::find_cgroup2_root, object},
 };
-use tracer_common::names;
 use tracer_benches::{
     privileged::{
         Loaded, bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu,
@@ -81,6 +80,7 @@ use tracer_benches::{
     summary::{number, upsert_fields_from_env},
     workloads::{Kind, Phase, Status, Workload, calibrate, criterion_batch, phase, workloads},
 };
+use tracer_common::names;
 
 /// Traced phases of the summary (untraced phases: one more).
 const TRACED_PHASES: usize = 8;
@@ -243,7 +243,10 @@ impl Floor {
                 .map_err(|e| format!("attaching {name}: {e}"))?;
         }
         for (name, direction) in [
-            (names::PROG_PACKET_FLOOR_INGRESS, CgroupSkbAttachType::Ingress),
+            (
+                names::PROG_PACKET_FLOOR_INGRESS,
+                CgroupSkbAttachType::Ingress,
+            ),
             (names::PROG_PACKET_FLOOR_EGRESS, CgroupSkbAttachType::Egress),
         ] {
             let cgroup = root.open().map_err(|e| format!("opening {root}: {e}"))?;
@@ -335,7 +338,9 @@ impl Peer {
         let _ = self.child.wait();
         let left = wait_freed_any(&self.ids);
         if left > 0 {
-            println!("overhead: warning: {left} bpftrace programs still loaded 10 s after it ended");
+            println!(
+                "overhead: warning: {left} bpftrace programs still loaded 10 s after it ended"
+            );
         }
     }
 }
@@ -372,9 +377,9 @@ impl Held {
     fn attach(mode: Mode, backend: Backend) -> Result<Self, String> {
         Ok(match mode {
             Mode::Untraced => Self::None,
-            Mode::Traced => Self::Tracer(
-                Loaded::with_backend(backend).map_err(|e| format!("loading: {e:?}"))?,
-            ),
+            Mode::Traced => {
+                Self::Tracer(Loaded::with_backend(backend).map_err(|e| format!("loading: {e:?}"))?)
+            }
             Mode::Floor => Self::Floor(Floor::attach()?),
             Mode::Peer => Self::Peer(Peer::attach()?),
         })
@@ -583,7 +588,9 @@ fn summary(
             match *iters {
                 Some(iters) if mode.runs(workload.name()) => {
                     let result = phase(workload.as_mut(), iters);
-                    phases.push(Some(result.map_err(|e| format!("{}: {e}", workload.name()))?));
+                    phases.push(Some(
+                        result.map_err(|e| format!("{}: {e}", workload.name()))?,
+                    ));
                 }
                 _ => phases.push(None),
             }
@@ -752,7 +759,8 @@ fn compare(modes: &[Mode], sequence: &[Option<Phase>], mode: Mode) -> Option<Com
                 .and_then(Option::as_ref)
                 .filter(|_| i.and_then(|i| modes.get(i)) == Some(&Mode::Untraced))
         };
-        let (Some(before), Some(after)) = (neighbour(index.checked_sub(1)), neighbour(Some(index + 1)))
+        let (Some(before), Some(after)) =
+            (neighbour(index.checked_sub(1)), neighbour(Some(index + 1)))
         else {
             continue;
         };
