@@ -14,6 +14,15 @@
 //! `a_small_connection_map_counts_exactly_the_connections_that_did_not_fit`) and the ring full
 //! with nobody draining (`limits.rs`: `a_tiny_ring_buffer_loses_exactly_the_closes_it_has_no_
 //! room_for`; `api.rs`: `an_overloaded_ring_reports_its_exact_loss_to_clients`).
+//!
+//! Not tested yet (issue 14 part 4 lists them): a cgroup removed while its process's connection
+//! is traced (the process must leave the cgroup before `rmdir`, which needs a cgroup v2 hierarchy
+//! the test may write to, on every test kernel); `/proc` hidden with `hidepid=2` (a private proc
+//! mount in a child's mount and pid namespaces, plus a tracer loaded inside it: not simple);
+//! conntrack unloaded while running (the host's `nf_conntrack` is held by other users and cannot
+//! be unloaded); a low `RLIMIT_MEMLOCK` below 5.11 (aya raises it; `privileges.rs` warns).
+//! The BTF and tracefs faults do not depend on the backend (both are read before one is
+//! chosen): they run with each kernel's first backend only.
 
 use std::{
     collections::HashMap,
@@ -32,7 +41,7 @@ use tracer_integration::{
     churn::{Flow, Seen},
     fork::{fork_child, raw_write_all, wait_ok},
     netns::{current_netns_inode, in_fresh_netns},
-    policy::loaded_or_skip,
+    policy::{first_backend_of_kernel, loaded_or_skip},
     tracer::{backend_under_test, collect_closed, load, the_active, the_one},
 };
 
@@ -57,6 +66,10 @@ fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn a_truncated_or_corrupt_btf_file_is_a_typed_error_naming_it() {
+    // The BTF is read before any backend is chosen.
+    if !first_backend_of_kernel("a corrupt BTF file") {
+        return;
+    }
     let real = std::fs::read(VMLINUX).expect("the kernel's BTF (every test kernel has it)");
     let mut bad_magic = real.clone();
     bad_magic[0] ^= 0xff;
@@ -195,11 +208,18 @@ fn child_with_file_over(target: &Path, doctored: &Path) -> String {
 
 #[test]
 fn a_tracepoint_format_missing_a_field_is_a_typed_error_naming_it() {
-    // Where tracefs is mounted: `Tracer::new` mounts it when it is not (the load below does).
-    let Some(tracer) = loaded_or_skip(Tracer::new(config())) else {
+    // The formats are read before any backend is chosen.
+    if !first_backend_of_kernel("a tracepoint format missing a field") {
         return;
-    };
-    drop(tracer);
+    }
+    // `Tracer::new` mounts tracefs when it is not: a load first, only then (each load costs
+    // seconds of verifier time on the CI's emulated kernels).
+    if !Path::new(SET_STATE_FORMAT).exists() {
+        let Some(tracer) = loaded_or_skip(Tracer::new(config())) else {
+            return;
+        };
+        drop(tracer);
+    }
     let real = std::fs::read_to_string(SET_STATE_FORMAT).expect("the format file");
     let doctored: String = real
         .lines()
@@ -213,16 +233,13 @@ fn a_tracepoint_format_missing_a_field_is_a_typed_error_naming_it() {
     );
     let path = scratch("format", doctored.as_bytes());
     let reply = child_with_file_over(Path::new(SET_STATE_FORMAT), &path);
-    // The same doctored file, unmodified: the mount itself is not what fails.
-    let same = scratch("format-same", real.as_bytes());
-    let control = child_with_file_over(Path::new(SET_STATE_FORMAT), &same);
     std::fs::remove_file(&path).expect("remove");
-    std::fs::remove_file(&same).expect("remove");
+    // The error names the very field cut, so the bind mount itself is not what failed (no
+    // control load with the real format: a full load is seconds of verifier time in the VMs).
     assert_eq!(
         reply,
         "tracepoint-format sock/inet_sock_set_state: no field named daddr_v6"
     );
-    assert_eq!(control, "loaded", "with the real format bind-mounted");
 }
 
 /// `socket` + `connect` to `addr` (IPv4) with raw syscalls, for a forked child.
