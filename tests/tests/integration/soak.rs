@@ -6,9 +6,10 @@
 //! bytes and closes, as each polling client was told them, against what the load generator
 //! moved (the churn test's accounting, `tracer_integration::churn`).
 //!
-//! Must hold: RSS and descriptors plateau (see [`RSS_SLACK`] and [`FD_SLACK`]), every byte and
-//! every end reaches both clients exactly, or loss counters account for the flows that did not,
-//! the idle client is expired and the others are not, no call returns an error, nothing panics.
+//! Must hold: descriptors plateau ([`FD_SLACK`]), and RSS too in runs of [`RSS_MIN_MINUTES`] or
+//! more ([`RSS_SLACK`]); every byte and every end reaches both clients exactly, or loss counters
+//! account for the flows that did not; the idle client is expired and the others are not; no
+//! call returns an error; nothing panics.
 //!
 //! Run by `cargo xtask soak --minutes N` (`TRACER_SOAK_MINUTES`; the per-minute table goes to
 //! `TRACER_SOAK_SUMMARY`, target/xtask/soak-summary.json) and, 2 minutes, by `cargo xtask test`
@@ -48,14 +49,26 @@ const LONG_PORT: u16 = 9001;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The idle client's expiry: well above the slow client's 10 s, so only the idle one goes.
 const CLIENT_EXPIRY: Duration = Duration::from_secs(30);
-/// Samples before this are warm-up: the first slow-client interval, the idle client's expiry
-/// and the first settling of the books, after which every structure holds its steady share.
-const WARM_UP: Duration = Duration::from_secs(40);
-/// Plateau bound of the RSS: the last minute's maximum may exceed the first minute after
-/// warm-up's maximum by at most this fraction plus [`RSS_FLOOR`]. Why not zero: hash tables
-/// grow by doubling (a table that ends up one entry past a power of two doubles once, late),
-/// and glibc's per-thread arenas keep freed memory for reuse. A leak of one connection record
-/// (~200 B) per connection at the soak's rate is ~4 MiB a minute: a 30-minute run catches it.
+/// Descriptor samples before this are warm-up: the first slow-client interval, the idle
+/// client's expiry and the first settling of the books.
+const FD_WARM_UP: Duration = Duration::from_secs(40);
+/// RSS samples before this are warm-up: the kernel connection map reaches its steady
+/// occupancy (~12,000 entries at the default rate: UDP flows wait for their idle expiry) in the
+/// second minute, and the tracer's tables and the books (in this same process) size themselves
+/// to it. Measured: RSS 74 MiB in minute 1, 83 in minute 2, 90.6 in minute 3 (10-minute run).
+const RSS_WARM_UP: Duration = Duration::from_secs(150);
+/// The RSS plateau is checked only in runs of at least this many minutes: a shorter run has no
+/// minute after the warm-up far enough from its last to show growth (the 2-minute CI run checks
+/// the books, the descriptors, the expiry and the errors).
+const RSS_MIN_MINUTES: f64 = 5.0;
+/// Plateau bound of the RSS: the last minute's maximum may exceed the maximum of the first
+/// minute after [`RSS_WARM_UP`] by at most this fraction plus [`RSS_FLOOR`]. Why not zero: hash
+/// tables grow by doubling (a table that ends up one entry past a power of two doubles once,
+/// late: a 10-minute run stepped 91.3 -> 95.6 MiB at 6:44 and stayed there to the end), and
+/// glibc's per-thread arenas keep freed memory for reuse. A leak of one connection record
+/// (~200 B) per connection at the soak's ~12,500 connections a minute is ~2.4 MiB a minute:
+/// 13 MiB of bound at ~90 MiB are exceeded after ~5.5 minutes past warm-up, so a 10-minute run
+/// catches it and a 30-minute run catches a leak a third of that.
 const RSS_SLACK: f64 = 0.10;
 const RSS_FLOOR: u64 = 4 * 1024;
 /// Plateau bound of open descriptors: the sockets the workload may have in flight at a sample
@@ -567,13 +580,16 @@ fn soak() {
                 .filter(|s| s.at_secs >= from && s.at_secs <= to)
                 .collect()
         };
-        let warm = WARM_UP.as_secs_f64();
+        let warm = FD_WARM_UP.as_secs_f64();
         let baseline = window(warm, warm + 60.0);
+        let rss_warm = RSS_WARM_UP.as_secs_f64();
+        let rss_baseline = window(rss_warm, rss_warm + 60.0);
+        let rss_checked = minutes >= RSS_MIN_MINUTES;
         let last_minute = window(total - 60.0, total);
         let max = |rows: &[&SampleRow], f: fn(&SampleRow) -> u64| {
             rows.iter().map(|s| f(s)).max().unwrap_or(0)
         };
-        let rss_base = max(&baseline, |s| s.rss_kib);
+        let rss_base = max(&rss_baseline, |s| s.rss_kib);
         let rss_last = max(&last_minute, |s| s.rss_kib);
         let rss_bound = rss_base + (rss_base as f64 * RSS_SLACK) as u64 + RSS_FLOOR;
         let fds_base = max(&baseline, |s| s.fds);
@@ -589,7 +605,7 @@ fn soak() {
             });
         let ok = exact
             && errors == 0
-            && rss_last <= rss_bound
+            && (!rss_checked || rss_last <= rss_bound)
             && fds_last <= fds_bound
             && expired_ok
             && baseline.len() >= 2;
@@ -608,6 +624,8 @@ fn soak() {
             "idle_client_expired_at_s": idle_expired_at,
             "plateau": {
                 "warm_up_s": warm,
+                "rss_warm_up_s": rss_warm,
+                "rss_checked": rss_checked,
                 "rss_first_minute_max_kib": rss_base,
                 "rss_last_minute_max_kib": rss_last,
                 "rss_bound_kib": rss_bound,
@@ -648,7 +666,7 @@ fn soak() {
             warm + 60.0
         );
         assert!(
-            rss_last <= rss_bound,
+            !rss_checked || rss_last <= rss_bound,
             "RSS grew: {rss_base} -> {rss_last} KiB"
         );
         assert!(
