@@ -89,12 +89,19 @@ fn table(json: &serde_json::Value) -> String {
         ));
     }
     let plateau = &json["plateau"];
+    let rss = if plateau["rss_checked"].as_bool() == Some(false) {
+        "RSS not checked (shorter than 5 min)".to_owned()
+    } else {
+        format!(
+            "RSS {} -> {} KiB (bound {})",
+            plateau["rss_first_minute_max_kib"],
+            plateau["rss_last_minute_max_kib"],
+            plateau["rss_bound_kib"]
+        )
+    };
     out.push_str(&format!(
-        "plateau: RSS {} -> {} KiB (bound {}), fds {} -> {} (bound {}); flows settled {}, \
+        "plateau: {rss}, fds {} -> {} (bound {}); flows settled {}, \
          mismatched {}, losses {}, errors {}, idle client expired at {} s\n",
-        plateau["rss_first_minute_max_kib"],
-        plateau["rss_last_minute_max_kib"],
-        plateau["rss_bound_kib"],
         plateau["fds_first_minute_max"],
         plateau["fds_last_minute_max"],
         plateau["fds_bound"],

@@ -534,13 +534,13 @@ fn soak() {
 
         // Per minute: maxima of RSS, fds and map entries, losses and connections in the minute.
         let mut minutes_rows = Vec::new();
-        let n_minutes = (samples.last().map_or(0.0, |s| s.at_secs) / 60.0).ceil() as usize;
+        // Samples drift past the minute by the sampling's own time (~0.3 s each): the last
+        // ones, past the run's length, belong to its last minute.
+        let n_minutes = (minutes.round() as usize).max(1);
+        let minute_of = |s: &SampleRow| ((s.at_secs / 60.0) as usize).min(n_minutes - 1);
         let mut previous: Option<&SampleRow> = None;
         for m in 0..n_minutes {
-            let in_minute: Vec<&SampleRow> = samples
-                .iter()
-                .filter(|s| s.at_secs > m as f64 * 60.0 && s.at_secs <= (m + 1) as f64 * 60.0 + 0.5)
-                .collect();
+            let in_minute: Vec<&SampleRow> = samples.iter().filter(|s| minute_of(s) == m).collect();
             let Some(last) = in_minute.last() else {
                 continue;
             };
