@@ -11,7 +11,7 @@ use crate::kernels::HOST_BACKENDS;
 use crate::knobs::{filter, timeout};
 use crate::libtest::{self, Counts};
 use crate::summary::{Run, Summary};
-use crate::{cmd, fuzz, paths, setup, test_binary, vm};
+use crate::{cmd, fuzz, paths, setup, soak, test_binary, vm};
 
 pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
     let root = paths::workspace_root();
@@ -72,6 +72,23 @@ pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
                 backend,
                 i == 0,
             ));
+        }
+        // The soak's short version, on the host only: minutes of privileged churn in a VM would
+        // double the VM runs' time for what the host run already shows.
+        if !vm_only && filter().is_none() {
+            println!("xtask: step soak ({} min, host)", soak::CI_MINUTES);
+            match soak::run_with(&binary, soak::CI_MINUTES) {
+                Ok(ok) => summary.step(
+                    "soak (2 min, host)",
+                    ok,
+                    if ok {
+                        ""
+                    } else {
+                        "see target/xtask/soak-summary.json"
+                    },
+                ),
+                Err(err) => summary.step("soak (2 min, host)", false, format!("{err:#}")),
+            }
         }
         if !host_only {
             vm::run_all(&binary, &mut summary);
