@@ -57,6 +57,10 @@ pub struct SockOffsets {
     /// `sock.sk_receive_queue.qlen`: empty when unread bytes were discarded (a close with
     /// unread data purges the queue before the state becomes CLOSE)
     pub sk_receive_queue_qlen: u16,
+    /// `tcp_sock.bytes_acked` (a `u64`): read once, for a connection found at start
+    pub tcp_bytes_acked: u16,
+    /// `tcp_sock.bytes_received` (a `u64`): read once, for a connection found at start
+    pub tcp_bytes_received: u16,
 }
 
 /// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use tracer_common::{
-    conn::{AF_INET, AF_INET6, ConnStats, ConnTuple},
+    conn::{AF_INET, AF_INET6, BeforeStart, ConnStats, ConnTuple},
     offsets::SockOffsets,
 };
 
@@ -109,11 +109,26 @@ pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Res
     let retrans: u32 = read_kernel(sk, offsets.tcp_total_retrans)?;
     let srtt: u32 = read_kernel(sk, offsets.tcp_srtt_us)?;
     let mdev: u32 = read_kernel(sk, offsets.tcp_mdev_us)?;
-    stats.sent_packets = u64::from(segs_out);
-    stats.recv_packets = u64::from(segs_in);
-    stats.retransmits = retrans;
+    // Counted from the start: a connection found at start (`before_start` non-zero) reports
+    // what the kernel counted since (`segs_*` and `total_retrans` only grow).
+    let before = &stats.before_start;
+    stats.sent_packets = u64::from(segs_out.wrapping_sub(before.sent_packets));
+    stats.recv_packets = u64::from(segs_in.wrapping_sub(before.recv_packets));
+    stats.retransmits = retrans.wrapping_sub(before.retransmits);
     stats.rtt_us = srtt >> 3;
     stats.rtt_var_us = mdev >> 2;
+    Ok(())
+}
+
+/// The kernel's lifetime totals of TCP socket `sk` so far, for a connection that existed before
+/// the tracer started.
+#[inline(always)]
+pub fn before_start(sk: u64, offsets: &SockOffsets, out: &mut BeforeStart) -> Result<(), i32> {
+    out.sent_bytes = read_kernel(sk, offsets.tcp_bytes_acked)?;
+    out.recv_bytes = read_kernel(sk, offsets.tcp_bytes_received)?;
+    out.sent_packets = read_kernel(sk, offsets.tcp_segs_out)?;
+    out.recv_packets = read_kernel(sk, offsets.tcp_segs_in)?;
+    out.retransmits = read_kernel(sk, offsets.tcp_total_retrans)?;
     Ok(())
 }
 
