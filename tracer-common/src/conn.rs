@@ -128,9 +128,11 @@ pub struct ConnStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BeforeStart {
-    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
+    /// `tcp_sock.bytes_sent - bytes_retrans`: payload bytes sent (once each, retransmits not
+    /// counted again).
     pub sent_bytes: u64,
-    /// `tcp_sock.bytes_received`: payload bytes received in sequence.
+    /// `tcp_sock.bytes_received` less the peer's FIN (counted as a byte there): payload bytes
+    /// received in sequence.
     pub recv_bytes: u64,
     /// `tcp_sock.segs_out`.
     pub sent_packets: u32,

@@ -39,7 +39,7 @@ const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_sta
 const _: () = assert!(core::mem::size_of::<crate::conn::BeforeStart>() == 32);
 // sock + inet_sock_set_state + sock_length + the two tcp skaddrs + msghdr_msg_name + file.
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 50 + 24 + 8 + 4 + 2 + 24);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 52 + 24 + 8 + 4 + 2 + 24);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

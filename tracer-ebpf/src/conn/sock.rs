@@ -3,6 +3,7 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use tracer_common::{
     conn::{AF_INET, AF_INET6, BeforeStart, ConnStats, ConnTuple},
+    linux::{TCP_CLOSE_WAIT, TCP_CLOSING, TCP_LAST_ACK},
     offsets::SockOffsets,
 };
 
@@ -121,11 +122,23 @@ pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Res
 }
 
 /// The kernel's lifetime totals of TCP socket `sk` so far, for a connection that existed before
-/// the tracer started.
+/// the tracer started, in payload bytes like every other byte counter.
+///
+/// Sent: `bytes_sent - bytes_retrans`, the payload put on the wire once (bytes still queued
+/// unsent are in neither this nor the counters from the start). Not `bytes_acked`, which
+/// follows sequence numbers: it counts the SYN of the side that connected (not of the accepted
+/// side, created already past it) and an acknowledged FIN, so it would need the direction, which
+/// the walk only guesses. Received: `bytes_received`, which counts the peer's FIN as one byte;
+/// it has arrived in CLOSE_WAIT, LAST_ACK and CLOSING.
 #[inline(always)]
 pub fn before_start(sk: u64, offsets: &SockOffsets, out: &mut BeforeStart) -> Result<(), i32> {
-    out.sent_bytes = read_kernel(sk, offsets.tcp_bytes_acked)?;
-    out.recv_bytes = read_kernel(sk, offsets.tcp_bytes_received)?;
+    let state = i32::from(read_kernel::<u8>(sk, offsets.skc_state)?);
+    let sent: u64 = read_kernel(sk, offsets.tcp_bytes_sent)?;
+    let retrans: u64 = read_kernel(sk, offsets.tcp_bytes_retrans)?;
+    let received: u64 = read_kernel(sk, offsets.tcp_bytes_received)?;
+    let peer_fin = u64::from(matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING));
+    out.sent_bytes = sent.saturating_sub(retrans);
+    out.recv_bytes = received.saturating_sub(peer_fin);
     out.sent_packets = read_kernel(sk, offsets.tcp_segs_out)?;
     out.recv_packets = read_kernel(sk, offsets.tcp_segs_in)?;
     out.retransmits = read_kernel(sk, offsets.tcp_total_retrans)?;

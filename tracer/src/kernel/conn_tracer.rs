@@ -459,11 +459,15 @@ impl ConnTracer {
         if self.owner_iter.is_none() {
             return;
         }
-        // Entries under their socket's own address (an accepted TCP socket, a socket found at
-        // start): the ones the walk can name.
-        let waiting = entries
-            .iter()
-            .any(|(key, stats)| key.peer_family == 0 && stats.tuple.pid == 0);
+        // An accepted TCP connection without an owner. Not one the start-up walk found: the
+        // walk right after it named every owner it could, and what it could not (a kernel
+        // socket, no task holds it) would make every read walk again for nothing; those are
+        // named by their first send or receive.
+        let waiting = entries.iter().any(|(_, stats)| {
+            stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP
+                && stats.tuple.pid == 0
+                && stats.flags & tracer_common::conn::FLAG_PREEXISTING == 0
+        });
         if !waiting {
             return;
         }

@@ -475,7 +475,9 @@ pub fn without_tcp_iterator(why: &str) -> String {
 /// What the plan's reason says when the start-up walk (`iter/tcp`, `iter/udp`) is left out.
 pub fn without_seed(why: &str) -> String {
     format!(
-        "without the start-up walk of iter/tcp and iter/udp ({why}): connections that existed          before the start are tracked from their first send or receive only (counted in          tcp_io_not_tracked where TCP cannot be)"
+        "without the start-up walk of iter/tcp and iter/udp ({why}): connections that existed \
+         before the start are tracked from their first send or receive only (counted in \
+         tcp_io_not_tracked where TCP cannot be)"
     )
 }
 

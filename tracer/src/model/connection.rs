@@ -78,10 +78,11 @@ pub enum EndReason {
 /// only; add these to get its lifetime totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BeforeStart {
-    /// TCP: payload bytes sent and acknowledged by the peer (`tcpi_bytes_acked`). Bytes still
-    /// in flight at the start are in neither this nor the counters from the start.
+    /// TCP: payload bytes sent, each once (`tcpi_bytes_sent - tcpi_bytes_retrans`). Bytes
+    /// still queued unsent at the start are in neither this nor the counters from the start.
     pub sent_bytes: u64,
-    /// TCP: payload bytes received (`tcpi_bytes_received`).
+    /// TCP: payload bytes received (`tcpi_bytes_received`, less the peer's FIN which it counts
+    /// as a byte).
     pub recv_bytes: u64,
     /// TCP: segments sent (`tcpi_segs_out`).
     pub sent_packets: u64,
