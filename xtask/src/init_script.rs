@@ -6,7 +6,7 @@
 
 use anyhow::{Result, ensure};
 
-use crate::console;
+use crate::{console, libtest};
 
 pub struct InitSpec<'a> {
     /// Module files to insmod, in load order, as absolute paths inside the image.
@@ -91,13 +91,15 @@ ip link set lo up
             "if wants {backend}; then\n\
              echo \"{begin}{backend}\"\n\
              TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND={backend} TRACER_TEST_FIRST_BACKEND={first} \
-             RUST_BACKTRACE=1 timeout -s KILL {secs} {bin} --test-threads=1{filter}\n\
+             RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 timeout -s KILL {secs} {bin} --test-threads=1 \
+             {report_time}{filter}\n\
              echo \"{end}{backend} status=$?\"\n\
              fi\n",
             begin = console::BEGIN,
             end = console::END,
             bin = spec.test_binary,
             secs = spec.run_timeout_secs,
+            report_time = libtest::REPORT_TIME.join(" "),
         ));
     }
     s.push_str(&format!("echo {}\nsync\npoweroff -f\n", console::DONE));
@@ -131,7 +133,8 @@ mod tests {
         assert!(fentry < kprobe);
         assert!(script.contains(
             "TRACER_TEST_STRICT=1 TRACER_TEST_BACKEND=kprobe TRACER_TEST_FIRST_BACKEND=0 \
-             RUST_BACKTRACE=1 timeout -s KILL 900 /xtask/integration --test-threads=1\n\
+             RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 timeout -s KILL 900 /xtask/integration --test-threads=1 \
+             -Z unstable-options --report-time\n\
              echo \"XTASK-END backend=kprobe status=$?\"\nfi\n"
         ));
         assert!(script.contains("if wants kprobe; then\n"));
@@ -161,7 +164,10 @@ mod tests {
             filter: Some("io_paths::many"),
         })
         .unwrap();
-        assert!(script.contains("/x --test-threads=1 io_paths::many\n"));
+        assert!(
+            script
+                .contains("/x --test-threads=1 -Z unstable-options --report-time io_paths::many\n")
+        );
         let hostile = render(&InitSpec {
             modules: &[],
             backends: &["tracepoint"],

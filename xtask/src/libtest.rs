@@ -47,6 +47,45 @@ pub fn parse(output: &str) -> Option<Counts> {
     total
 }
 
+/// libtest's time per test (`test a::b ... ok <1.234s>`): an unstable option, which a test binary
+/// built by stable accepts when RUSTC_BOOTSTRAP is set in its environment. Most of CI's time is
+/// the integration tests; these times say which.
+pub const REPORT_TIME: [&str; 3] = ["-Z", "unstable-options", "--report-time"];
+
+/// The `n` slowest tests of a run, from the times [`REPORT_TIME`] adds, slowest first.
+pub fn slowest(output: &str, n: usize) -> Vec<(String, f64)> {
+    let mut times: Vec<(String, f64)> = output
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("test ")?;
+            let (name, verdict) = rest.split_once(" ... ")?;
+            let (_, time) = verdict.trim_end().split_once(" <")?;
+            let secs = time.strip_suffix("s>")?.parse::<f64>().ok()?;
+            Some((name.to_owned(), secs))
+        })
+        .collect();
+    times.sort_by(|a, b| b.1.total_cmp(&a.1));
+    times.truncate(n);
+    times
+}
+
+/// One line naming the slowest tests of a run, or nothing when the run printed no times.
+pub fn slowest_line(output: &str) -> Option<String> {
+    let slow = slowest(output, 8);
+    if slow.is_empty() {
+        return None;
+    }
+    let total: f64 = slowest(output, usize::MAX).iter().map(|(_, s)| s).sum();
+    let list: Vec<String> = slow
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1}s"))
+        .collect();
+    Some(format!(
+        "tests took {total:.0}s in all; slowest: {}",
+        list.join(", ")
+    ))
+}
+
 /// Why a run failed, beyond its failed tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -98,6 +137,25 @@ impl Verdict {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finds_the_slowest_tests() {
+        let out = "[vm 6.1 fentry] test a::x ... ok <1.500s>\n\
+                   test a::y ... FAILED <12.250s>\n\
+                   test a::z ... ok\n\
+                   test a::w ... ok <0.010s>\n";
+        let slow = super::slowest(out, 2);
+        assert_eq!(
+            slow,
+            vec![("a::y".to_owned(), 12.25), ("a::x".to_owned(), 1.5)]
+        );
+        let line = super::slowest_line(out).unwrap();
+        assert!(
+            line.starts_with("tests took 14s in all; slowest: a::y 12.2s, a::x 1.5s"),
+            "{line}"
+        );
+        assert_eq!(super::slowest_line("test a ... ok\n"), None);
+    }
+
     use super::*;
 
     #[test]

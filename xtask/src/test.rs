@@ -176,7 +176,9 @@ fn host_run(
     first: bool,
 ) -> Run {
     let mut test = Command::new(binary);
-    test.arg("--test-threads=1");
+    test.arg("--test-threads=1")
+        .args(libtest::REPORT_TIME)
+        .env("RUSTC_BOOTSTRAP", "1");
     // Tests that do not depend on the attach backend run with the kernel's first one only.
     test.env("TRACER_TEST_FIRST_BACKEND", if first { "1" } else { "0" });
     // The host run is where real servers (nginx, iperf3) are installed: tests that drive them
@@ -206,6 +208,9 @@ fn host_run(
             )
         }
         Ok(run) => {
+            if let Some(line) = libtest::slowest_line(&run.output) {
+                println!("xtask: host {backend}: {line}");
+            }
             let (counts, verdict) =
                 libtest::judge(&run.output, run.status.success(), &run.status.to_string());
             (counts, verdict.describe())

@@ -286,8 +286,13 @@ fn boot_run(
     } else {
         None
     };
+    let slowest = parsed
+        .run(backend)
+        .and_then(|out| libtest::slowest_line(&out.output))
+        .map(|line| format!("; {line}"))
+        .unwrap_or_default();
     let report = format!(
-        "VM {label} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]",
+        "VM {label} ({release}): {} in {:.1}s, qemu {}; modules loaded: [{}]; insmod failed: [{}]{slowest}",
         failure.as_deref().unwrap_or("booted, ran /init to the end"),
         boot.elapsed.as_secs_f64(),
         boot.exit,

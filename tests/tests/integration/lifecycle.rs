@@ -100,6 +100,60 @@ fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
     assert_eq!(again.plan().probes.len(), planned);
 }
 
+/// A quarter of the kernel's limit on the instructions one verification may walk
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`, 1,000,000 since 5.2).
+const VERIFIED_BUDGET: u32 = 250_000;
+
+/// Every program the tracer loads (the TLS uprobes too) is verified well inside the kernel's
+/// limit, as the kernel counts it (`bpf_prog_info.verified_insns`, 5.16+). The verifier's walk is
+/// what a start costs (seconds on an emulated CPU) and what breaks first when a program grows: the
+/// UDP release program once walked 887,288 instructions, from byte-wise `memset`/`memmove` loops
+/// the linker left in every program.
+#[test]
+fn every_program_is_verified_well_inside_the_kernels_limit() {
+    let Some(tracer) = load(KernelConfig {
+        tls_max_objects: 64,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    let kernel = KernelVersion::current().expect("kernel version");
+    let reported = kernel >= KernelVersion::new(5, 16, 0);
+    let mut counted = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.expect("reading a loaded program's info");
+        let name = info.name_as_str().unwrap_or_default().to_owned();
+        if !name.starts_with("nt_") {
+            continue;
+        }
+        let verified = info.verified_instruction_count();
+        assert_eq!(
+            verified.is_some(),
+            reported,
+            "{name}: verified_insns reported on {kernel}"
+        );
+        counted.push((name, verified.unwrap_or(0)));
+    }
+    assert_eq!(
+        counted.len(),
+        tracer.plan().probes.len(),
+        "one loaded program per planned probe: {counted:?}"
+    );
+    counted.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let total: u64 = counted.iter().map(|(_, n)| u64::from(*n)).sum();
+    println!("verified instructions on {kernel} ({total} in all): {counted:?}");
+    if reported {
+        for (name, verified) in &counted {
+            assert!(
+                *verified <= VERIFIED_BUDGET,
+                "{name} took {verified} verified instructions (budget {VERIFIED_BUDGET})"
+            );
+        }
+    } else {
+        println!("SKIP verified_insns: not reported before 5.16 (running {kernel})");
+    }
+}
+
 /// `BPF_LINK_TYPE_PERF_EVENT` (include/uapi/linux/bpf.h): a program on a perf event, e.g. a
 /// classic tracepoint (5.15+).
 const BPF_LINK_TYPE_PERF_EVENT: u32 = 7;

@@ -202,6 +202,7 @@ impl ConnTracer {
         tracing::info!(backend = %plan.backend, reason = %plan.reason, "attach backend chosen");
         let layout = layout::resolve(&btf, &btf_path, &tracefs)?;
 
+        let started = std::time::Instant::now();
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_LAYOUT, &layout, true)
             .map_max_entries(MAP_CONNS, config.max_tracked_connections)
@@ -235,6 +236,7 @@ impl ConnTracer {
             )
             .load(object::bytes()?)
             .map_err(|e| Error::Load(Box::new(e)))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "object loaded (maps created)");
         let mut attached = Attached {
             kernel_btf: None,
             tracefs: tracefs.clone(),
@@ -248,7 +250,11 @@ impl ConnTracer {
             udp_seed_refused: None,
         };
         for probe in &plan.probes {
+            // The time of each program (mostly the kernel's verifier) says which program makes
+            // a start slow.
+            let started = std::time::Instant::now();
             attach(&mut ebpf, probe.program, probe.hook, &mut attached)?;
+            tracing::debug!(program = probe.program, elapsed = ?started.elapsed(), "loaded and attached");
         }
         if let Some(why) = attached.tcp_iter_refused.take() {
             // Optional: run without it, and say so where the plan says what it runs without.
