@@ -617,26 +617,6 @@ pub fn finish_pending(sk: u64, offsets: &SockOffsets) {
     }
 }
 
-/// Copies `*src` to `dst` 8 bytes at a time. A plain assignment of a `ConnStats` compiles to a
-/// call of `memmove`, a byte loop the verifier walks byte by byte at every call site: the
-/// release of a UDP socket closes up to `MAX_UDP_PEERS` flows, and with the 192-byte entry that
-/// walk went past the verifier's 1M-instruction budget. Volatile, so that LLVM does not turn
-/// the loop back into that call.
-///
-/// # Safety
-/// `dst` valid for writes and `src` for reads of a `T`, both 8-byte aligned.
-#[inline(always)]
-unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
-    const {
-        assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8);
-    }
-    let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
-    for i in 0..core::mem::size_of::<T>() / 8 {
-        // SAFETY: in bounds of both (the caller's contract, the size asserted above).
-        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
-    }
-}
-
 #[inline(always)]
 fn emit_close(
     key: &ConnKey,
@@ -677,7 +657,7 @@ fn emit_close(
             // fields are written in place, not built on the stack.
             unsafe {
                 (*slot).key = *key;
-                copy_words(&raw mut (*slot).stats, stats);
+                (*slot).stats = *stats;
             }
             if NT_CONNS.remove(key).is_ok() {
                 event.submit(0);
