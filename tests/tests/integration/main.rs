@@ -24,6 +24,7 @@ mod limits;
 mod nat;
 mod nettrace_view;
 mod ownership;
+mod preexisting;
 mod protocol_servers;
 mod protocols;
 mod real_servers;
