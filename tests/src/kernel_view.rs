@@ -137,6 +137,13 @@ pub struct SsInfo {
     /// `rtt:<rtt>/<rttvar>` in milliseconds (`tcpi_rtt / 1000`, printed with `%g`).
     pub rtt_ms: f64,
     pub rttvar_ms: f64,
+    /// `bytes_sent`, `bytes_retrans` (absent, i.e. 0, when 0), `bytes_acked`,
+    /// `bytes_received`: the `tcpi_*` fields as is (`bytes_acked` and `bytes_received` follow
+    /// sequence numbers: the connecting side's SYN and a FIN count as a byte each).
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
 }
 
 /// `ss -tin` in the calling thread's network namespace, per (local, peer) address pair; `None`
@@ -178,6 +185,10 @@ pub fn parse_ss(text: &str) -> std::collections::HashMap<(String, String), SsInf
             match name {
                 "segs_out" => info.segs_out = value.parse().expect("segs_out"),
                 "segs_in" => info.segs_in = value.parse().expect("segs_in"),
+                "bytes_sent" => info.bytes_sent = value.parse().expect("bytes_sent"),
+                "bytes_retrans" => info.bytes_retrans = value.parse().expect("bytes_retrans"),
+                "bytes_acked" => info.bytes_acked = value.parse().expect("bytes_acked"),
+                "bytes_received" => info.bytes_received = value.parse().expect("bytes_received"),
                 "rtt" => {
                     let (a, b) = pair().expect("rtt");
                     info.rtt_ms = a.parse().expect("rtt");

@@ -12,9 +12,11 @@
     clippy::indexing_slicing
 )]
 
+pub mod churn;
 pub mod cmd;
 pub mod dns;
 pub mod environment;
+pub mod fork;
 pub mod kernel_view;
 pub mod leaks;
 pub mod netns;

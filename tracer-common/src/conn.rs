@@ -117,6 +117,30 @@ pub struct ConnStats {
     pub protocol_stack: [u8; 3],
     /// Keeps the struct a multiple of 8 bytes (its 8-byte fields stay aligned in arrays).
     pub _pad_stack: [u8; 5],
+    /// A connection that existed before the tracer started ([`FLAG_PREEXISTING`]): what the
+    /// kernel had counted on it by then. The counters above count from the start only.
+    pub before_start: BeforeStart,
+}
+
+/// The kernel's own lifetime totals of a connection that existed before the tracer started,
+/// read once when the start-up walk (`iter/tcp`, tracer-ebpf/src/iter/seed.rs) found it. TCP
+/// only: a UDP socket keeps no per-socket totals, so these stay zero for UDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BeforeStart {
+    /// `tcp_sock.bytes_sent - bytes_retrans`: payload bytes sent (once each, retransmits not
+    /// counted again).
+    pub sent_bytes: u64,
+    /// `tcp_sock.bytes_received` less the peer's FIN (counted as a byte there): payload bytes
+    /// received in sequence.
+    pub recv_bytes: u64,
+    /// `tcp_sock.segs_out`.
+    pub sent_packets: u32,
+    /// `tcp_sock.segs_in`.
+    pub recv_packets: u32,
+    /// `tcp_sock.total_retrans`.
+    pub retransmits: u32,
+    pub _pad: u32,
 }
 
 /// Index of the API layer (`classify::PROTO_GRPC`) in [`ConnStats::protocol_stack`].
@@ -131,6 +155,10 @@ pub const PROTOCOL_ENCRYPTION: usize = 2;
 /// FIN): its end is emitted once those bytes are read (or at EOF, or when the application
 /// releases the socket), so they are counted.
 pub const FLAG_CLOSE_PENDING: u8 = 32;
+
+/// `flags`: the connection existed before the tracer started; the start-up walk of every
+/// socket found it, and [`ConnStats::before_start`] holds what the kernel had counted by then.
+pub const FLAG_PREEXISTING: u8 = 64;
 
 /// `flags`, set by userspace only: the flow idled out (Datadog's expiry rules) and was ended by
 /// the tracer, not by the kernel.

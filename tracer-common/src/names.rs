@@ -127,6 +127,12 @@ pub const PROG_ITER_TCP: &str = "nt_iter_tcp";
 /// Every backend, Linux 5.8+: the `iter/task_file` iterator that names the owners of accepted
 /// connections that did no I/O yet, at read time.
 pub const PROG_ITER_TASK_FILE: &str = "nt_iter_files";
+/// Every backend, Linux 5.9+: the `iter/tcp` iterator run once at start, which tracks the TCP
+/// connections that existed before the tracer started.
+pub const PROG_ITER_TCP_SEED: &str = "nt_seed_tcp";
+/// Every backend, Linux 5.9+: the `iter/udp` iterator run once at start, which tracks the
+/// connected UDP sockets that existed before the tracer started.
+pub const PROG_ITER_UDP_SEED: &str = "nt_seed_udp";
 /// Tracepoint backend: cgroup `sock_release` on the cgroup v2 root, closing UDP sockets.
 pub const PROG_UDP_RELEASE: &str = "nt_udp_release";
 /// Tracepoint backend: LRU map pid_tgid -> the peer a `sock_addr` program hands to the length

@@ -57,6 +57,13 @@ pub struct SockOffsets {
     /// `sock.sk_receive_queue.qlen`: empty when unread bytes were discarded (a close with
     /// unread data purges the queue before the state becomes CLOSE)
     pub sk_receive_queue_qlen: u16,
+    /// `tcp_sock.bytes_sent` (a `u64`, retransmits included): read once, for a connection
+    /// found at start
+    pub tcp_bytes_sent: u16,
+    /// `tcp_sock.bytes_retrans` (a `u64`): read once, for a connection found at start
+    pub tcp_bytes_retrans: u16,
+    /// `tcp_sock.bytes_received` (a `u64`): read once, for a connection found at start
+    pub tcp_bytes_received: u16,
 }
 
 /// Offsets of the `sock:sock_send_length` / `sock:sock_recv_length` records (same layout).

@@ -31,14 +31,15 @@ unsafe impl aya::Pod for crate::offsets::KernelLayout {}
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnKey>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::conn::ConnTuple>() == 48);
 const _: () = assert!(
-    core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8 + 16 + 8
+    core::mem::size_of::<crate::conn::ConnStats>() == 48 + 8 * 7 + 4 * 3 + 4 + 8 + 8 + 16 + 8 + 32
 );
-const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 160);
+const _: () = assert!(core::mem::size_of::<crate::conn::ClosedConn>() == 32 + 192);
 // The layout the README documents (the stack appended after `comm`, padded to 8 bytes).
 const _: () = assert!(core::mem::offset_of!(crate::conn::ConnStats, protocol_stack) == 152);
+const _: () = assert!(core::mem::size_of::<crate::conn::BeforeStart>() == 32);
 // sock + inet_sock_set_state + sock_length + the two tcp skaddrs + msghdr_msg_name + file.
 const _: () =
-    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 46 + 24 + 8 + 4 + 2 + 24);
+    assert!(core::mem::size_of::<crate::offsets::KernelLayout>() == 52 + 24 + 8 + 4 + 2 + 24);
 
 // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding fields, sizes asserted.
 unsafe impl aya::Pod for crate::conn::UdpPeerSlotKey {}

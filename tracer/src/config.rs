@@ -45,6 +45,9 @@ pub struct Config {
     /// HTTPS: uprobes on the TLS libraries (OpenSSL, GnuTLS) feed the HTTP stats: on or off,
     /// libraries, cap on hooked files, refresh of the file registry.
     pub tls: TlsConfig,
+    /// Track the connections that existed before the start (Linux 5.9+): on by default. See
+    /// [`KernelConfig::track_existing`].
+    pub track_existing: bool,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
+            track_existing: kernel.track_existing,
         }
     }
 }
@@ -89,6 +93,7 @@ impl Config {
             } else {
                 0
             },
+            track_existing: self.track_existing,
         }
     }
 

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::conn::{
     AF_INET6, ClosedConn, ConnStats, DIRECTION_INCOMING, FLAG_CLOSED, FLAG_CLOSED_BY_SWEEP,
-    FLAG_ESTABLISHED, FLAG_EXPIRED, IPPROTO_TCP, PROTOCOL_API, PROTOCOL_APPLICATION,
-    PROTOCOL_ENCRYPTION,
+    FLAG_ESTABLISHED, FLAG_EXPIRED, FLAG_PREEXISTING, IPPROTO_TCP, PROTOCOL_API,
+    PROTOCOL_APPLICATION, PROTOCOL_ENCRYPTION,
 };
 
 use tracer_common::{
@@ -16,8 +16,8 @@ use tracer_common::{
 };
 
 use crate::model::{
-    Comm, ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange, Protocol,
-    ProtocolStack, StatCounters, connection_cookie,
+    BeforeStart, Comm, ConnectionStats, ConnectionTuple, Direction, EndReason, EphemeralPortRange,
+    Protocol, ProtocolStack, StatCounters, connection_cookie,
 };
 
 /// Whether an open kernel entry's identity is final, so that it may be reported before it
@@ -111,6 +111,16 @@ pub fn connection(stats: &ConnStats, ports: &EphemeralPortRange, closed: bool) -
     conn.cgroup_id = stats.cgroup_id;
     conn.comm = Comm::new(stats.comm);
     conn.protocol_stack = protocol_stack(stats);
+    conn.before_start = (stats.flags & FLAG_PREEXISTING != 0).then(|| {
+        let b = &stats.before_start;
+        BeforeStart {
+            sent_bytes: b.sent_bytes,
+            recv_bytes: b.recv_bytes,
+            sent_packets: u64::from(b.sent_packets),
+            recv_packets: u64::from(b.recv_packets),
+            retransmits: b.retransmits,
+        }
+    });
     conn
 }
 
@@ -175,6 +185,47 @@ mod tests {
 
     use super::*;
     use crate::model::EphemeralPort;
+
+    #[test]
+    fn before_start_is_reported_only_for_connections_found_at_start() {
+        let mut raw = ConnStats {
+            tuple: ConnTuple {
+                sport: 40000,
+                dport: 80,
+                family: AF_INET,
+                protocol: IPPROTO_TCP,
+                pid: 3,
+                ..ConnTuple::default()
+            },
+            sent_bytes: 5,
+            before_start: tracer_common::conn::BeforeStart {
+                sent_bytes: 1000,
+                recv_bytes: 2000,
+                sent_packets: 10,
+                recv_packets: 20,
+                retransmits: 1,
+                _pad: 0,
+            },
+            ..ConnStats::default()
+        };
+        let ports = EphemeralPortRange::default();
+        // Without the flag the field is not trusted (it is zero for every other entry anyway).
+        assert_eq!(connection(&raw, &ports, false).before_start, None);
+        raw.flags = FLAG_PREEXISTING;
+        let conn = connection(&raw, &ports, false);
+        assert_eq!(
+            conn.before_start,
+            Some(BeforeStart {
+                sent_bytes: 1000,
+                recv_bytes: 2000,
+                sent_packets: 10,
+                recv_packets: 20,
+                retransmits: 1,
+            })
+        );
+        // The counters proper stay the ones since the start.
+        assert_eq!(conn.monotonic.sent_bytes, 5);
+    }
 
     #[test]
     fn unknown_direction_is_outgoing_and_derived_fields_are_filled() {

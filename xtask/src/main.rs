@@ -1,6 +1,7 @@
 //! `cargo xtask <cmd>`: the project's dev tooling. It prepares a machine (`setup`), runs every check CI
 //! runs, including the privileged integration tests on the host and inside qemu on other kernels
-//! (`test`), and wraps the benchmarks (`bench`) and the demo binary (`demo`).
+//! (`test`), soaks the tracer under churn (`soak`), and wraps the benchmarks (`bench`) and the demo
+//! binary (`demo`).
 //!
 //! Debugging aids (environment variables, read by `cargo xtask test` only):
 //! - `XTASK_TEST_BINARY=/path`: run this executable instead of building the `tracer-integration` test
@@ -29,6 +30,7 @@ mod modules;
 mod paths;
 mod qemu;
 mod setup;
+mod soak;
 mod summary;
 mod test;
 mod test_binary;
@@ -77,6 +79,16 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Run the soak on the host (as root): N minutes of churn with three clients, sampling RSS,
+    /// descriptors, map occupancy and counters; print the per-minute table and write
+    /// target/xtask/soak-summary.json; fail if memory or descriptors grow, a byte or a close is
+    /// unaccounted for, or a call returns an error.
+    Soak {
+        /// Minutes of churn (at least 2: the plateau compares the minute after warm-up with the
+        /// last).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Run setup, then the `nettrace` demo binary in release mode with ARGS.
     Demo {
         /// Arguments for `nettrace` (after `--`).
@@ -92,6 +104,7 @@ fn main() -> ExitCode {
         Command::Test { host_only, vm_only } => test::run(host_only, vm_only),
         Command::Bench { args } => bench::run(&args),
         Command::Demo { args } => demo::run(&args),
+        Command::Soak { minutes } => soak::run(minutes),
         Command::Fuzz { seconds, target } => {
             fuzz::run(seconds, target.as_deref(), fuzz::Profile::Release)
         }

@@ -73,6 +73,10 @@ pub fn run(host_only: bool, vm_only: bool) -> Result<bool> {
                 i == 0,
             ));
         }
+        // The soak (`cargo xtask soak`) is not a step here yet: it finds about one TCP
+        // connection in 100,000 that reaches no client, not always with a loss counted (open
+        // in issue 14), so a 2-minute run fails about one time in four. It returns here once
+        // that is fixed (2 minutes: `soak::run_with(&binary, 2.0)`).
         if !host_only {
             vm::run_all(&binary, &mut summary);
         }

@@ -20,6 +20,7 @@ use tracer::{
     model::{ConnectionStats, Protocol},
 };
 use tracer_integration::{
+    churn::{Flow, Moved, Seen, echo_server, next_udp_socket, record, record_tcp},
     leaks::Snapshot,
     netns::{current_netns_inode, in_fresh_netns},
     policy::loaded_or_skip,
@@ -37,112 +38,14 @@ fn new_tracer(config: Config) -> Option<Tracer> {
     loaded_or_skip(Tracer::new(config))
 }
 
-/// A connection as the test names it: protocol, local and remote endpoints.
-type Flow = (Protocol, SocketAddr, SocketAddr);
-
-fn flow(conn: &ConnectionStats) -> Flow {
-    (
-        conn.tuple.protocol,
-        SocketAddr::new(conn.tuple.src, conn.tuple.sport),
-        SocketAddr::new(conn.tuple.dst, conn.tuple.dport),
-    )
-}
-
-/// What one client has been told, summed per flow.
-#[derive(Default)]
-struct Seen {
-    sent: HashMap<Flow, u64>,
-    recv: HashMap<Flow, u64>,
-    closed: HashMap<Flow, u32>,
-}
-
-impl Seen {
-    fn add(&mut self, conns: &[ConnectionStats], netns: u32) {
-        let mut in_this_call = std::collections::HashSet::new();
-        for conn in conns.iter().filter(|c| c.tuple.netns == netns) {
-            let key = flow(conn);
-            assert!(
-                in_this_call.insert((key, conn.is_closed)),
-                "{key:?} reported twice in one delta"
-            );
-            *self.sent.entry(key).or_default() += conn.last.sent_bytes;
-            *self.recv.entry(key).or_default() += conn.last.recv_bytes;
-            if conn.is_closed {
-                // Closed connections of one TCP flow within one interval (a reused port) are
-                // aggregated into one record whose `tcp_closed` counts them; UDP flows here use
-                // ports that are never reused within a run, so each record is one connection.
-                let closes = match conn.tuple.protocol {
-                    Protocol::Tcp => conn.last.tcp_closed,
-                    Protocol::Udp => 1,
-                };
-                *self.closed.entry(key).or_default() += closes;
-            }
-        }
-    }
-}
-
-/// What the load generator did on one flow (protocol + endpoints): ephemeral ports are reused
-/// by later connections, so one flow can be several connections one after the other.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Moved {
-    sent: u64,
-    received: u64,
-    connections: u32,
-}
-
-fn record(moved: &mut HashMap<Flow, Moved>, flow: Flow, sent: u64, received: u64) {
-    let entry = moved.entry(flow).or_default();
-    entry.sent += sent;
-    entry.received += received;
-    entry.connections += 1;
-}
-
-/// A UDP socket on the next free port of 20000..60000 (not the kernel's choice, which may
-/// hand the same port out again within a run).
-fn next_udp_socket(next_port: &mut u16) -> UdpSocket {
-    loop {
-        let port = *next_port;
-        *next_port = if port >= 60_000 { 20_000 } else { port + 1 };
-        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
-            return socket;
-        }
-    }
-}
-
 /// Runs TCP and UDP churn for `duration`, returning what each flow really moved (from the
 /// test's side).
 fn churn(duration: Duration) -> HashMap<Flow, Moved> {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server_addr = listener.local_addr().expect("addr");
     let stop = Arc::new(AtomicBool::new(false));
-    let server_stop = Arc::clone(&stop);
-    // The server echoes what each client sends, then closes after the client's FIN. The client
-    // works one connection at a time, so the server does too: one blocked receive per side.
-    // (A thread per connection would leave many receives blocked at once, more than the
-    // kprobe backend's return-probe instances on a 2-CPU kernel: those calls are lost to it and
-    // counted in `probe_return_missed`, a known kretprobe limit reported, not hidden.)
-    let server = std::thread::spawn(move || {
-        listener.set_nonblocking(true).expect("nonblocking");
-        while !server_stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false).expect("blocking");
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    });
+    // One connection at a time, as the client works (see `echo_server`).
+    let server = echo_server(listener, Arc::clone(&stop), false);
 
     let udp_server = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
     let udp_addr = udp_server.local_addr().expect("udp addr");
@@ -160,21 +63,10 @@ fn churn(duration: Duration) -> HashMap<Flow, Moved> {
         client.read_exact(&mut echo).expect("echo");
         drop(client);
         let bytes = size as u64;
-        record(
-            &mut moved,
-            (Protocol::Tcp, local, server_addr),
-            bytes,
-            bytes,
-        );
-        record(
-            &mut moved,
-            (Protocol::Tcp, server_addr, local),
-            bytes,
-            bytes,
-        );
+        record_tcp(&mut moved, local, server_addr, bytes, bytes);
 
         // A short UDP flow: a connected client socket, one datagram each way.
-        let udp_client = next_udp_socket(&mut next_port);
+        let udp_client = next_udp_socket(udp_addr.ip(), &mut next_port);
         udp_client.connect(udp_addr).expect("udp connect");
         let udp_local = udp_client.local_addr().expect("udp local");
         udp_client

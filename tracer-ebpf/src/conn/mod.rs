@@ -24,7 +24,7 @@ use aya_ebpf::{
 use tracer_common::{
     conn::{
         ClosedConn, ConnKey, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, DIRECTION_UNKNOWN,
-        FLAG_CLOSE_PENDING, FLAG_CLOSED, FLAG_ESTABLISHED, IPPROTO_TCP,
+        FLAG_CLOSE_PENDING, FLAG_CLOSED, FLAG_ESTABLISHED, FLAG_PREEXISTING, IPPROTO_TCP,
     },
     counters::Counter,
     offsets::SockOffsets,
@@ -76,6 +76,9 @@ pub struct Origin {
     pub pid: u32,
     /// The owner's cgroup id, taken with `pid` (0 with it).
     pub cgroup_id: u64,
+    /// The socket existed before the tracer started (the start-up walk, `crate::iter::seed`):
+    /// the new entry records the kernel's totals so far in `before_start` and is established.
+    pub preexisting: bool,
 }
 
 impl Origin {
@@ -86,6 +89,7 @@ impl Origin {
             direction,
             pid: sock::current_tgid(),
             cgroup_id: sock::current_cgroup_id(),
+            preexisting: false,
         }
     }
 
@@ -96,6 +100,19 @@ impl Origin {
             direction,
             pid: 0,
             cgroup_id: 0,
+            preexisting: false,
+        }
+    }
+
+    /// A socket that existed before the tracer started, found by the start-up walk (no process
+    /// context: the owner comes from the owner walk, `iter/task_file`).
+    #[inline(always)]
+    pub fn preexisting(direction: u8) -> Self {
+        Self {
+            direction,
+            pid: 0,
+            cgroup_id: 0,
+            preexisting: true,
         }
     }
 }
@@ -164,6 +181,21 @@ fn build(
         stats.tuple.family = key.peer_family;
         stats.tuple.daddr = key.peer_addr;
         stats.tuple.dport = key.peer_port;
+    }
+    if origin.preexisting {
+        // Before the insert, so no other program ever sees the entry without them. The
+        // counters proper stay zero: they count from the start.
+        stats.flags |= FLAG_PREEXISTING;
+        if protocol == IPPROTO_TCP {
+            // Found in a data state (`crate::iter::seed`): the handshake is long done.
+            stats.flags |= FLAG_ESTABLISHED;
+            if sock::before_start(key.sk, offsets, &mut stats.before_start).is_err() {
+                bump(Counter::KernelReadFailed);
+            }
+            // Packets and retransmits are copies of the kernel's totals less `before_start`.
+            let _ = sock::refresh_tcp(key.sk, offsets, stats);
+            stats.tcp_refreshed_ns = now;
+        }
     }
     stats.cookie = random_cookie();
     stats.created_ns = now;
@@ -358,13 +390,14 @@ fn on_io(key: &ConnKey, protocol: u8, bytes: u64, sending: bool, offsets: &SockO
     stats.updated_ns = now;
 }
 
-/// A process holds the accepted TCP socket `sk` (found by the read-time walk of every task's
-/// files): it owns the connection unless a process-context event already named an owner.
-/// Never creates an entry. Returns whether it named the owner.
+/// A process holds socket `sk` (found by the read-time walk of every task's files): it owns
+/// the connection tracked under the socket's own address (an accepted TCP socket, or any socket
+/// found by the start-up walk) unless a process-context event already named an owner. Never
+/// creates an entry. Returns whether it named the owner.
 #[inline(always)]
 pub fn set_owner(sk: u64, tgid: u32, cgroup_id: u64, comm: [u8; 16]) -> bool {
     match tracked(sk) {
-        Some(stats) if stats.tuple.pid == 0 && stats.tuple.protocol == IPPROTO_TCP => {
+        Some(stats) if stats.tuple.pid == 0 => {
             stats.tuple.pid = tgid;
             stats.cgroup_id = cgroup_id;
             stats.comm = comm;
@@ -372,6 +405,26 @@ pub fn set_owner(sk: u64, tgid: u32, cgroup_id: u64, comm: [u8; 16]) -> bool {
         }
         _ => false,
     }
+}
+
+/// The start-up walk (`crate::iter::seed`) found socket `sk`, which existed before the tracer
+/// started and is in a state that carries data: track it from now on, with the same entry
+/// rules as every backend ([`entry`]). Only creates: a socket the hooks already track (one
+/// opened, or used, after they attached) keeps its entry, so nothing is counted twice.
+/// Returns whether this call created the entry.
+#[inline(always)]
+pub fn seed(sk: u64, protocol: u8, direction: u8, offsets: &SockOffsets) -> bool {
+    if tracked(sk).is_some() {
+        return false;
+    }
+    let key = ConnKey {
+        sk,
+        ..ConnKey::default()
+    };
+    // If a hook creates the entry between the lookup above and the insert, `build`'s
+    // BPF_NOEXIST keeps the hook's, and it has no `FLAG_PREEXISTING`.
+    entry(&key, protocol, Origin::preexisting(direction), offsets)
+        .is_some_and(|stats| stats.flags & FLAG_PREEXISTING != 0)
 }
 
 /// A TCP state change of socket `sk` (from `sock:inet_sock_set_state` or an equivalent hook).

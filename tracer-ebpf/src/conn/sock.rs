@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use tracer_common::{
-    conn::{AF_INET, AF_INET6, ConnStats, ConnTuple},
+    conn::{AF_INET, AF_INET6, BeforeStart, ConnStats, ConnTuple},
+    linux::{TCP_CLOSE_WAIT, TCP_CLOSING, TCP_LAST_ACK},
     offsets::SockOffsets,
 };
 
@@ -109,11 +110,38 @@ pub fn refresh_tcp(sk: u64, offsets: &SockOffsets, stats: &mut ConnStats) -> Res
     let retrans: u32 = read_kernel(sk, offsets.tcp_total_retrans)?;
     let srtt: u32 = read_kernel(sk, offsets.tcp_srtt_us)?;
     let mdev: u32 = read_kernel(sk, offsets.tcp_mdev_us)?;
-    stats.sent_packets = u64::from(segs_out);
-    stats.recv_packets = u64::from(segs_in);
-    stats.retransmits = retrans;
+    // Counted from the start: a connection found at start (`before_start` non-zero) reports
+    // what the kernel counted since (`segs_*` and `total_retrans` only grow).
+    let before = &stats.before_start;
+    stats.sent_packets = u64::from(segs_out.wrapping_sub(before.sent_packets));
+    stats.recv_packets = u64::from(segs_in.wrapping_sub(before.recv_packets));
+    stats.retransmits = retrans.wrapping_sub(before.retransmits);
     stats.rtt_us = srtt >> 3;
     stats.rtt_var_us = mdev >> 2;
+    Ok(())
+}
+
+/// The kernel's lifetime totals of TCP socket `sk` so far, for a connection that existed before
+/// the tracer started, in payload bytes like every other byte counter.
+///
+/// Sent: `bytes_sent - bytes_retrans`, the payload put on the wire once (bytes still queued
+/// unsent are in neither this nor the counters from the start). Not `bytes_acked`, which
+/// follows sequence numbers: it counts the SYN of the side that connected (not of the accepted
+/// side, created already past it) and an acknowledged FIN, so it would need the direction, which
+/// the walk only guesses. Received: `bytes_received`, which counts the peer's FIN as one byte;
+/// it has arrived in CLOSE_WAIT, LAST_ACK and CLOSING.
+#[inline(always)]
+pub fn before_start(sk: u64, offsets: &SockOffsets, out: &mut BeforeStart) -> Result<(), i32> {
+    let state = i32::from(read_kernel::<u8>(sk, offsets.skc_state)?);
+    let sent: u64 = read_kernel(sk, offsets.tcp_bytes_sent)?;
+    let retrans: u64 = read_kernel(sk, offsets.tcp_bytes_retrans)?;
+    let received: u64 = read_kernel(sk, offsets.tcp_bytes_received)?;
+    let peer_fin = u64::from(matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING));
+    out.sent_bytes = sent.saturating_sub(retrans);
+    out.recv_bytes = received.saturating_sub(peer_fin);
+    out.sent_packets = read_kernel(sk, offsets.tcp_segs_out)?;
+    out.recv_packets = read_kernel(sk, offsets.tcp_segs_in)?;
+    out.retransmits = read_kernel(sk, offsets.tcp_total_retrans)?;
     Ok(())
 }
 

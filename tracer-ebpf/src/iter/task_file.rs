@@ -1,11 +1,15 @@
 //! `iter/task_file` (Linux 5.8+): visits every open file of every task in the pid namespace of
-//! the reader, and names the owner of each accepted TCP connection in the table that has none.
+//! the reader, and names the owner of each connection tracked under its socket's own address
+//! (an accepted TCP connection, a socket found at start) that has none.
 //!
 //! An accepted socket is created in softirq (the handshake's last ACK), where no process is
 //! known. Its first send or receive runs in the process and names the owner (`conn::account`);
 //! this walk names the owners of the ones that did no I/O before userspace read the table
 //! (userspace runs it only then: tracer/src/kernel/iter.rs). It replaces `accept`'s syscall
 //! tracepoints, which put every syscall of every process on the kernel's slower traced path.
+//!
+//! It also names the owners of the sockets the start-up walk found (`super::seed`: they
+//! existed before the tracer started, and no hook saw their owner), right after that walk.
 //!
 //! The owner is the first task found holding the socket; the walk goes in pid order, so a
 //! socket passed to children goes to the lowest pid, as the first accepter usually is.

@@ -68,6 +68,8 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::IterTaskFile
+                | Hook::IterTcpSeed
+                | Hook::IterUdpSeed
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
                 | Hook::CgroupSockAddr(_)
@@ -129,6 +131,8 @@ impl Capabilities {
                 | Hook::CgroupSockOps
                 | Hook::IterTcp
                 | Hook::IterTaskFile
+                | Hook::IterTcpSeed
+                | Hook::IterUdpSeed
                 | Hook::CgroupSkbIngress
                 | Hook::CgroupSkbEgress
                 | Hook::CgroupSockAddr(_)

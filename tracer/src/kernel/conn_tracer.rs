@@ -35,7 +35,7 @@ use super::{
     btf::Btf,
     capabilities::{Capabilities, VMLINUX_BTF},
     counters::KernelCounters,
-    iter::{IterStats, OwnerIter, TcpIter},
+    iter::{IterStats, OwnerIter, Seeder, TcpIter},
     kretprobe::{KretprobeLink, MAXACTIVE},
     layout, map_reader, object,
     packet::{CaptureConfig, PacketRing},
@@ -60,6 +60,9 @@ pub struct KernelConfig {
     /// TLS objects the uprobes can tie to their sockets at once (`NT_TLS_CONNS`); 0: the TLS
     /// uprobes are not loaded.
     pub tls_max_objects: u32,
+    /// Track the connections that existed before the start (the start-up walk, Linux 5.9+;
+    /// tracer/src/kernel/iter.rs). Off: they are tracked from their first send or receive only.
+    pub track_existing: bool,
 }
 
 impl Default for KernelConfig {
@@ -71,6 +74,7 @@ impl Default for KernelConfig {
             btf_path: None,
             capture: CaptureConfig::default(),
             tls_max_objects: 0,
+            track_existing: true,
         }
     }
 }
@@ -241,6 +245,9 @@ impl ConnTracer {
             tcp_iter_refused: None,
             owner_iter: None,
             owner_iter_refused: None,
+            seeder: None,
+            seed_refused: None,
+            udp_seed_refused: None,
         };
         for probe in &plan.probes {
             // The time of each program (mostly the kernel's verifier) says which program makes
@@ -259,6 +266,17 @@ impl ConnTracer {
             plan.probes.retain(|p| p.hook != Hook::IterTaskFile);
             plan.reason
                 .push_str(&format!("; {}", plan::without_task_file_iterator(&why)));
+        }
+        if let Some(why) = attached.seed_refused.take() {
+            plan.probes
+                .retain(|p| !matches!(p.hook, Hook::IterTcpSeed | Hook::IterUdpSeed));
+            plan.reason
+                .push_str(&format!("; {}", plan::without_seed(&why)));
+        }
+        if let Some(why) = attached.udp_seed_refused.take() {
+            plan.probes.retain(|p| p.hook != Hook::IterUdpSeed);
+            plan.reason
+                .push_str(&format!("; without iter/udp ({why}): connected UDP sockets that existed before the start are tracked from their first send or receive"));
         }
         let closed = take_map(&mut ebpf, MAP_CLOSED)
             .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_CLOSED, e)))?;
@@ -290,7 +308,7 @@ impl ConnTracer {
         };
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
-        Ok(Self {
+        let tracer = Self {
             ebpf: Mutex::new(ebpf),
             closed: Mutex::new(closed),
             conns: Mutex::new(conns),
@@ -305,7 +323,40 @@ impl ConnTracer {
             owner_iter: attached.owner_iter,
             iter_stats: Mutex::new(IterStats::default()),
             packets,
-        })
+        };
+        if let Some(seeder) = attached.seeder.filter(|_| config.track_existing) {
+            tracer.seed(&seeder);
+        }
+        Ok(tracer)
+    }
+
+    /// The start-up walk: tracks every socket that existed before the start, then names the
+    /// owners of what it found (`iter/task_file`).
+    ///
+    /// It runs after every hook is attached, so no connection falls between the walk and the
+    /// hooks: one opened (or one that existed and moved data) while the walk runs is tracked by
+    /// the hooks, and the walk, which only creates entries that do not exist
+    /// (`conn::seed`, with the map's BPF_NOEXIST), leaves it alone; a socket the hooks see only
+    /// after the walk created its entry finds it. Each socket has one entry either way.
+    fn seed(&self, seeder: &Seeder) {
+        let stats = seeder.seed(Path::new("/proc"));
+        tracing::info!(
+            tcp = stats.seeded_tcp,
+            udp = stats.seeded_udp,
+            namespaces = stats.seed_netns_visited,
+            namespaces_failed = stats.seed_netns_failed,
+            "connections that existed before the start"
+        );
+        {
+            let mut totals = lock(&self.iter_stats);
+            totals.seed_netns_visited += stats.seed_netns_visited;
+            totals.seed_netns_failed += stats.seed_netns_failed;
+            totals.seeded_tcp += stats.seeded_tcp;
+            totals.seeded_udp += stats.seeded_udp;
+        }
+        if stats.seeded_tcp + stats.seeded_udp > 0 {
+            self.run_owner_walk();
+        }
     }
 
     /// The backend in use and why it was chosen.
@@ -416,15 +467,30 @@ impl ConnTracer {
     /// Runs the owner walk when `entries` (a read of the map) hold a TCP connection without an
     /// owner: one accepted in softirq that did no I/O yet. Returns whether it ran.
     fn name_owners(&self, entries: &[(ConnKey, ConnStats)]) -> bool {
-        let Some(owner_iter) = &self.owner_iter else {
+        if self.owner_iter.is_none() {
             return false;
-        };
+        }
+        // An accepted TCP connection without an owner. Not one the start-up walk found: the
+        // walk right after it named every owner it could, and what it could not (a kernel
+        // socket, no task holds it) would make every read walk again for nothing; those are
+        // named by their first send or receive.
         let waiting = entries.iter().any(|(_, stats)| {
-            stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP && stats.tuple.pid == 0
+            stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP
+                && stats.tuple.pid == 0
+                && stats.flags & tracer_common::conn::FLAG_PREEXISTING == 0
         });
         if !waiting {
             return false;
         }
+        self.run_owner_walk();
+        true
+    }
+
+    /// One owner walk (`iter/task_file`), counted in the iterator stats.
+    fn run_owner_walk(&self) {
+        let Some(owner_iter) = &self.owner_iter else {
+            return;
+        };
         let result = owner_iter.name_owners();
         let mut totals = lock(&self.iter_stats);
         totals.owner_walks += 1;
@@ -435,7 +501,6 @@ impl ConnTracer {
                 tracing::debug!(error = %e, "the owner walk (iter/task_file) failed");
             }
         }
-        true
     }
 
     /// Refreshes the copied TCP counters of every tracked connection from the kernel (the
@@ -641,6 +706,12 @@ struct Attached {
     owner_iter: Option<OwnerIter>,
     /// Why the (optional) task-file iterator did not load.
     owner_iter_refused: Option<String>,
+    /// The start-up walk, when it loaded (run once, then dropped).
+    seeder: Option<Seeder>,
+    /// Why the (optional) start-up walk did not load.
+    seed_refused: Option<String>,
+    /// Why its UDP half did not load (the TCP half did).
+    udp_seed_refused: Option<String>,
 }
 
 fn attach(
@@ -771,6 +842,29 @@ fn attach(
                     tracing::warn!(program, error = %e, "task-file iterator refused: running without it");
                     attached.owner_iter_refused = Some(e.to_string());
                 }
+            }
+        }
+        (Hook::IterTcpSeed, Program::Iter(prog)) => {
+            // Optional, like the other iterators.
+            match aya_btf(&mut attached.kernel_btf)
+                .and_then(|btf| Seeder::load_tcp(prog, btf, program))
+            {
+                Ok(seeder) => attached.seeder = Some(seeder),
+                Err(e) => {
+                    tracing::warn!(program, error = %e, "start-up walk refused: running without it");
+                    attached.seed_refused = Some(e.to_string());
+                }
+            }
+        }
+        (Hook::IterUdpSeed, Program::Iter(prog)) => {
+            // After the TCP one (the probe table's order); without it, nothing to add to.
+            let Some(seeder) = attached.seeder.as_mut() else {
+                return Ok(());
+            };
+            let btf = aya_btf(&mut attached.kernel_btf)?;
+            if let Err(e) = seeder.load_udp(prog, btf, program) {
+                tracing::warn!(program, error = %e, "UDP start-up walk refused: walking TCP only");
+                attached.udp_seed_refused = Some(e.to_string());
             }
         }
         (hook, _) => {

@@ -14,6 +14,10 @@
 //! that have been idle since their last segments and ACKs (the data path only copies them on
 //! application I/O).
 //!
+//! [`Seeder`], the start-up walk (`iter/tcp` and `iter/udp`, tracer-ebpf/src/iter/seed.rs;
+//! Linux 5.9+): run once when the tracer starts, in every network namespace, it tracks the
+//! sockets that existed before the start; the owner walk then names their owners.
+//!
 //! A TCP iterator sees only the sockets of the network namespace of the thread that creates the
 //! iterator file. So for each namespace with tracked connections, a helper thread (one per
 //! refresh, short-lived: `setns` moves only the calling thread) enters the namespace through an
@@ -55,6 +59,102 @@ pub struct IterStats {
     pub netns_failed: u64,
     /// Tracked TCP sockets whose counters were refreshed.
     pub sockets_refreshed: u64,
+    /// The start-up walk ([`Seeder`]): network namespaces whose sockets were walked.
+    pub seed_netns_visited: u64,
+    /// The start-up walk: namespaces found (a task or a `/run/netns` mount is in them) that
+    /// could not be opened, entered or walked: their connections that existed before the start
+    /// are tracked only from their first send or receive.
+    pub seed_netns_failed: u64,
+    /// TCP connections that existed before the start, tracked by the start-up walk.
+    pub seeded_tcp: u64,
+    /// Connected UDP sockets that existed before the start, tracked by the start-up walk.
+    pub seeded_udp: u64,
+}
+
+/// The start-up walk (`iter/tcp` and `iter/udp` programs `nt_seed_tcp`, `nt_seed_udp`,
+/// tracer-ebpf/src/iter/seed.rs; Linux 5.9+): run once, right after every hook is attached,
+/// in every network namespace; tracks the sockets that existed before the tracer started.
+pub struct Seeder {
+    tcp: OwnedFd,
+    /// `None` when the kernel refused the UDP one (then only TCP is walked).
+    udp: Option<OwnedFd>,
+}
+
+impl Seeder {
+    /// Loads `program` as the TCP start-up walk against the kernel's BTF and creates its link.
+    pub(crate) fn load_tcp(
+        program: &mut aya::programs::Iter,
+        btf: &aya::Btf,
+        name: &'static str,
+    ) -> Result<Self> {
+        let tcp = load_iterator(program, btf, name, "tcp")?;
+        Ok(Self { tcp, udp: None })
+    }
+
+    /// Loads `program` as the UDP start-up walk; the TCP one must be loaded first.
+    pub(crate) fn load_udp(
+        &mut self,
+        program: &mut aya::programs::Iter,
+        btf: &aya::Btf,
+        name: &'static str,
+    ) -> Result<()> {
+        self.udp = Some(load_iterator(program, btf, name, "udp")?);
+        Ok(())
+    }
+
+    /// Walks every network namespace under `proc` (and `/run/netns`): on one helper thread
+    /// that enters each in turn (`setns` moves only that thread; the iterators see the
+    /// namespace of the thread that creates their file). Fills the `seed_*` fields of the
+    /// returned stats.
+    pub fn seed(&self, proc: &Path) -> IterStats {
+        let (namespaces, unopened) = netns::all(proc);
+        let mut stats = IterStats {
+            seed_netns_failed: unopened,
+            ..IterStats::default()
+        };
+        let (tcp, udp) = (self.tcp.as_fd(), self.udp.as_ref().map(AsFd::as_fd));
+        let handles: Vec<(u32, BorrowedFd<'_>)> = namespaces
+            .iter()
+            .map(|(inode, file)| (*inode, file.as_fd()))
+            .collect();
+        let results = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut buf = vec![0u8; 64 << 10];
+                    handles
+                        .iter()
+                        .map(|&(inode, ns)| {
+                            let walk = netns::enter(ns).and_then(|()| {
+                                let tcp = run_iterator(tcp, &mut buf)?;
+                                let udp = match udp {
+                                    Some(link) => run_iterator(link, &mut buf)?,
+                                    None => 0,
+                                };
+                                Ok((tcp, udp))
+                            });
+                            if let Err(e) = &walk {
+                                tracing::warn!(netns = inode, error = %e, "cannot walk the sockets of a namespace at start");
+                            }
+                            walk.ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .join()
+                // The closure does not panic; if it did, every namespace counts as failed.
+                .unwrap_or_else(|_| vec![None; handles.len()])
+        });
+        for result in results {
+            match result {
+                Some((tcp, udp)) => {
+                    stats.seed_netns_visited += 1;
+                    stats.seeded_tcp += tcp;
+                    stats.seeded_udp += udp;
+                }
+                None => stats.seed_netns_failed += 1,
+            }
+        }
+        stats
+    }
 }
 
 /// The attached task-file iterator (see the module documentation).

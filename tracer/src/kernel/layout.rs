@@ -48,6 +48,9 @@ pub fn sock_offsets(btf: &Btf, btf_path: &Path) -> Result<SockOffsets> {
         task_group_leader: offset("task_struct", "group_leader")?,
         task_comm: offset("task_struct", "comm")?,
         sk_receive_queue_qlen: offset("sock", "sk_receive_queue.qlen")?,
+        tcp_bytes_sent: offset("tcp_sock", "bytes_sent")?,
+        tcp_bytes_retrans: offset("tcp_sock", "bytes_retrans")?,
+        tcp_bytes_received: offset("tcp_sock", "bytes_received")?,
     })
 }
 

@@ -71,6 +71,57 @@ pub fn find(proc: &Path, wanted: &HashSet<u32>, found: &mut HashMap<u32, File>) 
     }
 }
 
+/// Every network namespace that a task is in (any thread: `setns` moves one thread) or that a
+/// `/run/netns` bind mount keeps alive, opened, by inode. Returns them and how many were seen
+/// but could not be opened (a task that exited meanwhile is not counted: its namespace is found
+/// through another task, or is gone with it).
+pub fn all(proc: &Path) -> (HashMap<u32, File>, u64) {
+    let mut found = HashMap::new();
+    let mut failed = HashSet::new();
+    let mut visit = |path: &Path, inode: Option<u32>| {
+        let Some(inode) = inode else { return };
+        if found.contains_key(&inode) {
+            return;
+        }
+        match open_if(path, inode) {
+            Some(file) => {
+                failed.remove(&inode);
+                found.insert(inode, file);
+            }
+            None => {
+                failed.insert(inode);
+            }
+        }
+    };
+    if let Ok(processes) = std::fs::read_dir(proc) {
+        for process in processes.flatten() {
+            if !is_pid(&process.file_name()) {
+                continue;
+            }
+            let Ok(tasks) = std::fs::read_dir(process.path().join("task")) else {
+                continue; // gone meanwhile
+            };
+            for task in tasks.flatten() {
+                let path = task.path().join("ns/net");
+                let Ok(target) = std::fs::read_link(&path) else {
+                    continue; // gone meanwhile
+                };
+                visit(&path, netns_inode_of_link(&target.to_string_lossy()));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(NAMED_NETNS_DIR) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let inode = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok());
+            visit(&path, inode);
+        }
+    }
+    (found, failed.len() as u64)
+}
+
 /// Opens `path` if it is the namespace `inode` (checked on what was opened: a task may move
 /// between a readlink and the open).
 fn open_if(path: &Path, inode: u32) -> Option<File> {
@@ -176,6 +227,18 @@ mod tests {
         find(Path::new("/proc"), &HashSet::from([own, 1]), &mut found);
         assert!(found.contains_key(&own));
         assert!(!found.contains_key(&1));
+    }
+
+    #[test]
+    fn every_namespace_includes_this_thread_s() {
+        let (own, _) = current().unwrap();
+        let (found, _failed) = all(Path::new("/proc"));
+        assert!(found.contains_key(&own));
+        assert!(
+            found
+                .iter()
+                .all(|(inode, file)| file.metadata().unwrap().ino() == u64::from(*inode))
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 pub use super::probes::{
     Backend, BackendChoice, CAPTURE_MIN_KERNEL, CAPTURE_PROBES, Hook, ITER_MIN_KERNEL, MIN_KERNEL,
-    PROBES, ProbeSpec, SockAddrHook, TLS_MIN_KERNEL, TLS_PROBES, without_task_file_iterator,
-    without_tcp_iterator,
+    PROBES, ProbeSpec, SockAddrHook, TLS_MIN_KERNEL, TLS_PROBES, without_seed,
+    without_task_file_iterator, without_tcp_iterator,
 };
 use super::{capabilities::Capabilities, version::KernelVersion};
 use crate::{Error, Result};
@@ -38,7 +38,11 @@ pub fn unavailable_because(backend: Backend, caps: &Capabilities) -> Option<Stri
                 .filter(|p| {
                     !matches!(
                         p.hook,
-                        Hook::CgroupSockOps | Hook::IterTcp | Hook::IterTaskFile
+                        Hook::CgroupSockOps
+                            | Hook::IterTcp
+                            | Hook::IterTaskFile
+                            | Hook::IterTcpSeed
+                            | Hook::IterUdpSeed
                     )
                 })
                 .filter(|p| !(p.hook == Hook::CgroupSockRelease && backend != Backend::Tracepoint))
@@ -93,6 +97,8 @@ fn target_name(hook: Hook) -> String {
         Hook::CgroupSockOps => "cgroup/sock_ops".to_owned(),
         Hook::IterTcp => "iter/tcp".to_owned(),
         Hook::IterTaskFile => "iter/task_file".to_owned(),
+        Hook::IterTcpSeed => "iter/tcp (start-up walk)".to_owned(),
+        Hook::IterUdpSeed => "iter/udp (start-up walk)".to_owned(),
         Hook::CgroupSkbIngress => "cgroup_skb/ingress".to_owned(),
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_owned(),
         Hook::CgroupSockAddr(attach) => attach.section().to_owned(),
@@ -241,6 +247,10 @@ pub fn plan(choice: BackendChoice, caps: &Capabilities) -> Result<Plan> {
                     reason.push_str(&format!(
                         "; {}",
                         without_tcp_iterator(&format!("Linux < {ITER_MIN_KERNEL}"))
+                    ));
+                    reason.push_str(&format!(
+                        "; {}",
+                        without_seed(&format!("Linux < {ITER_MIN_KERNEL}"))
                     ));
                 }
                 if let (Some(root), true) = (

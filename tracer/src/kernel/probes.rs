@@ -89,6 +89,13 @@ pub enum Hook {
     /// [`Hook::IterTcp`]: without it, an accepted connection is named by its first send or
     /// receive, and held back from results until then.
     IterTaskFile,
+    /// The start-up walk over the TCP sockets of every network namespace (`iter/tcp`, 5.9+),
+    /// run once when the tracer starts: tracks the connections that existed before it. Optional
+    /// like [`Hook::IterTcp`]: without it, such a connection is tracked from its first send or
+    /// receive (direction unknown, no `before_start`), and one that moves no data is not seen.
+    IterTcpSeed,
+    /// The same over the UDP sockets (`iter/udp`, 5.9+): the connected ones.
+    IterUdpSeed,
     /// A `BPF_PROG_TYPE_CGROUP_SKB` program on `BPF_CGROUP_INET_INGRESS` of the cgroup v2 root:
     /// every packet a socket of any process receives (the packet capture).
     CgroupSkbIngress,
@@ -188,6 +195,22 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::IterTaskFile,
         backends: ALL,
         min_kernel: TASK_FILE_ITER_MIN_KERNEL,
+        max_kernel: None,
+    },
+    // Run once at start, after every hook is attached: the connections that existed before
+    // the tracer started (tracer/src/kernel/iter.rs, `Seeder`).
+    ProbeSpec {
+        program: tracer_common::names::PROG_ITER_TCP_SEED,
+        hook: Hook::IterTcpSeed,
+        backends: ALL,
+        min_kernel: ITER_MIN_KERNEL,
+        max_kernel: None,
+    },
+    ProbeSpec {
+        program: tracer_common::names::PROG_ITER_UDP_SEED,
+        hook: Hook::IterUdpSeed,
+        backends: ALL,
+        min_kernel: ITER_MIN_KERNEL,
         max_kernel: None,
     },
     ProbeSpec {
@@ -446,6 +469,15 @@ pub fn without_tcp_iterator(why: &str) -> String {
     format!(
         "without iter/tcp ({why}): TCP packets, retransmits and RTT are as of each connection's \
          latest application I/O, not of the read"
+    )
+}
+
+/// What the plan's reason says when the start-up walk (`iter/tcp`, `iter/udp`) is left out.
+pub fn without_seed(why: &str) -> String {
+    format!(
+        "without the start-up walk of iter/tcp and iter/udp ({why}): connections that existed \
+         before the start are tracked from their first send or receive only (counted in \
+         tcp_io_not_tracked where TCP cannot be)"
     )
 }
 

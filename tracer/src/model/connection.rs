@@ -72,6 +72,26 @@ pub enum EndReason {
     Expired,
 }
 
+/// What the kernel had counted on a connection that existed before the tracer started, at the
+/// moment the start-up walk found it ([`ConnectionStats::before_start`]). The connection's own
+/// counters ([`ConnectionStats::monotonic`], [`ConnectionStats::last`]) count from the start
+/// only; add these to get its lifetime totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BeforeStart {
+    /// TCP: payload bytes sent, each once (`tcpi_bytes_sent - tcpi_bytes_retrans`). Bytes
+    /// still queued unsent at the start are in neither this nor the counters from the start.
+    pub sent_bytes: u64,
+    /// TCP: payload bytes received (`tcpi_bytes_received`, less the peer's FIN which it counts
+    /// as a byte).
+    pub recv_bytes: u64,
+    /// TCP: segments sent (`tcpi_segs_out`).
+    pub sent_packets: u64,
+    /// TCP: segments received (`tcpi_segs_in`).
+    pub recv_packets: u64,
+    /// TCP: retransmitted segments (`tcpi_total_retrans`).
+    pub retransmits: u32,
+}
+
 /// One connection: the record the kernel side decodes and the state pipeline hands to clients.
 ///
 /// Only [`ConnectionStats::last`] is meant to be shipped: it holds what happened since the same
@@ -127,6 +147,10 @@ pub struct ConnectionStats {
     pub tcp_failures: TcpFailures,
     /// DNS stats attached to this (client→server:53) connection by the pipeline.
     pub dns: Option<Box<DomainStats>>,
+    /// The connection existed before the tracer started (found by the start-up walk, Linux
+    /// 5.9+): what the kernel had counted on it by then. All zero for UDP, whose sockets keep
+    /// no totals. `None` for a connection opened after the start.
+    pub before_start: Option<BeforeStart>,
 }
 
 impl ConnectionStats {
@@ -156,6 +180,7 @@ impl ConnectionStats {
             static_tags: 0,
             tcp_failures: TcpFailures::default(),
             dns: None,
+            before_start: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub mod usm;
 pub mod via;
 
 pub use comm::Comm;
-pub use connection::{ConnectionStats, ContainerIds, EndReason, TcpFailures};
+pub use connection::{BeforeStart, ConnectionStats, ContainerIds, EndReason, TcpFailures};
 pub use cookie::{connection_cookie, hash_cookie_bytes};
 pub use counters::{CounterDelta, PACKET_WRAP_MAX_DELTA, StatCounters};
 pub use delta::{Connections, Delta};
