@@ -1,6 +1,7 @@
 //! Builds the eBPF objects with aya-build (nightly + bpf-linker, always release) and puts them
-//! in `OUT_DIR`, where `kernel::object` embeds them: `tracer` (the production object) and
-//! `tcp-state-probe` (the test-only TCP state probe).
+//! in `OUT_DIR`, where `kernel::object` embeds them: `tracer` (the production object),
+//! `tcp-state-probe` (the test-only TCP state probe) and `bench-floor` (the benchmarks' empty
+//! programs).
 //!
 //! The root `cargo build` / `cargo test` must work on a machine without nightly or bpf-linker
 //! (docs, unit tests, the state pipeline): there the build script writes an empty stub object and
@@ -11,7 +12,7 @@ use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, anyhow};
 
-const OBJECT_NAMES: [&str; 2] = ["tracer", "tcp-state-probe"];
+const OBJECT_NAMES: [&str; 3] = ["tracer", "tcp-state-probe", "bench-floor"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=TRACER_REQUIRE_EBPF");

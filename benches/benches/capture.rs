@@ -5,8 +5,8 @@
 //!
 //! Modes, each attached ingress + egress to the cgroup v2 root with bpf_links:
 //! - `untraced`: nothing attached.
-//! - `floor`: `nt_floor_in` / `nt_floor_out`, empty programs (return 1) that exist in the eBPF
-//!   object only for this benchmark: the kernel's cost of running a program there at all.
+//! - `floor`: `nt_floor_in` / `nt_floor_out`, empty programs (return 1) of the benchmark-only
+//!   eBPF object (`bench-floor`): the kernel's cost of running a program there at all.
 //! - `capture`: the real `nt_packet_in` / `nt_packet_out` with the default capture config
 //!   (ports [53], enabled), loaded from the embedded object on their own, without the
 //!   connection tracer, so the row is the capture's cost alone.
@@ -117,18 +117,28 @@ struct Pair {
 
 impl Pair {
     /// Loads the embedded object with the capture's default configuration (what the tracer
-    /// gives it: ports [53], enabled; ring sized as configured) and loads `mode`'s two programs.
+    /// gives it: ports [53], enabled; ring sized as configured), or the floor's benchmark-only
+    /// object, and loads `mode`'s two programs.
     /// The object's other programs are not loaded; its maps are created at their declared sizes,
     /// all valid (the connection maps are unused here), and `NT_LAYOUT`, which no packet
     /// program reads, keeps its zeros.
     fn load(mode: Mode) -> Result<Self, String> {
-        let config = CaptureConfig::default();
-        let bytes = object::bytes().map_err(|e| format!("{e}"))?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_PACKETS, config.ring_bytes)
-            .override_global(GLOBAL_CAPTURE_CONFIG, &config.to_kernel(), true)
-            .load(bytes)
-            .map_err(|e| format!("loading the object: {e}"))?;
+        let mut ebpf = match mode {
+            // The benchmark-only object: no maps, no globals.
+            Mode::Floor => {
+                let bytes = object::floor_bytes().map_err(|e| format!("{e}"))?;
+                EbpfLoader::new().load(bytes)
+            }
+            Mode::Capture => {
+                let config = CaptureConfig::default();
+                let bytes = object::bytes().map_err(|e| format!("{e}"))?;
+                EbpfLoader::new()
+                    .map_max_entries(MAP_PACKETS, config.ring_bytes)
+                    .override_global(GLOBAL_CAPTURE_CONFIG, &config.to_kernel(), true)
+                    .load(bytes)
+            }
+        }
+        .map_err(|e| format!("loading the object: {e}"))?;
         let mut ids = BTreeSet::new();
         for (name, _) in mode.programs() {
             let program = program(&mut ebpf, name)?;

@@ -27,6 +27,13 @@
 //! whether the map was read with batched lookups. `cpu_ms_per_call` is the calling thread's
 //! CPU time per call (the whole call runs in it): on this shared 2-core machine, wall times
 //! can double when other jobs run; CPU time moves much less.
+//!
+//! The map read's floor, in the same run: a bare batched read of the same kernel map
+//! (`BPF_MAP_LOOKUP_BATCH` in chunks of 4096 into buffers reused across reads, the entries
+//! neither copied out nor looked at), opened by id from this process's descriptors. After
+//! criterion's steady state, [`FLOOR_PAIRS`] pairs (one call, one bare read) alternate, and the
+//! medians give `floor_map_read_ms`, `pair_map_read_ms` and `map_read_to_floor` (the issue's
+//! target: at most 1.5).
 
 use std::{
     cell::RefCell,
@@ -41,11 +48,21 @@ use criterion::{Criterion, SamplingMode, criterion_group};
 use serde_json::Value;
 use tracer::{BackendChoice, CallTimings, Config, Tracer};
 use tracer_benches::{
-    privileged::{Loaded, bench_mode, euid, nofile_limits, raise_nofile, thread_cpu_time},
+    privileged::{Loaded, bench_mode, euid, median, nofile_limits, raise_nofile, thread_cpu_time},
     summary::{number, upsert_fields_from_env},
+};
+use tracer_common::{
+    conn::{ConnKey, ConnStats},
+    names::MAP_CONNS,
 };
 
 const SIZES: [(usize, &str); 2] = [(10_000, "10k"), (100_000, "100k")];
+/// Alternating (call, bare read) pairs for the map read's floor.
+const FLOOR_PAIRS: usize = 30;
+/// The issue's target: the map read takes at most this many times the bare read.
+const TARGET_TO_FLOOR: f64 = 1.5;
+/// Entries per bare batch: the tracer's (`tracer::kernel::map_reader`).
+const FLOOR_BATCH: u32 = 4096;
 /// Kernel map capacity and per-client limit.
 const CAPACITY: u32 = 1 << 18;
 const FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
@@ -305,6 +322,7 @@ fn e2e(c: &mut Criterion) {
         });
         group.finish();
         report(&name, &rig.borrow(), size, first);
+        floor(&name, &mut rig.borrow_mut(), size);
     }
     let left = loaded.unload();
     if left > 0 {
@@ -399,6 +417,153 @@ fn report(name: &str, rig: &Rig<'_>, size: usize, first_call_ms: f64) {
     ];
     if let Err(err) = upsert_fields_from_env(name, fields) {
         eprintln!("{name}: cannot write the bench summary: {err}");
+    }
+}
+
+/// `union bpf_attr` for `BPF_MAP_LOOKUP_BATCH`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The bare read: the map's descriptor and reused buffers.
+struct BareRead {
+    map: aya::maps::MapData,
+    keys: Vec<ConnKey>,
+    values: Vec<ConnStats>,
+}
+
+impl BareRead {
+    /// Opens this process's `NT_CONNS` map (the loaded tracer's) by id.
+    fn open() -> Result<Self, String> {
+        let own: std::collections::BTreeSet<u32> = std::fs::read_dir("/proc/self/fdinfo")
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix("map_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect();
+        let id = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .find(|m| own.contains(&m.id()) && m.name_as_str() == Some(MAP_CONNS))
+            .map(|m| m.id())
+            .ok_or_else(|| format!("no {MAP_CONNS} map among this process's descriptors"))?;
+        let map = aya::maps::MapData::from_id(id).map_err(|e| e.to_string())?;
+        Ok(Self {
+            map,
+            keys: vec![ConnKey::default(); FLOOR_BATCH as usize],
+            values: vec![ConnStats::default(); FLOOR_BATCH as usize],
+        })
+    }
+
+    /// Reads every entry once; returns how many.
+    fn read(&mut self) -> io::Result<usize> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.map.fd().as_fd().as_raw_fd() as u32;
+        let (mut cursor_in, mut cursor_out, mut first, mut entries) = (0u64, 0u64, true, 0);
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    (&raw const cursor_in) as u64
+                },
+                out_batch: (&raw mut cursor_out) as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: FLOOR_BATCH,
+                map_fd: fd,
+                ..BatchAttr::default()
+            };
+            // SAFETY: the buffers hold `count` keys and values and outlive the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    24, // BPF_MAP_LOOKUP_BATCH
+                    &raw mut attr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            entries += attr.count as usize;
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENOENT) => Ok(entries),
+                    _ => Err(err),
+                };
+            }
+            cursor_in = cursor_out;
+            first = false;
+        }
+    }
+}
+
+/// The map read against its floor, in alternating pairs; prints and writes
+/// `get_active_connections/<size>/floor` and the ratio into the size's row.
+fn floor(name: &str, rig: &mut Rig<'_>, size: usize) {
+    if rig.failure.is_some() || rig.calls == 0 {
+        return;
+    }
+    let mut bare = match BareRead::open() {
+        Ok(bare) => bare,
+        Err(err) => {
+            println!("{name}: no floor: {err}");
+            return;
+        }
+    };
+    let (mut map_reads, mut floors) = (Vec::new(), Vec::new());
+    for _ in 0..FLOOR_PAIRS {
+        rig.call();
+        map_reads.push(ms(rig.tracer.last_call_timings().map_read));
+        let start = Instant::now();
+        match bare.read() {
+            Ok(entries) if entries >= size => floors.push(ms(start.elapsed())),
+            Ok(entries) => {
+                println!(
+                    "{name}: the bare read saw {entries} entries, fewer than {size}: no floor"
+                );
+                return;
+            }
+            Err(err) => {
+                println!("{name}: the bare read failed: {err}: no floor");
+                return;
+            }
+        }
+    }
+    let (map_read, floor) = (median(&map_reads), median(&floors));
+    let ratio = map_read / floor;
+    println!(
+        "{name}: map read {map_read:.3} ms against a bare batched read of the same map \
+         {floor:.3} ms (medians of {FLOOR_PAIRS} alternating pairs): {ratio:.2}x [target <= \
+         {TARGET_TO_FLOOR}x {}]",
+        if ratio <= TARGET_TO_FLOOR {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+    let fields = [
+        ("floor_map_read_ms", number(floor)),
+        ("pair_map_read_ms", number(map_read)),
+        ("map_read_to_floor", number(ratio)),
+    ];
+    if let Err(err) = upsert_fields_from_env(name, fields) {
+        eprintln!("{name}: cannot write the bench summary: {err}");
+    }
+    let row = format!("{name}/floor");
+    if let Err(err) = upsert_fields_from_env(&row, [("map_read_ms", number(floor))]) {
+        eprintln!("{row}: cannot write the bench summary: {err}");
     }
 }
 

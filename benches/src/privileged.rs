@@ -83,6 +83,11 @@ impl Loaded {
         self.programs.len()
     }
 
+    /// The ids of this tracer's programs.
+    pub fn program_ids(&self) -> &BTreeSet<u32> {
+        &self.programs
+    }
+
     /// Run time and run count so far of each of this tracer's programs (by name), as the
     /// kernel's BPF statistics report them (they only move while [`enable_run_time_stats`] is
     /// held).

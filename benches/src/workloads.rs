@@ -9,6 +9,9 @@
 //!   64 KiB buffer as fast as it can. A measurement ends when every byte written was read.
 //! - `udp_echo_64`: a connected client sends a 64 B datagram (`send`) to an unconnected server
 //!   thread, which echoes it (`recvfrom`, `sendto`); the client receives it (`recv`).
+//! - `unrelated_syscalls`: `getppid()` in a loop, no socket: what a tracer costs work it does
+//!   not trace (a syscall tracepoint would put every syscall on the kernel's slow path). One
+//!   iteration = one call.
 //!
 //! Each measurement counts the send/receive syscalls both sides made and the packets they put
 //! on the loopback wire (each is seen once leaving and once arriving): for TCP the segments the
@@ -94,6 +97,7 @@ pub enum Kind {
     TcpRr,
     TcpBulk,
     UdpEcho,
+    Getppid,
 }
 
 impl Kind {
@@ -102,6 +106,7 @@ impl Kind {
             Self::TcpRr => "tcp_rr_64",
             Self::TcpBulk => "tcp_bulk_64k",
             Self::UdpEcho => "udp_echo_64",
+            Self::Getppid => "unrelated_syscalls",
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn workloads(bench: &str, cpu: Option<usize>, kinds: &[Kind]) -> Vec<Box<dyn
                 Kind::TcpRr => TcpRr::new(cpu).map(|w| Box::new(w) as _),
                 Kind::TcpBulk => TcpBulk::new(cpu).map(|w| Box::new(w) as _),
                 Kind::UdpEcho => UdpEcho::new(cpu).map(|w| Box::new(w) as _),
+                Kind::Getppid => Ok(Box::new(Getppid) as _),
             };
             made.map_err(|err| {
                 println!("{bench}: {}: cannot set up the sockets: {err}", kind.name());
@@ -458,6 +464,26 @@ impl Drop for UdpEcho {
         if self.client.send(&[]).is_ok() {
             join(self.name(), self.server.take());
         }
+    }
+}
+
+/// `unrelated_syscalls`: `getppid()` in a loop on the measuring thread (pinned like the others).
+struct Getppid;
+
+impl Workload for Getppid {
+    fn name(&self) -> &'static str {
+        Kind::Getppid.name()
+    }
+
+    fn run(&mut self, iters: u64) -> io::Result<Sample> {
+        timed(iters, || {
+            for _ in 0..iters {
+                // SAFETY: getppid has no preconditions and cannot fail. black_box: the call is
+                // the workload, it must not be hoisted or merged.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+            Ok(iters)
+        })
     }
 }
 

@@ -160,12 +160,26 @@ pub const MAP_CLASSIFY_BUF: &str = "NT_CLASSIFY_BUF";
 pub const MAP_HTTP_INFLIGHT: &str = "NT_HTTP_INFLIGHT";
 /// Global: [`crate::packet::CaptureConfig`].
 pub const GLOBAL_CAPTURE_CONFIG: &str = "NT_CAPTURE_CONFIG";
-/// The capture benchmark's floor: an empty `cgroup_skb/ingress` program (returns 1), never
-/// attached by the tracer. Named within the kernel's 15 characters, so that it stays apart from
-/// its egress twin in `bpftool` and in the run-time statistics.
+/// The capture benchmark's floor: an empty `cgroup_skb/ingress` program (returns 1) of the
+/// benchmark-only object (`bench-floor`), never attached by the tracer. Named within the
+/// kernel's 15 characters, so that it stays apart from its egress twin in `bpftool` and in the
+/// run-time statistics.
 pub const PROG_PACKET_FLOOR_INGRESS: &str = "nt_floor_in";
 /// The capture benchmark's floor: the empty `cgroup_skb/egress` twin.
 pub const PROG_PACKET_FLOOR_EGRESS: &str = "nt_floor_out";
+/// The overhead benchmark's tracepoint floor (`bench-floor`): an empty raw tracepoint on
+/// `sock:sock_send_length`.
+pub const PROG_FLOOR_TP_SEND: &str = "nt_fl_send";
+/// The tracepoint floor: an empty raw tracepoint on `sock:sock_recv_length`.
+pub const PROG_FLOOR_TP_RECV: &str = "nt_fl_recv";
+/// The tracepoint floor: empty `cgroup/sendmsg4`, `sendmsg6`, `recvmsg4`, `recvmsg6` programs
+/// (return 1: the call goes on), the hooks of the tracepoint backend's UDP peers.
+pub const PROG_FLOOR_SOCK_ADDR: [&str; 4] = [
+    "nt_fl_sendmsg4",
+    "nt_fl_sendmsg6",
+    "nt_fl_recvmsg4",
+    "nt_fl_recvmsg6",
+];
 
 /// TLS: `SSL_set_fd` uprobe (ties an OpenSSL object to its socket).
 pub const PROG_TLS_SSL_SET_FD: &str = "nt_ssl_set_fd";

@@ -60,6 +60,11 @@ const APT_PACKAGES: &[(&str, bool)] = &[
     ("gnutls-bin", true),
     // The terminal the live view's test runs `nettrace` in, and reads back (`capture-pane`).
     ("tmux", true),
+    // The `overhead` benchmark's peer (`overhead/tracepoint/peer_bpftrace`: a bpftrace one-liner
+    // on the same tracepoints), and bpftool for the programs' instruction counts and dumps
+    // (`bpftool prog show` / `prog dump xlated`, the profile in the README).
+    ("bpftrace", true),
+    ("bpftool", true),
 ];
 
 /// System services that installing a package of [`APT_PACKAGES`] starts (Debian starts a

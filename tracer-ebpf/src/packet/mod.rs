@@ -36,7 +36,6 @@ use tracer_common::{
 
 use crate::counters::bump;
 
-mod floor;
 pub(crate) mod http;
 
 pub(crate) use http::finish as http_finish;

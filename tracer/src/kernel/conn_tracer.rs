@@ -441,18 +441,23 @@ impl ConnTracer {
     /// Before the read that is returned, one read of the map (into `out`, overwritten) says
     /// what the read-time iterators have to do: the namespaces whose TCP counters to refresh
     /// (`iter/tcp`), and whether an accepted connection waits for its owner (`iter/task_file`).
+    /// When neither has anything to do (no TCP connection: UDP flows only), nothing was written
+    /// since that read, and it is returned (a second read would double the call's map time).
     pub fn read_connections(
         &self,
         out: &mut Vec<(ConnKey, ConnStats)>,
     ) -> Result<map_reader::ReadStats> {
         if self.tcp_iter.is_some() || self.owner_iter.is_some() {
-            {
+            let first = {
                 let conns = lock(&self.conns);
                 map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
-                    .map_err(|e| map_error(MAP_CONNS, e))?;
+                    .map_err(|e| map_error(MAP_CONNS, e))?
+            };
+            let walked = self.name_owners(out);
+            let refreshed = self.refresh_tcp_counters(out);
+            if !walked && !refreshed {
+                return Ok(first);
             }
-            self.name_owners(out);
-            self.refresh_tcp_counters(out);
         }
         let conns = lock(&self.conns);
         map_reader::read_all(&conns, self.conns_fd.as_fd(), out)
@@ -460,10 +465,10 @@ impl ConnTracer {
     }
 
     /// Runs the owner walk when `entries` (a read of the map) hold a TCP connection without an
-    /// owner: one accepted in softirq that did no I/O yet.
-    fn name_owners(&self, entries: &[(ConnKey, ConnStats)]) {
+    /// owner: one accepted in softirq that did no I/O yet. Returns whether it ran.
+    fn name_owners(&self, entries: &[(ConnKey, ConnStats)]) -> bool {
         if self.owner_iter.is_none() {
-            return;
+            return false;
         }
         // An accepted TCP connection without an owner. Not one the start-up walk found: the
         // walk right after it named every owner it could, and what it could not (a kernel
@@ -475,9 +480,10 @@ impl ConnTracer {
                 && stats.flags & tracer_common::conn::FLAG_PREEXISTING == 0
         });
         if !waiting {
-            return;
+            return false;
         }
         self.run_owner_walk();
+        true
     }
 
     /// One owner walk (`iter/task_file`), counted in the iterator stats.
@@ -499,21 +505,24 @@ impl ConnTracer {
 
     /// Refreshes the copied TCP counters of every tracked connection from the kernel (the
     /// `iter/tcp` program in each network namespace that has tracked connections in `entries`,
-    /// a read of the map), so that the next read of the map reports them as of now.
-    fn refresh_tcp_counters(&self, entries: &[(ConnKey, ConnStats)]) {
+    /// a read of the map), so that the next read of the map reports them as of now. Returns
+    /// whether there was any (a namespace to refresh).
+    fn refresh_tcp_counters(&self, entries: &[(ConnKey, ConnStats)]) -> bool {
         let Some(tcp_iter) = &self.tcp_iter else {
-            return;
+            return false;
         };
         let netns: std::collections::HashSet<u32> = entries
             .iter()
             .filter(|(_, stats)| stats.tuple.protocol == tracer_common::conn::IPPROTO_TCP)
             .map(|(_, stats)| stats.tuple.netns)
             .collect();
+        // Called with no namespace too: that closes the namespaces it kept open.
         let stats = tcp_iter.refresh(&netns);
         let mut totals = lock(&self.iter_stats);
         totals.netns_visited += stats.netns_visited;
         totals.netns_failed += stats.netns_failed;
         totals.sockets_refreshed += stats.sockets_refreshed;
+        !netns.is_empty()
     }
 
     /// Totals of every read-time TCP refresh so far (see [`ConnTracer::refresh_tcp_counters`]).

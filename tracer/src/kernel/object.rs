@@ -27,3 +27,15 @@ pub fn tcp_state_bytes() -> Result<&'static [u8]> {
     }
     Ok(TCP_STATE_OBJECT)
 }
+
+/// The benchmark-only object of empty programs on the tracer's hooks (the floors of
+/// `benches/benches/{overhead,capture}.rs`), apart from the production object.
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-floor"));
+
+/// The floor object, or a typed error when this build carries only the stub.
+pub fn floor_bytes() -> Result<&'static [u8]> {
+    if FLOOR_OBJECT.is_empty() {
+        return Err(Error::EbpfObjectMissing);
+    }
+    Ok(FLOOR_OBJECT)
+}
