@@ -368,7 +368,8 @@ fn wait_freed_any(ids: &BTreeSet<u32>) -> usize {
 /// Whatever a phase holds loaded.
 enum Held {
     None,
-    Tracer(Loaded),
+    // Boxed: a loaded tracer is hundreds of bytes, the other variants a few words.
+    Tracer(Box<Loaded>),
     Floor(Floor),
     Peer(Peer),
 }
@@ -377,9 +378,9 @@ impl Held {
     fn attach(mode: Mode, backend: Backend) -> Result<Self, String> {
         Ok(match mode {
             Mode::Untraced => Self::None,
-            Mode::Traced => {
-                Self::Tracer(Loaded::with_backend(backend).map_err(|e| format!("loading: {e:?}"))?)
-            }
+            Mode::Traced => Self::Tracer(Box::new(
+                Loaded::with_backend(backend).map_err(|e| format!("loading: {e:?}"))?,
+            )),
             Mode::Floor => Self::Floor(Floor::attach()?),
             Mode::Peer => Self::Peer(Peer::attach()?),
         })
@@ -406,7 +407,7 @@ impl Held {
     fn unload(self) {
         match self {
             Self::None => {}
-            Self::Tracer(loaded) => unload(loaded),
+            Self::Tracer(loaded) => unload(*loaded),
             Self::Floor(floor) => floor.unload(),
             Self::Peer(peer) => peer.unload(),
         }
