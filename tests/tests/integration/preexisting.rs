@@ -18,6 +18,7 @@ use tracer_common::conn::{
     FLAG_PREEXISTING, IPPROTO_TCP, IPPROTO_UDP,
 };
 use tracer_integration::{
+    fork::{fork_child, raw_read_exact, raw_write_all, wait_ok},
     kernel_view::{TcpInfo, ss_tcp_info, tcp_info},
     netns::{current_netns_inode, in_fresh_netns, loopback_up},
     tracer::{endpoints, load, summary, the_one},
@@ -30,58 +31,6 @@ const FIN_WAIT2: u8 = 5;
 /// The descriptor number the forked server moves its accepted socket to, so the parent can
 /// borrow it (`pidfd_getfd`) to read its `TCP_INFO`.
 const CHILD_SOCKET_FD: i32 = 900;
-
-/// Forks; the child runs `child` (raw syscalls only: it is a fork of a multi-threaded process)
-/// and exits with its return code.
-fn fork_child(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child only runs async-signal-safe raw syscalls, then `_exit`s.
-    match unsafe { libc::fork() } {
-        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
-        0 => {
-            let code = child();
-            // SAFETY: leaves the child without running the parent's destructors or tests.
-            unsafe { libc::_exit(code) }
-        }
-        pid => pid,
-    }
-}
-
-fn wait_ok(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waiting on our own child.
-    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(rc, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: status {status:#x}"
-    );
-}
-
-fn raw_read_exact(fd: i32, mut n: usize) -> bool {
-    let mut buf = [0u8; 512];
-    while n > 0 {
-        // SAFETY: valid buffer.
-        let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), n.min(buf.len())) };
-        if got <= 0 {
-            return false;
-        }
-        n -= got as usize;
-    }
-    true
-}
-
-fn raw_write_all(fd: i32, mut n: usize) -> bool {
-    let buf = [9u8; 512];
-    while n > 0 {
-        // SAFETY: valid buffer.
-        let put = unsafe { libc::write(fd, buf.as_ptr().cast(), n.min(buf.len())) };
-        if put <= 0 {
-            return false;
-        }
-        n -= put as usize;
-    }
-    true
-}
 
 /// A duplicate of descriptor `fd` of process `pid` (`pidfd_getfd`, 5.6+).
 fn borrow_fd(pid: libc::pid_t, fd: i32) -> OwnedFd {
