@@ -56,7 +56,7 @@ use tracer::kernel::{capabilities::find_cgroup2_root, object, packet::CaptureCon
 use tracer_benches::{
     privileged::{
         bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu, median,
-        pin_to_cpu, run_stats, wait_freed,
+        phase_runs, pin_to_cpu, run_stats, wait_freed,
     },
     summary::{number, upsert_fields_from_env},
     workloads::{
@@ -401,25 +401,11 @@ fn program_cost(
         programs: Vec::new(),
     };
     let (mut total_runs, mut total_ns) = (0u64, 0.0);
-    for (name, &(time_during, count_during)) in &during {
-        let (time_before, count_before) = before.get(name).copied().unwrap_or_default();
-        let (time_after, count_after) = after.get(name).copied().unwrap_or_default();
-        let background_runs = count_after.saturating_sub(count_during);
-        let background_time = time_after.saturating_sub(time_during);
-        let runs = count_during
-            .saturating_sub(count_before)
-            .saturating_sub(background_runs);
-        if runs == 0 {
-            continue;
-        }
-        let ns = time_during
-            .saturating_sub(time_before)
-            .saturating_sub(background_time)
-            .as_nanos() as f64;
+    for (name, runs, ns) in phase_runs(&before, &during, &after) {
         total_runs += runs;
         total_ns += ns;
         cost.programs
-            .push((name.clone(), runs as f64 / packets, ns / runs as f64));
+            .push((name, runs as f64 / packets, ns / runs as f64));
     }
     cost.runs_per_packet = total_runs as f64 / packets;
     cost.ns_per_run = total_ns / total_runs.max(1) as f64;

@@ -75,7 +75,7 @@ use tracer::{
 use tracer_benches::{
     privileged::{
         Loaded, bench_mode, enable_run_time_stats, euid, foreign_programs, last_allowed_cpu,
-        loadable_backends, median, pin_to_cpu, run_stats, wait_freed,
+        loadable_backends, median, phase_runs, pin_to_cpu, run_stats, wait_freed,
     },
     summary::{number, upsert_fields_from_env},
     workloads::{Kind, Phase, Status, Workload, calibrate, criterion_batch, phase, workloads},
@@ -497,25 +497,11 @@ fn program_cost(
         runs_per_call: 0.0,
         programs: Vec::new(),
     };
-    for (name, &(time_during, count_during)) in &during {
-        let (time_before, count_before) = before.get(name).copied().unwrap_or_default();
-        let (time_after, count_after) = after.get(name).copied().unwrap_or_default();
-        let background_runs = count_after.saturating_sub(count_during);
-        let background_time = time_after.saturating_sub(time_during);
-        let runs = count_during
-            .saturating_sub(count_before)
-            .saturating_sub(background_runs);
-        if runs == 0 {
-            continue;
-        }
-        let ns = time_during
-            .saturating_sub(time_before)
-            .saturating_sub(background_time)
-            .as_nanos() as f64;
+    for (name, runs, ns) in phase_runs(&before, &during, &after) {
         cost.ns_per_call += ns / calls;
         cost.runs_per_call += runs as f64 / calls;
         cost.programs
-            .push((name.clone(), runs as f64 / calls, ns / runs as f64));
+            .push((name, runs as f64 / calls, ns / runs as f64));
     }
     Ok(cost)
 }

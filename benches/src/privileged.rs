@@ -121,6 +121,36 @@ pub fn run_stats(ids: &BTreeSet<u32>) -> BTreeMap<String, (Duration, u64)> {
     stats
 }
 
+/// Each program's runs and run time (ns) in a measured phase: the statistics `during` minus
+/// those `before` it, minus the background of an equally long stretch without the workload
+/// (`after` minus `during`: the programs run for every other process's sockets and packets
+/// too). Programs that did not run are left out.
+pub fn phase_runs(
+    before: &BTreeMap<String, (Duration, u64)>,
+    during: &BTreeMap<String, (Duration, u64)>,
+    after: &BTreeMap<String, (Duration, u64)>,
+) -> Vec<(String, u64, f64)> {
+    let mut out = Vec::new();
+    for (name, &(time_during, count_during)) in during {
+        let (time_before, count_before) = before.get(name).copied().unwrap_or_default();
+        let (time_after, count_after) = after.get(name).copied().unwrap_or_default();
+        let background_runs = count_after.saturating_sub(count_during);
+        let background_time = time_after.saturating_sub(time_during);
+        let runs = count_during
+            .saturating_sub(count_before)
+            .saturating_sub(background_runs);
+        if runs == 0 {
+            continue;
+        }
+        let ns = time_during
+            .saturating_sub(time_before)
+            .saturating_sub(background_time)
+            .as_nanos() as f64;
+        out.push((name.clone(), runs, ns));
+    }
+    out
+}
+
 /// Waits, at most [`UNLOAD_TIMEOUT`], until the kernel has freed the programs `ids` (after
 /// their last descriptor and link are dropped, asynchronously, after an RCU grace period).
 /// Returns how many were still loaded when it stopped waiting (0: all freed).
