@@ -295,7 +295,7 @@ impl Tracer {
             }
             None => None,
         };
-        let tls_refresher = if shared.kernel.tls_loaded() {
+        let tls_refresher = if shared.kernel.tls_planned() {
             shared.tls.refresh(&shared.kernel);
             shared.tls.log();
             Some(Refresher::start(Arc::clone(&shared))?)
@@ -336,7 +336,7 @@ impl Tracer {
 
     /// Runs one refresh of the TLS file registry now (it also runs every `tls.refresh`).
     pub fn refresh_tls(&self) {
-        if self.shared.kernel.tls_loaded() {
+        if self.shared.kernel.tls_planned() {
             self.shared.tls.refresh(&self.shared.kernel);
         }
     }
@@ -396,7 +396,7 @@ impl Tracer {
         clock.lap(|t| &mut t.pipeline);
         let mut connections = Connections::from_delta(delta);
         // TLS connections of processes that map no hooked TLS library: not hookable, counted.
-        if shared.kernel.tls_loaded() {
+        if shared.kernel.tls_planned() {
             shared.tls.note_tls_owners(
                 connections
                     .conns

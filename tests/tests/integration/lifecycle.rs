@@ -117,6 +117,10 @@ fn every_program_is_verified_well_inside_the_kernels_limit() {
     }) else {
         return;
     };
+    // The TLS programs load when the file registry first hooks a library; here, now.
+    tracer
+        .load_tls_programs()
+        .expect("the kernel loads the TLS programs");
     let kernel = KernelVersion::current().expect("kernel version");
     let reported = kernel >= KernelVersion::new(5, 16, 0);
     let mut counted = Vec::new();

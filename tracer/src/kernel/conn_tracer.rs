@@ -373,11 +373,18 @@ impl ConnTracer {
         symbol: &str,
     ) -> std::result::Result<UProbeLinkId, ProgramError> {
         let mut ebpf = lock(&self.ebpf);
+        load_tls_programs(&mut ebpf, &self.plan)?;
         let prog: &mut UProbe = ebpf
             .program_mut(program)
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
         prog.attach(symbol, target, UProbeScope::AllProcesses)
+    }
+
+    /// Loads the planned TLS programs now, if they are not loaded yet (the first attach does
+    /// it anyway). For tools and tests that inspect the loaded programs.
+    pub fn load_tls_programs(&self) -> std::result::Result<(), ProgramError> {
+        load_tls_programs(&mut lock(&self.ebpf), &self.plan)
     }
 
     /// Detaches a link [`Self::attach_uprobe`] made.
@@ -394,8 +401,9 @@ impl ConnTracer {
         prog.detach(link)
     }
 
-    /// Whether the TLS uprobes are loaded (planned and accepted by the kernel).
-    pub fn tls_loaded(&self) -> bool {
+    /// Whether the TLS uprobes are planned. They are loaded when the file registry first
+    /// attaches one ([`Self::attach_uprobe`]), not at start.
+    pub fn tls_planned(&self) -> bool {
         self.plan.probes.iter().any(|p| p.hook == Hook::Uprobe)
     }
 
@@ -714,6 +722,27 @@ struct Attached {
     udp_seed_refused: Option<String>,
 }
 
+/// Loads (the verifier's walk) each planned TLS program that is not loaded yet. A refusal is
+/// the caller's attach failure; the next attach tries again.
+fn load_tls_programs(ebpf: &mut Ebpf, plan: &Plan) -> std::result::Result<(), ProgramError> {
+    for probe in plan
+        .probes
+        .iter()
+        .filter(|p| matches!(p.hook, Hook::Uprobe | Hook::Uretprobe))
+    {
+        let prog: &mut UProbe = ebpf
+            .program_mut(probe.program)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        if prog.fd().is_err() {
+            let started = std::time::Instant::now();
+            prog.load()?;
+            tracing::debug!(program = probe.program, elapsed = ?started.elapsed(), "TLS program loaded");
+        }
+    }
+    Ok(())
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
@@ -815,11 +844,11 @@ fn attach(
             prog.attach(cgroup, attach_type, aya::programs::CgroupAttachMode::Single)
                 .map_err(fail)?;
         }
-        // Loaded only: the file registry attaches them per TLS library file
-        // ([`ConnTracer::attach_uprobe`]).
-        (Hook::Uprobe | Hook::Uretprobe, Program::UProbe(prog)) => {
-            prog.load().map_err(fail)?;
-        }
+        // Neither loaded nor attached here: the file registry loads them when it first finds a
+        // TLS library file to hook, and attaches them per file ([`ConnTracer::attach_uprobe`]).
+        // Their verification is the longest of the object's (about 5 s of a 20 s start in an
+        // emulated 6.1 VM), wasted on hosts where no process maps a TLS library.
+        (Hook::Uprobe | Hook::Uretprobe, Program::UProbe(_)) => {}
         (Hook::IterTcp, Program::Iter(prog)) => {
             // Optional: a refusal is recorded (the plan's reason names it), not fatal.
             match aya_btf(&mut attached.kernel_btf)
