@@ -41,20 +41,52 @@ fn main() -> anyhow::Result<()> {
         .join("..")
         .join("tracer-ebpf");
     let root_dir = root_dir.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf(
+    // aya-build builds in a cargo target directory under `OUT_DIR`, which is new for every
+    // distinct build of this crate (clippy, `cargo test`, the integration tests, `nettrace`
+    // each have their own): each was a full nightly build of the eBPF crate and of `core`,
+    // four of them (7.5 minutes) in one CI run. It reads `OUT_DIR` from the environment, so
+    // it gets one shared directory beside this profile's (`target/ebpf`); the nested cargo
+    // then finds its previous build and only copies, and the objects come here afterwards.
+    let shared = shared_ebpf_dir(&out_dir);
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // SAFETY: a build script is one thread; nothing else reads the environment meanwhile.
+    unsafe { env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",
             root_dir,
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,
-    )?;
-    for object in &objects {
-        if !object.exists() {
-            return Err(anyhow!("aya-build did not produce {}", object.display()));
+    );
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built?;
+    for (name, object) in OBJECT_NAMES.iter().zip(&objects) {
+        let built = shared.join(name);
+        if !built.exists() {
+            return Err(anyhow!("aya-build did not produce {}", built.display()));
         }
+        fs::copy(&built, object)
+            .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
     }
     Ok(())
+}
+
+/// `<target>/ebpf` for an `OUT_DIR` of `<target>/<profile>/build/tracer-<hash>/out` (or
+/// `<target>/<triple>/<profile>/...`: then `<target>/<triple>/ebpf`); `OUT_DIR` itself for any
+/// other shape.
+fn shared_ebpf_dir(out_dir: &std::path::Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .nth(4)
+        .filter(|_| {
+            out_dir
+                .parent()
+                .and_then(|p| p.parent())
+                .is_some_and(|b| b.ends_with("build"))
+        })
+        .map_or_else(|| out_dir.to_path_buf(), |target| target.join("ebpf"))
 }
 
 /// Why the eBPF toolchain is unusable here, or `None` when nightly and bpf-linker are present.
