@@ -135,7 +135,28 @@ fn child() {
         return;
     }
     match Tracer::new(config()) {
-        Ok(_) => println!("{REPLY} loaded"),
+        Ok(_) => {
+            // The memlock test's ground truth: whether the limit was raised to load.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit into the valid struct.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) },
+                0
+            );
+            if limit.rlim_cur == libc::RLIM_INFINITY {
+                println!("{REPLY} loaded memlock=unlimited")
+            } else {
+                println!("{REPLY} loaded memlock={}", limit.rlim_cur)
+            }
+        }
+        Err(Error::MemlockLimit {
+            what, soft, hard, ..
+        }) => {
+            println!("{REPLY} memlock-limit {soft}/{hard} {what}")
+        }
         Err(Error::TracepointFormat { tracepoint, reason }) => {
             println!("{REPLY} tracepoint-format {tracepoint}: {reason}")
         }
@@ -929,4 +950,88 @@ fn a_cgroup_removed_under_an_open_connection_degrades_in_a_counted_way() {
         );
         tracer.counters().expect("counters at the end");
     });
+}
+
+/// RLIMIT_MEMLOCK of the memlock test's children, soft and hard: 16 pages, far below the maps'
+/// size (the connection map alone is megabytes).
+const LOW_MEMLOCK: u64 = 64 * 1024;
+const CAP_SYS_RESOURCE: i32 = 24;
+
+/// Runs [`child`] with RLIMIT_MEMLOCK at [`LOW_MEMLOCK`] (soft and hard), and without
+/// CAP_SYS_RESOURCE (dropped from the bounding set before exec: root then execs without it)
+/// when `drop_sys_resource`; returns its reply line.
+fn child_with_low_memlock(drop_sys_resource: bool) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "faults::child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdout(Stdio::piped());
+    // SAFETY: between fork and exec the child makes only raw syscalls.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: LOW_MEMLOCK,
+                rlim_max: LOW_MEMLOCK,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if drop_sys_resource
+                && libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    CAP_SYS_RESOURCE as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("start the child");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    let reply = lines
+        .iter()
+        .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
+        .unwrap_or_default();
+    assert!(child.wait().expect("child").success(), "the child failed");
+    reply
+}
+
+#[test]
+fn a_low_memlock_limit_is_raised_or_a_typed_error_naming_it() {
+    // Map and program creation, before any attach: the backend plays no part.
+    if !first_backend_of_kernel("a low RLIMIT_MEMLOCK") {
+        return;
+    }
+    let charged = tracer::KernelVersion::current()
+        .is_some_and(|kernel| kernel < tracer::KernelVersion::new(5, 11, 0));
+    // Root may raise its own hard limit (CAP_SYS_RESOURCE): aya does on the first EPERM.
+    let with_cap = child_with_low_memlock(false);
+    // Without CAP_SYS_RESOURCE the limit stays: below 5.11 the first map does not fit.
+    let without_cap = child_with_low_memlock(true);
+    eprintln!("with CAP_SYS_RESOURCE: {with_cap}; without: {without_cap}");
+    if charged {
+        assert_eq!(with_cap, "loaded memlock=unlimited", "raised to load");
+        assert!(
+            without_cap.starts_with(&format!(
+                "memlock-limit {LOW_MEMLOCK}/{LOW_MEMLOCK} creating map "
+            )),
+            "a typed error naming the limit and the map: {without_cap}"
+        );
+    } else {
+        // Memory cgroup accounting from 5.11: the limit neither matters nor is touched.
+        assert_eq!(with_cap, format!("loaded memlock={LOW_MEMLOCK}"));
+        assert_eq!(without_cap, format!("loaded memlock={LOW_MEMLOCK}"));
+    }
 }
