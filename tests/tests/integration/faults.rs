@@ -38,9 +38,10 @@
 //! Not tested yet: a tracer that itself runs under `hidepid=2` without CAP_SYS_PTRACE, end to
 //! end (a non-root tracer with exact capabilities in that mount namespace). Its other /proc
 //! readers (the pre-existing connections' seeder and namespace finder walking /proc/<pid>/fd
-//! and ns/net, the TLS library scan of /proc/<pid>/maps) then see only its own processes: the
-//! connections of hidden processes get no pre-existing seed, no namespace handle and no TLS
-//! probe; owners and process names still come from the kernel. Only the liveness check is
+//! and ns/net, the TLS library scan of /proc/<pid>/maps) would then see only its own
+//! processes: expected, not verified, is that the connections of hidden processes get no
+//! pre-existing seed, no namespace handle and no TLS probe, while owners and process names
+//! still come from the kernel. Only the liveness check is
 //! tested here, the one reader whose failure read as a wrong answer (a live owner taken for
 //! gone) rather than a missing one.
 //! The BTF and tracefs faults do not depend on the backend (both are read before one is

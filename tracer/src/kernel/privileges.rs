@@ -112,54 +112,6 @@ pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(line.trim(), 16).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_capability_mask_is_enough() {
-        let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
-        let caps = parse_cap_eff(status).unwrap();
-        assert!(check_caps(caps).is_ok());
-    }
-
-    #[test]
-    fn bpf_perfmon_net_admin_without_sys_admin_is_enough() {
-        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
-        assert!(check_caps(caps).is_ok());
-    }
-
-    #[test]
-    fn unprivileged_error_names_missing_capabilities() {
-        match check_caps(1 << CAP_BPF) {
-            Err(Error::NotPermitted(missing)) => {
-                assert_eq!(missing, "missing CAP_PERFMON, CAP_NET_ADMIN");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn debian_paranoid_level_3_needs_sys_admin() {
-        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
-        match check_perf_event_paranoid(caps, Some(3)) {
-            Err(Error::NotPermitted(why)) => {
-                assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
-                assert!(why.contains("perf_event_paranoid is 3"), "{why}");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(check_perf_event_paranoid(caps | (1 << CAP_SYS_ADMIN), Some(3)).is_ok());
-        assert!(check_perf_event_paranoid(caps, Some(2)).is_ok());
-        assert!(check_perf_event_paranoid(caps, None).is_ok());
-    }
-
-    #[test]
-    fn missing_capeff_line_is_none() {
-        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
-    }
-}
-
 /// The error of a failed map creation or program load: [`Error::MemlockLimit`] when it is the
 /// memlock charge of a kernel below 5.11 that refused it (EPERM while RLIMIT_MEMLOCK is still
 /// finite: aya's raise to unlimited on the first EPERM failed), else `None` (the caller's own
@@ -213,5 +165,53 @@ pub(crate) fn program_error(program: &'static str, e: aya::programs::ProgramErro
     Error::Program {
         program,
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_capability_mask_is_enough() {
+        let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        let caps = parse_cap_eff(status).unwrap();
+        assert!(check_caps(caps).is_ok());
+    }
+
+    #[test]
+    fn bpf_perfmon_net_admin_without_sys_admin_is_enough() {
+        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        assert!(check_caps(caps).is_ok());
+    }
+
+    #[test]
+    fn unprivileged_error_names_missing_capabilities() {
+        match check_caps(1 << CAP_BPF) {
+            Err(Error::NotPermitted(missing)) => {
+                assert_eq!(missing, "missing CAP_PERFMON, CAP_NET_ADMIN");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn debian_paranoid_level_3_needs_sys_admin() {
+        let caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        match check_perf_event_paranoid(caps, Some(3)) {
+            Err(Error::NotPermitted(why)) => {
+                assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
+                assert!(why.contains("perf_event_paranoid is 3"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(check_perf_event_paranoid(caps | (1 << CAP_SYS_ADMIN), Some(3)).is_ok());
+        assert!(check_perf_event_paranoid(caps, Some(2)).is_ok());
+        assert!(check_perf_event_paranoid(caps, None).is_ok());
+    }
+
+    #[test]
+    fn missing_capeff_line_is_none() {
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
     }
 }
