@@ -93,6 +93,25 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// Below Linux 5.11 the kernel charges BPF maps and programs to RLIMIT_MEMLOCK: creating
+    /// one failed with EPERM under a finite limit this process could not raise to unlimited
+    /// (that takes CAP_SYS_RESOURCE, or a hard limit of unlimited).
+    #[error(
+        "{what}: EPERM from RLIMIT_MEMLOCK: Linux {running} charges BPF maps and programs to it, \
+         and it is {soft} bytes (hard limit {hard}), which could not be raised to unlimited \
+         (grant CAP_SYS_RESOURCE or raise the limit)"
+    )]
+    MemlockLimit {
+        /// What failed: `creating map <name>`, `loading program <name>`.
+        what: String,
+        /// The soft limit, bytes, when it failed.
+        soft: u64,
+        /// The hard limit, bytes.
+        hard: u64,
+        /// The running kernel's release.
+        running: String,
+    },
+
     /// Loading the eBPF object or creating its maps failed.
     #[error("loading eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),

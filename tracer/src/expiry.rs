@@ -69,9 +69,22 @@ impl ExpiryConfig {
     }
 }
 
-/// Whether process `pid` exists (`/proc/<pid>`); pid 0 (never attributed) counts as gone.
+/// Whether process `pid` exists; pid 0 (never attributed) counts as gone. Asked of the kernel
+/// with `kill(pid, 0)` (EPERM: it exists, it is not ours), not by looking for `/proc/<pid>`: a
+/// /proc mounted with `hidepid=2` hides other users' processes from a tracer without
+/// CAP_SYS_PTRACE, which would then take every live owner for gone.
 pub fn process_alive(pid: u32) -> bool {
-    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The kernel's monotonic clock, the one `bpf_ktime_get_ns` reads.
@@ -134,5 +147,15 @@ mod tests {
     fn our_own_process_is_alive_and_pid_zero_is_not() {
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(0));
+        assert!(!process_alive(u32::MAX), "not a pid_t");
+    }
+
+    #[test]
+    fn a_reaped_child_is_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        assert!(process_alive(pid), "not reaped yet (a zombie exists)");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 }

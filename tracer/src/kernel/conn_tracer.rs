@@ -235,7 +235,7 @@ impl ConnTracer {
                 true,
             )
             .load(object::bytes()?)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+            .map_err(crate::kernel::privileges::load_error)?;
         tracing::debug!(elapsed = ?started.elapsed(), "object loaded (maps created)");
         let mut attached = Attached {
             kernel_btf: None,
@@ -753,10 +753,7 @@ fn attach(
         kind: "program",
         name: program,
     })?;
-    let fail = |e| Error::Program {
-        program,
-        source: Box::new(e),
-    };
+    let fail = |e| crate::kernel::privileges::program_error(program, e);
     match (hook, prog) {
         (Hook::Tracepoint { category, name }, Program::TracePoint(tp)) => {
             let tp: &mut TracePoint = tp;

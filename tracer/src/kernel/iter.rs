@@ -306,10 +306,7 @@ fn load_iterator(
     name: &'static str,
     target: &'static str,
 ) -> Result<OwnedFd> {
-    let fail = |e| Error::Program {
-        program: name,
-        source: Box::new(e),
-    };
+    let fail = |e| crate::kernel::privileges::program_error(name, e);
     program.load(target, btf).map_err(fail)?;
     let prog_fd = program.fd().map_err(fail)?;
     link_create(prog_fd.as_fd()).map_err(|e| Error::io("BPF_LINK_CREATE of an iterator", e))

@@ -134,8 +134,7 @@ fn remove_stale(kprobe_events: &Path) {
     let Ok(text) = std::fs::read_to_string(kprobe_events) else {
         return;
     };
-    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
-    for event in stale_events(&text, alive) {
+    for event in stale_events(&text, crate::expiry::process_alive) {
         match write_control(kprobe_events, &format!("-:{GROUP}/{event}\n")) {
             Ok(()) => tracing::info!(%event, "removed a kretprobe event left by a dead tracer"),
             Err(err) => tracing::warn!(%event, %err, "could not remove a stale kretprobe event"),

@@ -59,7 +59,8 @@ fn check_perf_event_paranoid(effective: u64, paranoid: Option<i32>) -> Result<()
 fn warn_on_memlock(effective: u64) {
     let memcg_accounted = crate::KernelVersion::current()
         .is_none_or(|kernel| kernel >= crate::KernelVersion::new(5, 11, 0));
-    if memcg_accounted || has(effective, CAP_SYS_RESOURCE) || has(effective, CAP_SYS_ADMIN) {
+    // CAP_SYS_ADMIN does not allow raising a hard limit: only CAP_SYS_RESOURCE does.
+    if memcg_accounted || has(effective, CAP_SYS_RESOURCE) {
         return;
     }
     let mut limit = libc::rlimit {
@@ -109,6 +110,62 @@ fn check_caps(effective: u64) -> Result<()> {
 pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(line.trim(), 16).ok()
+}
+
+/// The error of a failed map creation or program load: [`Error::MemlockLimit`] when it is the
+/// memlock charge of a kernel below 5.11 that refused it (EPERM while RLIMIT_MEMLOCK is still
+/// finite: aya's raise to unlimited on the first EPERM failed), else `None` (the caller's own
+/// error stands). An EPERM there has no other cause once [`require_bpf_privileges`] passed.
+pub(crate) fn memlock_limit(
+    what: impl FnOnce() -> String,
+    io_error: &std::io::Error,
+) -> Option<Error> {
+    if io_error.raw_os_error() != Some(libc::EPERM) {
+        return None;
+    }
+    let memcg_accounted = crate::KernelVersion::current()
+        .is_none_or(|kernel| kernel >= crate::KernelVersion::new(5, 11, 0));
+    if memcg_accounted {
+        return None;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, properly sized struct.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(Error::MemlockLimit {
+        what: what(),
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+        running: crate::KernelVersion::current_release(),
+    })
+}
+
+/// [`Error::Load`], or [`Error::MemlockLimit`] when a map creation hit the memlock limit.
+pub(crate) fn load_error(e: aya::EbpfError) -> Error {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &e
+        && let Some(limited) = memlock_limit(|| format!("creating map {name}"), io_error)
+    {
+        return limited;
+    }
+    Error::Load(Box::new(e))
+}
+
+/// [`Error::Program`], or [`Error::MemlockLimit`] when the program load hit the memlock limit.
+pub(crate) fn program_error(program: &'static str, e: aya::programs::ProgramError) -> Error {
+    if let aya::programs::ProgramError::LoadError { io_error, .. } = &e
+        && let Some(limited) = memlock_limit(|| format!("loading program {program}"), io_error)
+    {
+        return limited;
+    }
+    Error::Program {
+        program,
+        source: Box::new(e),
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl TcpStateProbe {
             .override_global(GLOBAL_INET_SOCK_SET_STATE, &format, true)
             .map_max_entries(MAP_TCP_STATES, config.max_sockets)
             .load(object::tcp_state_bytes()?)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+            .map_err(crate::kernel::privileges::load_error)?;
         let program: &mut TracePoint = ebpf
             .program_mut(PROG_TCP_STATE)
             .ok_or(Error::MissingObject {
@@ -156,10 +156,7 @@ impl TcpStateProbe {
 }
 
 fn program_error(program: &'static str, e: aya::programs::ProgramError) -> Error {
-    Error::Program {
-        program,
-        source: Box::new(e),
-    }
+    crate::kernel::privileges::program_error(program, e)
 }
 
 fn map_error(map: &'static str, e: aya::maps::MapError) -> Error {
