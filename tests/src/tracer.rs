@@ -173,3 +173,13 @@ pub fn the_active(tracer: &ConnTracer, local: SocketAddr, remote: SocketAddr) ->
         ),
     }
 }
+
+/// The value of the counter `name` of `tracer` (any source: kernel, state, enrichments), or a
+/// panic if the tracer has no such counter (a renamed counter must not read as zero).
+pub fn counter(tracer: &tracer::Tracer, name: &str) -> u64 {
+    tracer
+        .counters()
+        .expect("counters")
+        .get(name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}

@@ -65,7 +65,7 @@ use tracer_integration::{
     fork::{fork_child, raw_write_all, wait_ok},
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
-    tracer::{backend_under_test, collect_closed, load, the_active, the_one},
+    tracer::{backend_under_test, collect_closed, counter, load, the_active, the_one},
 };
 
 const CHILD_ENV: &str = "TRACER_FAULTS_CHILD";
@@ -187,27 +187,41 @@ fn child() {
     }
 }
 
-/// Runs [`child`] with `doctored` bind-mounted over `target` in a private mount namespace of
-/// the child alone; returns its reply line.
-fn child_with_file_over(target: &Path, doctored: &Path) -> String {
+/// One mount the child makes over a path, in a mount namespace of its own.
+struct Mount<'a> {
+    source: &'a str,
+    target: &'a Path,
+    fstype: Option<&'a str>,
+    flags: libc::c_ulong,
+    data: Option<&'a str>,
+}
+
+/// Runs the ignored test `child_test` of this binary, with `env` set, in a private mount
+/// namespace of the child alone (no propagation back) where `mount` is made first; returns its
+/// reply line (after [`REPLY`]) once it exited successfully.
+fn child_with_mount(child_test: &str, env: (&str, String), mount: &Mount) -> String {
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let source = c(mount.source);
+    let target = CString::new(mount.target.as_os_str().as_encoded_bytes()).expect("path");
+    let fstype = mount.fstype.map(c);
+    let data = mount.data.map(c);
+    let flags = mount.flags;
+    let root = c("/");
     let exe = std::env::current_exe().expect("current_exe");
-    let source = CString::new(doctored.as_os_str().as_encoded_bytes()).expect("path");
-    let target_c = CString::new(target.as_os_str().as_encoded_bytes()).expect("path");
-    let root = CString::new("/").expect("root");
     let mut command = Command::new(exe);
     command
         .args([
             "--exact",
-            "faults::child",
+            child_test,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, "1")
+        .env(env.0, env.1)
         .stdout(Stdio::piped());
     // SAFETY: between fork and exec the child makes only raw syscalls on strings prepared
     // before the fork: a mount namespace of its own (it is single-threaded there), no
-    // propagation back to the host's, then the bind mount.
+    // propagation back to the host's, then the mount.
     unsafe {
         command.pre_exec(move || {
             let fail = || Err(std::io::Error::last_os_error());
@@ -227,10 +241,11 @@ fn child_with_file_over(target: &Path, doctored: &Path) -> String {
             }
             if libc::mount(
                 source.as_ptr(),
-                target_c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
+                target.as_ptr(),
+                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                flags,
+                data.as_ref()
+                    .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
             ) != 0
             {
                 return fail();
@@ -242,12 +257,31 @@ fn child_with_file_over(target: &Path, doctored: &Path) -> String {
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     // Every line read, not just up to the reply: the child still writes its test summary.
     let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
-    let reply = lines
+    assert!(
+        child.wait().expect("child").success(),
+        "the child failed: {lines:?}"
+    );
+    lines
         .iter()
         .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
-        .unwrap_or_default();
-    assert!(child.wait().expect("child").success(), "the child failed");
-    reply
+        .unwrap_or_default()
+}
+
+/// Runs [`child`] with `doctored` bind-mounted over `target` in a private mount namespace of
+/// the child alone; returns its reply line.
+fn child_with_file_over(target: &Path, doctored: &Path) -> String {
+    let source = doctored.to_str().expect("UTF-8 path");
+    child_with_mount(
+        "faults::child",
+        (CHILD_ENV, "1".to_owned()),
+        &Mount {
+            source,
+            target,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        },
+    )
 }
 
 #[test]
@@ -603,13 +637,6 @@ fn conntrack_is_an_unloadable_module() -> bool {
          nf_conntrack_netlink, which need it)"
     );
     true
-}
-
-fn counter(tracer: &Tracer, name: &str) -> u64 {
-    let counters = tracer.counters().expect("counters");
-    counters
-        .get(name)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 #[test]
@@ -1098,66 +1125,19 @@ fn processes_hidden_by_hidepid_are_still_alive_to_the_tracer() {
     let mut reaped = Command::new("true").spawn().expect("true");
     let gone = reaped.id();
     reaped.wait().expect("reap");
-    let proc_c = CString::new("proc").expect("proc");
-    let proc_dir = CString::new("/proc").expect("/proc");
-    let hidepid = CString::new("hidepid=2").expect("option");
-    let root = CString::new("/").expect("root");
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut command = Command::new(exe);
-    command
-        .args([
-            "--exact",
-            "faults::hidepid_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HIDEPID_CHILD_ENV, gone.to_string())
-        .stdout(Stdio::piped());
-    // SAFETY: between fork and exec, raw syscalls on strings prepared before the fork: a mount
-    // namespace of the child's own (no propagation back), and a proc instance with hidepid=2
-    // over /proc there (the same pid namespace: the same processes, hidden).
-    unsafe {
-        command.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return fail();
-            }
-            let private = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                private,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail();
-            }
-            if libc::mount(
-                proc_c.as_ptr(),
-                proc_dir.as_ptr(),
-                proc_c.as_ptr(),
-                0,
-                hidepid.as_ptr().cast(),
-            ) != 0
-            {
-                return fail();
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("start the child");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
-    assert!(
-        child.wait().expect("child").success(),
-        "the child failed: {lines:?}"
+    // A proc instance with hidepid=2 over /proc, in the child's own mount namespace (the same
+    // pid namespace: the same processes, hidden).
+    let reply = child_with_mount(
+        "faults::hidepid_child",
+        (HIDEPID_CHILD_ENV, gone.to_string()),
+        &Mount {
+            source: "proc",
+            target: Path::new("/proc"),
+            fstype: Some("proc"),
+            flags: 0,
+            data: Some("hidepid=2"),
+        },
     );
-    let reply = lines
-        .iter()
-        .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
-        .unwrap_or_default();
     // /proc/1 hidden is the premise (hidepid works); pid 1 still alive is the point.
     assert_eq!(
         reply,

@@ -53,7 +53,7 @@ use tracer_integration::{
     cmd::ip,
     netns::{in_fresh_netns, tcp_listening},
     policy::{first_backend_of_kernel, loaded_or_skip},
-    tracer::backend_under_test,
+    tracer::{backend_under_test, counter},
 };
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 80);
@@ -155,10 +155,6 @@ fn new_tracer() -> Option<Tracer> {
         },
         ..Config::default()
     }))
-}
-
-fn counter(tracer: &Tracer, name: &str) -> u64 {
-    tracer.counters().expect("counters").value(name)
 }
 
 /// The kernel and source counters whose names start with `http`, for failure messages.

@@ -32,7 +32,7 @@ use tracer_integration::{
     environment::NamedNetns,
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
-    tracer::backend_under_test,
+    tracer::{backend_under_test, counter},
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -330,13 +330,6 @@ fn poll_client(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn counter(tracer: &Tracer, name: &str) -> u64 {
-    let counters = tracer.counters().expect("counters");
-    counters
-        .get(name)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 #[test]
