@@ -196,17 +196,17 @@ struct Mount<'a> {
     data: Option<&'a str>,
 }
 
-/// Runs the ignored test `child_test` of this binary, with `env` set, in a private mount
-/// namespace of the child alone (no propagation back) where `mount` is made first; returns its
-/// reply line (after [`REPLY`]) once it exited successfully.
-fn child_with_mount(child_test: &str, env: (&str, String), mount: &Mount) -> String {
-    let c = |s: &str| CString::new(s).expect("no NUL");
-    let source = c(mount.source);
-    let target = CString::new(mount.target.as_os_str().as_encoded_bytes()).expect("path");
-    let fstype = mount.fstype.map(c);
-    let data = mount.data.map(c);
-    let flags = mount.flags;
-    let root = c("/");
+/// Runs the ignored test `child_test` of this binary with `env` set, after `setup` ran in the
+/// child between fork and exec; returns its reply line (after [`REPLY`]) once it exited
+/// successfully.
+///
+/// `setup` runs in the forked child before exec: it may make only raw syscalls on data prepared
+/// before the fork.
+fn run_child_test(
+    child_test: &str,
+    env: (&str, String),
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let mut command = Command::new(exe);
     command
@@ -219,12 +219,39 @@ fn child_with_mount(child_test: &str, env: (&str, String), mount: &Mount) -> Str
         ])
         .env(env.0, env.1)
         .stdout(Stdio::piped());
-    // SAFETY: between fork and exec the child makes only raw syscalls on strings prepared
-    // before the fork: a mount namespace of its own (it is single-threaded there), no
-    // propagation back to the host's, then the mount.
+    // SAFETY: `setup` only makes raw syscalls (the contract above).
     unsafe {
-        command.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
+        command.pre_exec(setup);
+    }
+    let mut child = command.spawn().expect("start the child");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    // Every line read, not just up to the reply: the child still writes its test summary.
+    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    assert!(
+        child.wait().expect("child").success(),
+        "the child failed: {lines:?}"
+    );
+    lines
+        .iter()
+        .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+/// [`run_child_test`] in a private mount namespace of the child alone (no propagation back)
+/// where `mount` is made first.
+fn child_with_mount(child_test: &str, env: (&str, String), mount: &Mount) -> String {
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let source = c(mount.source);
+    let target = CString::new(mount.target.as_os_str().as_encoded_bytes()).expect("path");
+    let fstype = mount.fstype.map(c);
+    let data = mount.data.map(c);
+    let flags = mount.flags;
+    let root = c("/");
+    run_child_test(child_test, env, move || {
+        let fail = || Err(std::io::Error::last_os_error());
+        // SAFETY: raw syscalls on the strings prepared above: a mount namespace of the
+        // child's own (it is single-threaded there), no propagation back, then the mount.
+        unsafe {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return fail();
             }
@@ -250,21 +277,9 @@ fn child_with_mount(child_test: &str, env: (&str, String), mount: &Mount) -> Str
             {
                 return fail();
             }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("start the child");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    // Every line read, not just up to the reply: the child still writes its test summary.
-    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
-    assert!(
-        child.wait().expect("child").success(),
-        "the child failed: {lines:?}"
-    );
-    lines
-        .iter()
-        .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
-        .unwrap_or_default()
+        }
+        Ok(())
+    })
 }
 
 /// Runs [`child`] with `doctored` bind-mounted over `target` in a private mount namespace of
@@ -1011,25 +1026,13 @@ const CAP_SYS_RESOURCE: i32 = 24;
 /// CAP_SYS_RESOURCE (dropped from the bounding set before exec: root then execs without it)
 /// when `drop_sys_resource`; returns its reply line.
 fn child_with_low_memlock(drop_sys_resource: bool) -> String {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut command = Command::new(exe);
-    command
-        .args([
-            "--exact",
-            "faults::child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .stdout(Stdio::piped());
-    // SAFETY: between fork and exec the child makes only raw syscalls.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: LOW_MEMLOCK,
-                rlim_max: LOW_MEMLOCK,
-            };
+    run_child_test("faults::child", (CHILD_ENV, "1".to_owned()), move || {
+        let limit = libc::rlimit {
+            rlim_cur: LOW_MEMLOCK,
+            rlim_max: LOW_MEMLOCK,
+        };
+        // SAFETY: raw syscalls on a local struct.
+        unsafe {
             if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -1044,18 +1047,9 @@ fn child_with_low_memlock(drop_sys_resource: bool) -> String {
             {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("start the child");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let lines: Vec<String> = stdout.lines().map_while(Result::ok).collect();
-    let reply = lines
-        .iter()
-        .find_map(|line| Some(line.split_once(REPLY)?.1.trim().to_owned()))
-        .unwrap_or_default();
-    assert!(child.wait().expect("child").success(), "the child failed");
-    reply
+        }
+        Ok(())
+    })
 }
 
 #[test]
