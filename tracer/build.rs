@@ -67,6 +67,11 @@ fn main() -> anyhow::Result<()> {
         if !built.exists() {
             return Err(anyhow!("aya-build did not produce {}", built.display()));
         }
+        // The fallback shares nothing: the object is already where it belongs (a copy onto
+        // itself would truncate it).
+        if built == *object {
+            continue;
+        }
         fs::copy(&built, object)
             .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
     }
