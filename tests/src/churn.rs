@@ -35,6 +35,10 @@ pub struct Seen {
     pub sent: HashMap<Flow, u64>,
     pub recv: HashMap<Flow, u64>,
     pub closed: HashMap<Flow, u32>,
+    /// TCP connections that failed before they were established (a connect refused or reset:
+    /// a failure on a closed record that moved no byte), counted apart from the flows: the
+    /// generator cannot name their port (`connect` returned no socket), only count them.
+    pub failed: u64,
     /// Local endpoints whose flows are not compared (the unconnected UDP servers: one socket
     /// talking to every client, checked by the UDP tests), so they are not summed either.
     pub ignored_locals: HashSet<SocketAddr>,
@@ -53,6 +57,20 @@ impl Seen {
                 in_this_call.insert((key, conn.is_closed)),
                 "{key:?} reported twice in one delta"
             );
+            let failed = if conn.is_closed && conn.tuple.protocol == Protocol::Tcp {
+                conn.tcp_failures.iter().map(|(_, n)| n).sum::<u32>()
+            } else {
+                0
+            };
+            self.failed += u64::from(failed);
+            if failed > 0
+                && conn.last.sent_bytes == 0
+                && conn.last.recv_bytes == 0
+                && conn.last.tcp_closed <= failed
+            {
+                // Only failed connects: no flow of the books.
+                continue;
+            }
             *self.sent.entry(key).or_default() += conn.last.sent_bytes;
             *self.recv.entry(key).or_default() += conn.last.recv_bytes;
             if conn.is_closed {
@@ -60,8 +78,10 @@ impl Seen {
                 // aggregated into one record whose `tcp_closed` counts them; UDP flows use
                 // ports that are not reused within an interval ([`next_udp_socket`]), so each
                 // record is one connection.
+                // A failed connect aggregated with connections of the flow is counted in
+                // `failed`, not as one of its closes.
                 let closes = match conn.tuple.protocol {
-                    Protocol::Tcp => conn.last.tcp_closed,
+                    Protocol::Tcp => conn.last.tcp_closed.saturating_sub(failed),
                     Protocol::Udp => 1,
                 };
                 *self.closed.entry(key).or_default() += closes;

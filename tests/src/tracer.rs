@@ -24,6 +24,20 @@ pub fn backend_under_test() -> Backend {
     Backend::from_name(&name).unwrap_or_else(|| panic!("unknown TRACER_TEST_BACKEND {name}"))
 }
 
+/// The kernel configuration of the connection core's tests (bytes, closes, UDP flows, owners,
+/// failures, limits): the default with the packet capture off. The capture (DNS, HTTP and the
+/// protocol classifier: `tracer-ebpf/src/packet`) is a set of `cgroup_skb` programs beside the
+/// core, not part of any backend; its tests, and every test of the whole tracer
+/// (`Tracer::new`: `api`, `identity`, `protocols`, `dns`, `http`, ...), run it beside the core
+/// with the default configuration. Loaded here too, its two programs would add their
+/// verification to each core test for nothing that test checks: 1-2.7 s each in the emulated
+/// VMs, more than the core's 25 programs together. `lifecycle` loads the default (every program).
+pub fn core_config() -> KernelConfig {
+    let mut config = KernelConfig::default();
+    config.capture.enabled = false;
+    config
+}
+
 /// Loads the tracer forced to the backend under test, with `config`'s sizes. `None` (after a
 /// SKIP line) only where the policy allows skipping.
 pub fn load(config: KernelConfig) -> Option<ConnTracer> {

@@ -156,6 +156,8 @@ fn two_clients_polling_at_different_intervals_see_exact_bytes_and_every_close_on
             }
         }
         for (seen, id) in seen.iter().zip(["fast", "slow"]) {
+            // Every connect succeeded here (`expect("connect")`): no failed connection.
+            assert_eq!(seen.failed, 0, "{id}: failed connections");
             for (key, moved) in &moved {
                 assert_eq!(
                     seen.sent.get(key).copied().unwrap_or(0),
@@ -314,10 +316,8 @@ fn dropping_the_tracer_frees_everything_and_a_new_one_starts() {
     );
     let after = settle(&|s| *s == before);
     assert_eq!(after, before);
-    let again = Tracer::new(config()).expect("restart");
-    again
-        .get_active_connections("a")
-        .expect("call after restart");
+    // The second start above came after the first tracer was dropped and gone: it is the
+    // restart (a third start would repeat it, at 5-8 s of verification in the VMs).
 }
 
 #[test]

@@ -59,13 +59,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::{BackendChoice, Config, Error, Tracer, kernel::conn_tracer::KernelConfig};
+use tracer::{BackendChoice, Config, Error, Tracer};
 use tracer_integration::{
     churn::{Flow, Seen},
     fork::{fork_child, raw_write_all, wait_ok},
     netns::{current_netns_inode, in_fresh_netns},
     policy::{first_backend_of_kernel, loaded_or_skip},
-    tracer::{backend_under_test, collect_closed, counter, load, the_active, the_one},
+    tracer::{backend_under_test, collect_closed, core_config, counter, load, the_active, the_one},
 };
 
 const CHILD_ENV: &str = "TRACER_FAULTS_CHILD";
@@ -368,7 +368,7 @@ fn sockaddr_in(addr: SocketAddr) -> libc::sockaddr_in {
 #[test]
 fn a_connection_outliving_its_process_keeps_its_original_owner() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

@@ -10,11 +10,13 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use tracer::kernel::{conn_tracer::KernelConfig, counters::Counter, plan::Backend};
+use tracer::kernel::{counters::Counter, plan::Backend};
 use tracer_common::conn::{AF_INET, FLAG_CLOSED, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{backend_under_test, collect_closed, load, summary, tcp_close_flags, the_one},
+    tracer::{
+        backend_under_test, collect_closed, core_config, load, summary, tcp_close_flags, the_one,
+    },
 };
 
 /// A file of `len` bytes, opened for reading (unlinked: it goes away with the descriptor).
@@ -70,7 +72,7 @@ fn splice_in(socket: RawFd, len: usize) {
 /// write of `reply` bytes, and closes after the client's FIN.
 fn sendfile_and_splice(ip: &'static str, request: usize, reply: usize) {
     in_fresh_netns(move || {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -139,7 +141,7 @@ fn connected_udp_pair() -> (UdpSocket, UdpSocket, SocketAddr, SocketAddr) {
 #[test]
 fn udp_sendfile_to_a_connected_socket_is_one_exact_datagram() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -165,7 +167,7 @@ fn udp_sendfile_to_a_connected_socket_is_one_exact_datagram() {
 #[test]
 fn udp_peek_is_not_counted() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -190,7 +192,7 @@ fn udp_peek_is_not_counted() {
 #[test]
 fn udp_v4_mapped_datagrams_of_an_ipv6_socket_are_counted_once() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -237,7 +239,7 @@ fn udp_v4_mapped_datagrams_of_an_ipv6_socket_are_counted_once() {
 #[test]
 fn many_receives_blocked_at_once_are_all_counted() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

@@ -94,10 +94,8 @@ fn dropping_the_connection_tracer_frees_fds_programs_and_maps() {
     );
     let after = settle(|s| *s == before);
     assert_eq!(after, before, "programs or maps outlived the tracer");
-
-    // And a new tracer starts again after the old one is gone.
-    let again = load(KernelConfig::default()).expect("load after drop");
-    assert_eq!(again.plan().probes.len(), planned);
+    // The second load above, every planned program attached, came after the first tracer was
+    // dropped and gone: that is the restart.
 }
 
 /// A quarter of the kernel's limit on the instructions one verification may walk

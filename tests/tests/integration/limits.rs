@@ -9,7 +9,7 @@ use std::{
 use tracer::kernel::{conn_tracer::KernelConfig, counters::Counter};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{endpoints, load},
+    tracer::{core_config, endpoints, load},
 };
 
 /// `n` connected pairs, the client of pair `i` having sent `i + 1` bytes.
@@ -34,7 +34,7 @@ fn a_tiny_ring_buffer_loses_exactly_the_closes_it_has_no_room_for() {
         let page = 4096;
         let Some(tracer) = load(KernelConfig {
             ring_buffer_bytes: page,
-            ..KernelConfig::default()
+            ..core_config()
         }) else {
             return;
         };
@@ -92,7 +92,7 @@ fn a_small_connection_map_counts_exactly_the_connections_that_did_not_fit() {
             max_tracked_connections: capacity,
             // The map must hold this test's connections only, not the host's.
             track_existing: false,
-            ..KernelConfig::default()
+            ..core_config()
         }) else {
             return;
         };

@@ -7,17 +7,16 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use tracer::kernel::conn_tracer::KernelConfig;
 use tracer_integration::{
     fork::{fork_child, raw_read_exact, raw_write_all, wait_ok},
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, load, the_active, the_one},
+    tracer::{collect_closed, core_config, load, the_active, the_one},
 };
 
 #[test]
 fn client_and_server_in_two_processes_each_own_their_side() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -74,7 +73,7 @@ fn client_and_server_in_two_processes_each_own_their_side() {
 #[test]
 fn a_close_by_another_process_ends_the_connection_once_with_the_owner_pid() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -154,7 +153,7 @@ fn own_cgroup_id(mount: &std::path::Path) -> u64 {
 fn each_side_carries_the_cgroup_id_of_its_owner() {
     use std::{ffi::CString, os::unix::fs::MetadataExt};
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -232,7 +231,7 @@ fn own_process_comm() -> [u8; 16] {
 #[test]
 fn a_short_lived_client_keeps_its_name_after_it_exited() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -292,7 +291,7 @@ fn a_short_lived_client_keeps_its_name_after_it_exited() {
 fn an_accepted_connection_without_io_is_owned_by_its_accepting_process_when_read() {
     use std::{ffi::CString, os::unix::fs::MetadataExt};
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

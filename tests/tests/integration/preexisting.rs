@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::kernel::conn_tracer::{ConnTracer, KernelConfig};
+use tracer::kernel::conn_tracer::ConnTracer;
 use tracer_common::conn::{
     BeforeStart, ClosedConn, ConnStats, DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED,
     FLAG_PREEXISTING, IPPROTO_TCP, IPPROTO_UDP,
@@ -21,7 +21,7 @@ use tracer_integration::{
     fork::{fork_child, raw_read_exact, raw_write_all, wait_ok},
     kernel_view::{TcpInfo, ss_tcp_info, tcp_info},
     netns::{current_netns_inode, in_fresh_netns, loopback_up},
-    tracer::{endpoints, load, summary, the_one},
+    tracer::{core_config, endpoints, load, summary, the_one},
 };
 
 /// `tcpi_state` values (include/net/tcp_states.h).
@@ -345,7 +345,7 @@ fn connections_open_before_start_are_found_at_start_and_counted_from_it() {
         assert_ne!(other.netns, netns);
 
         // --- The start. ---
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let stats = tracer.iter_stats();

@@ -93,9 +93,34 @@ struct Books {
     /// Calls that returned an error, with the first one's message.
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Connects the kernel refused or reset (each by its error's name): on loopback a
+    /// `connect` can be answered by a reset when its port, reused from a connection in
+    /// TIME_WAIT (`tcp_tw_reuse`), still meets the old connection's other end. Each is a
+    /// connection the tracer must report once to each client, failed (`Seen::failed`).
+    connect_failed: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Books {
+    /// A connection to `server`, or `None` (counted) when the connect failed.
+    fn connect(&self, server: SocketAddr) -> Option<TcpStream> {
+        match TcpStream::connect(server) {
+            Ok(stream) => Some(stream),
+            Err(err) => {
+                *self
+                    .connect_failed
+                    .lock()
+                    .unwrap()
+                    .entry(format!("{:?}", err.kind()))
+                    .or_default() += 1;
+                None
+            }
+        }
+    }
+
+    fn connects_failed(&self) -> u64 {
+        self.connect_failed.lock().unwrap().values().sum()
+    }
+
     fn error(&self, what: &str, err: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_error.lock().unwrap();
@@ -235,6 +260,7 @@ fn soak() {
             finished: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
+            connect_failed: Mutex::new(BTreeMap::new()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stop_servers = Arc::new(AtomicBool::new(false));
@@ -302,7 +328,9 @@ fn soak() {
                     let family = (i % 2) as usize;
                     let size = 1 + (i % 3000) as usize;
                     let server = servers[family];
-                    let mut client = TcpStream::connect(server).expect("connect");
+                    let Some(mut client) = books.connect(server) else {
+                        continue;
+                    };
                     let local = client.local_addr().expect("local");
                     client.write_all(&vec![7u8; size]).expect("write");
                     let mut echo = vec![0u8; size];
@@ -347,7 +375,9 @@ fn soak() {
                     let server =
                         SocketAddr::new(if i.is_multiple_of(2) { V4 } else { V6 }, LOSSY_PORT);
                     let size = 1 + (i * 7919 % 65_536) as usize;
-                    let mut client = TcpStream::connect(server).expect("lossy connect");
+                    let Some(mut client) = books.connect(server) else {
+                        continue;
+                    };
                     let local = client.local_addr().expect("local");
                     client.write_all(&vec![5u8; size]).expect("lossy write");
                     let mut echo = vec![0u8; size];
@@ -369,7 +399,11 @@ fn soak() {
                 let open = |k: usize| {
                     let server =
                         SocketAddr::new(if k.is_multiple_of(2) { V4 } else { V6 }, LONG_PORT);
-                    let stream = TcpStream::connect(server).expect("long connect");
+                    let stream = loop {
+                        if let Some(stream) = books.connect(server) {
+                            break stream;
+                        }
+                    };
                     (stream, server, Instant::now(), 0u64)
                 };
                 let mut conns: Vec<_> = (0..4).map(open).collect();
@@ -598,7 +632,12 @@ fn soak() {
         let errors = books.errors.load(Ordering::Relaxed);
         let first_error = books.first_error.lock().unwrap().clone();
         let finished = books.finished.load(Ordering::Relaxed);
-        let exact = mismatched.is_empty() || (mismatched.len() as u64) <= loss_during;
+        // Every failed connect reached each client once, as a failed connection.
+        let connects_failed = books.connects_failed();
+        let failed_told = (fast.failed, slow.failed);
+        let failed_exact = failed_told == (connects_failed, connects_failed);
+        let exact =
+            (mismatched.is_empty() || (mismatched.len() as u64) <= loss_during) && failed_exact;
         let expired_ok = idle_expired_at.is_some_and(|at| at >= CLIENT_EXPIRY.as_secs_f64())
             && samples.iter().all(|s| {
                 s.clients >= 2 && (s.clients == 3 || s.at_secs >= CLIENT_EXPIRY.as_secs_f64())
@@ -616,6 +655,8 @@ fn soak() {
             "connections": finished,
             "flows_settled": settled_total,
             "flows_mismatched": mismatched.len(),
+            "connects_failed": *books.connect_failed.lock().unwrap(),
+            "failed_connections_told": { "fast": failed_told.0, "slow": failed_told.1 },
             "mismatches_first": mismatched.iter().take(20).collect::<Vec<_>>(),
             "losses_during_run": loss_during,
             "lossy_rule_drops": lossy_drops,
@@ -650,10 +691,17 @@ fn soak() {
             "soak: {finished} connections in {total:.0}s, {settled_total} flows settled, {} \
              mismatched, {loss_during} losses counted, {lossy_drops} segments dropped by the \
              lossy rule; RSS {rss_base} -> {rss_last} KiB (bound {rss_bound}), fds {fds_base} -> \
-             {fds_last} (bound {fds_bound}); idle client expired at {idle_expired_at:?} s",
+             {fds_last} (bound {fds_bound}); idle client expired at {idle_expired_at:?} s; \
+             {connects_failed} connects failed, told as failed (fast, slow) {failed_told:?}",
             mismatched.len()
         );
         assert_eq!(errors, 0, "calls returned errors: {first_error:?}");
+        assert!(
+            failed_exact,
+            "failed connects: {:?} by the generator, told as failed connections (fast, slow) \
+             {failed_told:?}",
+            books.connect_failed.lock().unwrap()
+        );
         assert!(
             exact,
             "{} flows do not add up with {loss_during} losses counted: {:#?}",

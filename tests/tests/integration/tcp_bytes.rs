@@ -7,11 +7,10 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use tracer::kernel::conn_tracer::KernelConfig;
 use tracer_common::conn::{DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSED, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, load, tcp_close_flags, the_one},
+    tracer::{collect_closed, core_config, load, tcp_close_flags, the_one},
 };
 
 /// What one run of the exchange did, from the test's side.
@@ -74,7 +73,7 @@ fn exchange(
 
 fn exact_bytes(ip: &'static str, request: usize, chunk: usize, reply: usize) {
     in_fresh_netns(move || {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

@@ -9,11 +9,11 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
 };
 
-use tracer::{KernelVersion, kernel::conn_tracer::KernelConfig};
+use tracer::KernelVersion;
 use tracer_common::conn::{FLAG_CLOSED, FLAG_CLOSED_BY_SOCK_OPS, FLAG_ESTABLISHED};
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{closes_by_sock_ops, collect_closed, endpoints, load, summary, the_one},
+    tracer::{closes_by_sock_ops, collect_closed, core_config, endpoints, load, summary, the_one},
 };
 
 const CONNECTIONS: usize = 20;
@@ -28,7 +28,7 @@ enum FirstToClose {
 
 fn closes_are_emitted_once_each(ip: &'static str, first: FirstToClose) {
     in_fresh_netns(move || {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let by_sock_ops = closes_by_sock_ops(&tracer);
@@ -115,7 +115,7 @@ fn tcp_v6_closes_by_the_server_first_are_emitted_once_each() {
 #[test]
 fn skipped_program_runs_are_reported_where_the_kernel_counts_them() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let kernel = KernelVersion::current().expect("kernel");
@@ -142,7 +142,7 @@ fn skipped_program_runs_are_reported_where_the_kernel_counts_them() {
 #[test]
 fn a_server_closing_with_unread_bytes_ends_its_connection_once() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -217,7 +217,7 @@ fn pin_to_cpu0() {
 fn entries_built_in_softirq_and_process_context_on_one_cpu_keep_their_own_tuples() {
     const N: usize = 300;
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

@@ -14,16 +14,13 @@ use std::{
 
 use tracer::{
     KernelVersion,
-    kernel::{
-        conn_tracer::{ConnTracer, KernelConfig},
-        plan::Hook,
-    },
+    kernel::{conn_tracer::ConnTracer, plan::Hook},
 };
 use tracer_common::conn::ConnStats;
 use tracer_integration::{
     kernel_view::{TcpInfo, nft, snmp, ss_tcp_info, tcp_info},
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, endpoints, load, the_active, the_one},
+    tracer::{collect_closed, core_config, endpoints, load, the_active, the_one},
 };
 
 /// Waits (bounded) until neither socket has unacknowledged data and their segment counters have
@@ -119,7 +116,7 @@ fn traffic(client: &mut TcpStream, server: &mut TcpStream, bulk: usize) {
 #[test]
 fn tcp_packets_retransmits_and_rtt_equal_tcp_info_at_rest() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let (mut client, mut server, client_addr, server_addr) = pair("127.0.0.1");
@@ -139,7 +136,7 @@ fn tcp_packets_retransmits_and_rtt_equal_tcp_info_at_rest() {
 #[test]
 fn tcp_retransmits_under_loss_equal_the_namespace_retrans_segs() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -280,7 +277,7 @@ fn mismatches(tracer: &ConnTracer, sockets: &[(&TcpStream, SocketAddr, SocketAdd
 #[test]
 fn idle_connections_match_tcp_info_and_ss_without_being_touched() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         assert_tcp_iterator_planned(&tracer);
@@ -314,7 +311,7 @@ fn idle_connections_match_tcp_info_and_ss_without_being_touched() {
 #[test]
 fn a_connection_matches_tcp_info_right_after_a_burst() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         assert_tcp_iterator_planned(&tracer);

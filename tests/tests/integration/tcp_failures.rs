@@ -9,14 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tracer::kernel::conn_tracer::KernelConfig;
 use tracer_common::conn::{
     DIRECTION_INCOMING, DIRECTION_OUTGOING, FLAG_CLOSE_PENDING, FLAG_CLOSED, FLAG_ESTABLISHED,
 };
 use tracer_integration::{
     kernel_view::{nft, set_sysctl, snmp},
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, endpoints, load, tcp_close_flags, the_one},
+    tracer::{collect_closed, core_config, endpoints, load, tcp_close_flags, the_one},
 };
 
 const ECONNRESET: u16 = 104;
@@ -33,7 +32,7 @@ fn free_port() -> u16 {
 #[test]
 fn refused_connect_reports_econnrefused_with_the_connecting_pid() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -67,7 +66,7 @@ fn refused_connect_reports_econnrefused_with_the_connecting_pid() {
 #[test]
 fn abortive_close_is_a_reset_seen_by_the_peer() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -117,7 +116,7 @@ fn abortive_close_is_a_reset_seen_by_the_peer() {
 #[test]
 fn dropped_syns_time_out_with_etimedout_and_count_the_syn_retransmits() {
     in_fresh_netns(|| {
-        let Some(tracer) = load(KernelConfig::default()) else {
+        let Some(tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;

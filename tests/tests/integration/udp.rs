@@ -12,7 +12,7 @@ use std::{
 };
 
 use tracer::kernel::{
-    conn_tracer::{ConnTracer, KernelConfig},
+    conn_tracer::ConnTracer,
     counters::{Counter, KernelCounters},
 };
 use tracer_common::conn::{
@@ -21,7 +21,7 @@ use tracer_common::conn::{
 };
 use tracer_integration::{
     netns::{current_netns_inode, in_fresh_netns},
-    tracer::{collect_closed, endpoints, load, the_one},
+    tracer::{collect_closed, core_config, endpoints, load, the_one},
 };
 
 /// What one flow must report, from the test's side.
@@ -126,7 +126,7 @@ fn closed_flows(tracer: &mut ConnTracer, netns: u32, n: usize) -> Vec<ClosedConn
 /// peer answers with its own amounts, and the socket `recvfrom`s every answer.
 fn unconnected_three_peers(ip: &'static str) {
     in_fresh_netns(move || {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -211,7 +211,7 @@ fn udp_v6_unconnected_socket_has_one_exact_flow_per_peer() {
 /// A connected pair: `a` sends first (three datagrams), `b` answers with two.
 fn connected_pair(ip: &'static str) {
     in_fresh_netns(move || {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -264,7 +264,7 @@ fn udp_v6_connected_pair_is_one_exact_flow_per_socket() {
 #[test]
 fn udp_peers_beyond_the_list_are_counted_exactly_and_the_listed_ones_close_exactly() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -511,7 +511,7 @@ fn recvmmsg(socket: &UdpSocket, expected: &[(SocketAddr, usize)]) {
 /// with `sendmsg`, and the client `recvmmsg`s both answers in one call.
 fn every_syscall_shape(ip: &'static str) {
     in_fresh_netns(move || {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -600,7 +600,7 @@ fn udp_v6_every_send_and_receive_syscall_is_counted_per_peer() {
 #[test]
 fn udp_gaps_are_counted_exactly() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
@@ -664,7 +664,7 @@ fn udp_gaps_are_counted_exactly() {
 #[test]
 fn udp_dual_stack_socket_talking_ipv4_reports_an_ipv4_flow() {
     in_fresh_netns(|| {
-        let Some(mut tracer) = load(KernelConfig::default()) else {
+        let Some(mut tracer) = load(core_config()) else {
             return;
         };
         let netns = current_netns_inode().expect("netns") as u32;
