@@ -45,6 +45,9 @@ const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
 const LOSSY_PORT: u16 = 9000;
 /// Port of the long-lived connections' server.
 const LONG_PORT: u16 = 9001;
+/// A port nothing listens on: every 50th lossy round also connects there, refused, so that
+/// the failed-connection books ([`Books::connect_failed`]) are exercised in every run.
+const CLOSED_PORT: u16 = 9002;
 /// Seconds between samples.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The idle client's expiry: well above the slow client's 10 s, so only the idle one goes.
@@ -375,6 +378,13 @@ fn soak() {
                     let server =
                         SocketAddr::new(if i.is_multiple_of(2) { V4 } else { V6 }, LOSSY_PORT);
                     let size = 1 + (i * 7919 % 65_536) as usize;
+                    if i.is_multiple_of(50) {
+                        let closed = SocketAddr::new(server.ip(), CLOSED_PORT);
+                        assert!(
+                            books.connect(closed).is_none(),
+                            "nothing listens on {closed}"
+                        );
+                    }
                     let Some(mut client) = books.connect(server) else {
                         continue;
                     };
@@ -728,6 +738,7 @@ fn soak() {
             samples.iter().map(|s| s.clients).collect::<Vec<_>>()
         );
         assert!(lossy_drops > 0, "the lossy rule dropped segments");
+        assert!(connects_failed > 0, "the refused connects ran");
         assert!(finished > 100, "the churn ran: {finished} connections");
     });
 }
