@@ -176,9 +176,12 @@ counters! {
     /// A new connection entry was to be built while every per-CPU scratch slot was in use by
     /// programs nested on the same CPU (more than `conn::SCRATCH_DEPTH` deep): not created.
     ScratchNested = 45 => "scratch_nested" : Loss,
+    /// TLS: a TLS object that names no descriptor (curl's BIO, or set up before the tracer) was
+    /// tied to the socket its thread sent or received on inside one of its read or write calls.
+    TlsTiedBySocket = 46 => "tls_tied_by_socket" : Activity,
 }
 
 /// Number of counters (size of the per-CPU array).
-pub const COUNTER_COUNT: u32 = 46;
+pub const COUNTER_COUNT: u32 = 47;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);

@@ -185,16 +185,22 @@ pub const PROG_FLOOR_SOCK_ADDR: [&str; 4] = [
 pub const PROG_TLS_SSL_SET_FD: &str = "nt_ssl_set_fd";
 /// TLS: `gnutls_transport_set_int2` uprobe (ties a GnuTLS session to its socket).
 pub const PROG_TLS_GNUTLS_SET_INT: &str = "nt_gnutls_set_int";
-/// TLS: uprobe on the write calls (`SSL_write`, `SSL_write_ex`, `gnutls_record_send`).
+/// TLS: uprobe on the entry of `SSL_write` and `gnutls_record_send`.
 pub const PROG_TLS_WRITE: &str = "nt_tls_write";
 /// TLS: uprobe on the entry of `SSL_read` and `gnutls_record_recv`.
 pub const PROG_TLS_READ: &str = "nt_tls_read";
 /// TLS: uprobe on the entry of `SSL_read_ex`.
 pub const PROG_TLS_READ_EX: &str = "nt_tls_read_ex";
-/// TLS: uretprobe on the read calls.
-pub const PROG_TLS_READ_RET: &str = "nt_tls_read_ret";
+/// TLS: uprobe on the entry of `SSL_write_ex`.
+pub const PROG_TLS_WRITE_EX: &str = "nt_tls_write_ex";
+/// TLS: uretprobe on the read and write calls.
+pub const PROG_TLS_RET: &str = "nt_tls_ret";
 /// TLS: uprobe on `SSL_shutdown` and `gnutls_bye`.
 pub const PROG_TLS_SHUTDOWN: &str = "nt_tls_shutdown";
+/// TLS: the exec watch of the file registry (raw tracepoint `sched_process_exec`).
+pub const PROG_TLS_EXEC: &str = "nt_tls_exec";
+/// TLS: the ring of started processes (the exec watch's).
+pub const MAP_TLS_EXEC: &str = "NT_TLS_EXEC";
 /// TLS objects tied to their sockets.
 pub const MAP_TLS_CONNS: &str = "NT_TLS_CONNS";
 /// TLS read calls' arguments, entry to return.

@@ -11,7 +11,7 @@ use tracer_common::conn::{
 };
 
 use crate::{
-    Error, Result,
+    Result,
     config::Config,
     consumer::Consumer,
     decode,
@@ -244,7 +244,7 @@ pub struct Tracer {
     /// Feeds captured packets to the sources as they arrive, when the capture runs.
     packet_consumer: Option<Consumer>,
     /// Refreshes the TLS file registry, when the TLS uprobes are loaded.
-    tls_refresher: Option<Refresher>,
+    tls_refresher: Option<Consumer>,
     shared: Arc<Shared>,
     expiry: ExpiryConfig,
     reads: Mutex<ReadBuffers>,
@@ -295,12 +295,20 @@ impl Tracer {
             }
             None => None,
         };
-        let tls_refresher = if shared.kernel.tls_planned() {
-            shared.tls.refresh(&shared.kernel);
-            shared.tls.log();
-            Some(Refresher::start(Arc::clone(&shared))?)
-        } else {
-            None
+        // The TLS file registry's thread: wakes on the exec watch's ring (a process started)
+        // and every `tls.refresh` (the full scan).
+        let tls_refresher = match shared.kernel.tls_exec_fd() {
+            Some(exec_fd) if shared.kernel.tls_planned() => {
+                shared.tls.refresh(&shared.kernel);
+                shared.tls.log();
+                let period =
+                    i32::try_from(shared.tls.config().refresh.as_millis()).unwrap_or(i32::MAX);
+                let tls_shared = Arc::clone(&shared);
+                Some(Consumer::start("tracer-tls", exec_fd, period, move || {
+                    tls_shared.tls.wake(&tls_shared.kernel);
+                })?)
+            }
+            _ => None,
         };
         tracing::info!(
             backend = %shared.kernel.plan().backend,
@@ -557,53 +565,8 @@ impl Drop for Tracer {
         drop(self.consumer.take());
         drop(self.packet_consumer.take());
         if let Some(refresher) = self.tls_refresher.take() {
-            refresher.stop();
+            drop(refresher);
             self.shared.tls.clear(&self.shared.kernel);
-        }
-    }
-}
-
-/// The TLS file registry's thread: a refresh every `tls.refresh` until stopped.
-struct Refresher {
-    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Refresher {
-    fn start(shared: Arc<Shared>) -> Result<Self> {
-        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let flag = Arc::clone(&stop);
-        let period = shared.tls.config().refresh;
-        let thread = std::thread::Builder::new()
-            .name("tracer-tls".to_owned())
-            .spawn(move || {
-                let (lock_, wake) = &*flag;
-                let mut stopped = lock(lock_);
-                loop {
-                    let (guard, _) = wake
-                        .wait_timeout(stopped, period)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    stopped = guard;
-                    if *stopped {
-                        return;
-                    }
-                    drop(stopped);
-                    shared.tls.refresh(&shared.kernel);
-                    stopped = lock(lock_);
-                }
-            })
-            .map_err(|e| Error::io("starting the TLS registry thread", e))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(mut self) {
-        *lock(&self.stop.0) = true;
-        self.stop.1.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

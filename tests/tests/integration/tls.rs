@@ -4,9 +4,10 @@
 //! Grounds of truth: nginx's access log (nginx from Debian links libssl; its `SSL_set_fd` ties
 //! each connection), with curl `-k` (OpenSSL, keep-alive runs and new connections) and
 //! `gnutls-cli` (GnuTLS) as clients; `/proc/<pid>/maps` for the file registry. curl's own
-//! OpenSSL objects go through curl's custom BIO, which names no descriptor: its calls are
-//! counted untied (`tls_untied`), so its side of the exchanges is not recorded, and each
-//! transaction is counted once, from nginx's side.
+//! OpenSSL objects go through curl's custom BIO (`SSL_set_bio`), which names no descriptor:
+//! they are tied by the socket curl's thread writes to inside its first `SSL_write`
+//! (`tls_tied_by_socket`), so both sides of every exchange are recorded and the HTTP source
+//! counts each transaction once (the server's observation is the duplicate).
 //!
 //! Backend-independent (uprobes and the capture's ring, not the connection hooks): each test
 //! runs with the kernel's first backend only. Cost: about 3 s each (the HTTP source's dedup
@@ -42,6 +43,10 @@ const REFRESH: Duration = Duration::from_millis(200);
 type TxKey = (u16, String, String, u16);
 
 fn new_tracer() -> Option<Tracer> {
+    new_tracer_refreshing(REFRESH)
+}
+
+fn new_tracer_refreshing(refresh: Duration) -> Option<Tracer> {
     loaded_or_skip(Tracer::new(Config {
         backend: BackendChoice::Force(backend_under_test()),
         http: HttpConfig {
@@ -49,7 +54,7 @@ fn new_tracer() -> Option<Tracer> {
             ..HttpConfig::default()
         },
         tls: TlsConfig {
-            refresh: REFRESH,
+            refresh,
             ..TlsConfig::default()
         },
         ..Config::default()
@@ -266,12 +271,10 @@ fn collect(
                 SocketAddr::new(c.tuple.src, c.tuple.sport),
                 SocketAddr::new(c.tuple.dst, c.tuple.dport),
             ];
-            // nginx's sockets (the server's end is local): tied through SSL_set_fd.
-            if SocketAddr::new(c.tuple.src, c.tuple.sport) == server {
+            // Both ends are local: nginx's (tied through SSL_set_fd) and curl's (tied by its
+            // socket calls).
+            if ends.contains(&server) {
                 stacks.push((c.protocol_stack.application, c.protocol_stack.encryption));
-            } else if ends.contains(&server) {
-                // curl's: untied (its BIO names no descriptor), TLS from the packet classifier.
-                assert_eq!(c.protocol_stack.encryption, PROTO_TLS, "{c:?}");
             }
         }
     };
@@ -320,6 +323,8 @@ fn nginx_over_tls_with_curl_every_request_of_the_access_log_once_and_tls_in_the_
             "nginx's libssl is hooked at start: {:?}",
             tls_counters(&tracer)
         );
+        let duplicates = counter(&tracer, "http_duplicates");
+        let by_socket = counter(&tracer, "tls_tied_by_socket");
         // Keep-alive: five requests on one connection (the 500 last: nginx closes after it).
         curl(
             &[],
@@ -347,18 +352,30 @@ fn nginx_over_tls_with_curl_every_request_of_the_access_log_once_and_tls_in_the_
             "HTTPS requests by (client port, uri, method, status): tracer (left), nginx's access \
              log (right); counters {counters:?}"
         );
+        // nginx's objects tied by SSL_set_fd, curl's (one per connection) by their sockets.
         assert!(counter(&tracer, "tls_tied") >= connections.len() as u64);
+        assert!(
+            counter(&tracer, "tls_tied_by_socket") >= by_socket + connections.len() as u64,
+            "{counters:?}"
+        );
+        // Every transaction came from curl's side too: the client's observations are the ones
+        // counted, each server observation a duplicate (one per access-log line).
+        assert_eq!(
+            counter(&tracer, "http_duplicates") - duplicates,
+            want,
+            "each transaction seen by both sides; {counters:?}"
+        );
         assert_eq!(
             stacks
                 .iter()
                 .filter(|s| **s == (PROTO_HTTP, PROTO_TLS))
                 .count(),
             stacks.len(),
-            "every connection of the TLS server's end is HTTP over TLS: {stacks:?}"
+            "every connection of both ends is HTTP over TLS: {stacks:?}"
         );
         assert!(
-            stacks.len() >= connections.len(),
-            "{stacks:?} {connections:?}"
+            stacks.len() >= 2 * connections.len(),
+            "both ends of each connection: {stacks:?} {connections:?}"
         );
     });
 }
@@ -602,4 +619,121 @@ fn a_file_without_tls_symbols_and_a_corrupt_elf_are_counted_and_refused() {
         // SAFETY: the mappings made above.
         unsafe { libc::munmap(at, len) };
     }
+}
+
+/// A TLS 1.2/1.3 ClientHello record as a client sends it first (random zero, one cipher suite,
+/// no extensions): what the packet classifier takes for TLS.
+fn client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend([0u8; 32]);
+    // Session id (empty), cipher suites (TLS_AES_128_GCM_SHA256), compression (null), no
+    // extensions.
+    body.extend([0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend((body.len() as u16).to_be_bytes());
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[test]
+fn a_process_talking_tls_without_a_hooked_library_is_counted_not_hookable() {
+    if !first_backend_of_kernel("TLS not hookable") {
+        return;
+    }
+    // This test process is the client that speaks TLS without a TLS library (as a statically
+    // linked or Go binary does): it must map none.
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    assert!(
+        !maps.contains("libssl.so") && !maps.contains("libgnutls.so"),
+        "the test binary maps no TLS library"
+    );
+    let Some(tracer) = new_tracer() else {
+        return;
+    };
+    tracer.register_client("nohook").expect("register");
+    let pid = std::process::id();
+    assert!(!tracer.tls().not_hookable(pid));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = std::net::TcpStream::connect(addr).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let hello = client_hello();
+    client.write_all(&hello).expect("write");
+    let mut buf = vec![0u8; hello.len()];
+    std::io::Read::read_exact(&mut server, &mut buf).expect("read");
+    let port = client.local_addr().expect("local").port();
+    // The classifier marks the connection TLS at its first payload; the call that reports it
+    // notes its owner.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        let delta = tracer.get_active_connections("nohook").expect("call");
+        if let Some(c) = delta
+            .conns
+            .iter()
+            .find(|c| c.tuple.sport == port && c.tuple.dport == addr.port())
+            .filter(|c| c.protocol_stack.encryption == PROTO_TLS)
+        {
+            break c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection is never classified TLS: {:?}",
+            delta.conns
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(conn.tuple.pid, pid, "{conn:?}");
+    assert!(
+        tracer.tls().not_hookable(pid),
+        "{:?}",
+        tls_counters(&tracer)
+    );
+    assert!(counter(&tracer, "tls_processes_not_hookable") >= 1);
+    drop((client, server));
+}
+
+#[test]
+fn a_process_started_later_is_hooked_by_the_exec_watch_without_a_periodic_scan() {
+    if !first_backend_of_kernel("TLS exec watch") {
+        return;
+    }
+    let dir = Dir::new("exec");
+    let Some(lib) = private_libssl(&dir.0) else {
+        assert!(
+            !host_run(),
+            "libssl.so.3 is on the host (curl, nginx link it)"
+        );
+        eprintln!("SKIP: no libssl.so.3 here");
+        return;
+    };
+    // No periodic scan during the test: only the start's, then the exec watch's.
+    let Some(tracer) = new_tracer_refreshing(Duration::from_secs(3600)) else {
+        return;
+    };
+    assert_eq!(
+        counter(&tracer, "tls_scans"),
+        1,
+        "{:?}",
+        tls_counters(&tracer)
+    );
+    let attached = counter(&tracer, "tls_files_attached");
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .env("LD_PRELOAD", &lib)
+        .spawn()
+        .expect("sleep");
+    wait_counter(&tracer, "tls_files_attached", attached + 1);
+    assert!(counter(&tracer, "tls_exec_scans") >= 1);
+    assert!(counter(&tracer, "tls_exec_processes") >= 1);
+    assert_eq!(
+        counter(&tracer, "tls_scans"),
+        1,
+        "hooked without a periodic scan: {:?}",
+        tls_counters(&tracer)
+    );
+    child.kill().expect("kill");
+    let _ = child.wait();
 }

@@ -60,6 +60,9 @@ pub fn skipped_receive(flags: u32) -> bool {
 /// carried across paths the older verifiers would have to merge).
 #[inline(always)]
 pub fn on_call(sk: u64, ret: i32, sending: bool, udp_peer: impl PeerSource) {
+    // A TLS read or write call of this thread in progress learns its socket (ties an object
+    // that names no descriptor, such as curl's).
+    crate::tls::note_socket(sk);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
     if let Some(stats) = super::tracked(sk) {
         if stats.tuple.protocol == IPPROTO_UDP && ret <= 0 {

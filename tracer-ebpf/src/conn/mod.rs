@@ -244,7 +244,7 @@ fn now_ns() -> u64 {
 /// (`lock xadd`, every kernel the tracer supports), because `core`'s atomics have no
 /// `fetch_add` on the BPF target and the old value is not needed.
 #[inline(always)]
-fn add(counter: &mut u64, n: u64) {
+pub(crate) fn add(counter: &mut u64, n: u64) {
     let ptr: *mut u64 = counter;
     // SAFETY: `ptr` is a valid, 8-byte aligned u64 inside a map value.
     unsafe {

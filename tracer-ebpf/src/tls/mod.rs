@@ -13,23 +13,32 @@
 //! # Tying a TLS object to its connection
 //! OpenSSL's `SSL_set_fd(ssl, fd)` and GnuTLS's `gnutls_transport_set_int2(session, r, w)` name
 //! the descriptor: it is resolved to its `struct sock` (`conn::fd::sock_of_fd`), the key of its
-//! connection entry, and the object is keyed by (process, object address). A TLS object whose
-//! descriptor the tracer did not see (set before the tracer started, or through a custom BIO
-//! as curl's OpenSSL backend does) is not tied: each of its calls is counted
-//! (`tls_untied`) and not parsed. `SSL_shutdown` / `gnutls_bye` end the tie.
+//! connection entry, and the object is keyed by (process, object address).
+//!
+//! A TLS object whose descriptor the tracer did not see (set before the tracer started, or a
+//! custom BIO as curl's OpenSSL backend uses with `SSL_set_bio`) is tied by its first read or
+//! write call that reaches a socket: the call's entry stashes the object per thread
+//! (`NT_TLS_ARGS`), the socket-call path of every backend (`conn::io::on_call`, through
+//! [`note_socket`]) writes the first socket that thread sends or receives on into the stash,
+//! and the call's return ties the object to it (`tls_tied_by_socket`). One rule for every
+//! backend, since they all end in that path. A call served from the library's buffers (no
+//! socket call) of an object not tied yet is counted (`tls_untied`) and not parsed.
+//! `SSL_shutdown` / `gnutls_bye` end the tie.
 //!
 //! # Calls as units
-//! Each write call's buffer (read at the call's entry) and each read call's filled bytes (read at
-//! its return) is one unit for the pairing rules, as a segment is for the packet parser: a unit
+//! Each call's buffer, read at its return (the bytes a write moved, the bytes a read filled), is
+//! one unit for the pairing rules, as a segment is for the packet parser: a unit
 //! starting with a request line starts a transaction, one starting with a status line in the
 //! other direction finishes it. There are no retransmissions above TLS, so no sequence numbers.
 //! The connection entry's protocol stack gets `TLS` (encryption) and `HTTP` (application) once
 //! seen (`conn::protocol::set`).
 
+pub mod exec;
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -71,9 +80,28 @@ const STACK_HTTP: u8 = 2;
 #[map(name = "NT_TLS_CONNS")]
 static NT_TLS_CONNS: LruHashMap<TlsKey, TlsConn> = LruHashMap::with_max_entries(4096, 0);
 
-/// A read call's arguments, from its entry to its return, per thread.
+/// A read or write call's arguments, from its entry to its return, per thread (and the socket
+/// the thread used meanwhile, [`note_socket`]).
 #[map(name = "NT_TLS_ARGS")]
 static NT_TLS_ARGS: LruHashMap<u64, TlsArgs> = LruHashMap::with_max_entries(4096, 0);
+
+/// Read or write calls in flight, over every thread, on objects that were not tied at their
+/// entry (`TlsArgs::untied`). [`note_socket`] runs on every socket call of every process (every
+/// backend's `conn::io::on_call`) and does nothing else while this is 0, the usual case: an
+/// array read, which the verifier inlines, instead of a hash lookup. A call whose return never
+/// comes (its thread killed inside it, its stash evicted) leaves the count above 0 for good:
+/// the lookups then run on every socket call again, a cost, not a wrong result.
+#[map(name = "NT_TLS_UNTIED_CALLS")]
+static NT_TLS_UNTIED_CALLS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Adds one (`up`) or takes one from [`NT_TLS_UNTIED_CALLS`] (CPUs race on it: an atomic add).
+#[inline(always)]
+fn count_untied_call(up: bool) {
+    if let Some(count) = NT_TLS_UNTIED_CALLS.get_ptr_mut(0) {
+        // SAFETY: a map value, valid for the program's run.
+        conn::add(unsafe { &mut *count }, if up { 1 } else { u64::MAX });
+    }
+}
 
 #[inline(always)]
 fn key(object: u64) -> TlsKey {
@@ -95,6 +123,16 @@ fn tie(object: u64, fd: i64) {
         bump(Counter::TlsTieFailed);
         return;
     };
+    if tie_sock(object, sk) {
+        bump(Counter::TlsTied);
+    }
+}
+
+/// Ties `object` of the current process to socket `sk`, afresh (a re-used object address is a
+/// new connection). A subprogram: its record is built on its own frame, not on top of the
+/// parsing's ([`data`]).
+#[inline(never)]
+fn tie_sock(object: u64, sk: u64) -> bool {
     let key = key(object);
     // Built in place: the record is too large for the stack. A re-used object address (a new
     // connection) starts afresh.
@@ -115,9 +153,30 @@ fn tie(object: u64, fd: i64) {
     // The value is copied by the helper from the stack: 272 bytes, within the 512 limit.
     if NT_TLS_CONNS.insert(key, &fresh, 0).is_err() {
         bump(Counter::TlsTieFailed);
-        return;
+        return false;
     }
-    bump(Counter::TlsTied);
+    true
+}
+
+/// The socket-call path (`conn::io::on_call`, every backend): a thread inside a TLS read or
+/// write call (its arguments stashed) sends or receives on `sk`; the first such socket is
+/// kept for the call's return, which ties an untied object to it. Inlined into every socket
+/// program: one lookup, no stack beyond its key.
+#[inline(always)]
+pub fn note_socket(sk: u64) {
+    match NT_TLS_UNTIED_CALLS.get(0) {
+        Some(&n) if n != 0 => {}
+        _ => return,
+    }
+    let id = bpf_get_current_pid_tgid();
+    if let Some(args) = NT_TLS_ARGS.get_ptr_mut(id) {
+        // SAFETY: a map value, valid for the program's run.
+        unsafe {
+            if (*args).untied != 0 && (*args).sk == 0 {
+                (*args).sk = sk;
+            }
+        }
+    }
 }
 
 /// `len` plaintext bytes at user address `buf` of `object`, in `direction`. A subprogram, so
@@ -298,27 +357,44 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// Stashes a read call's object, buffer and (for `_ex` calls) where it writes its length.
+/// Stashes a call's object, buffer, direction and (for `_ex` calls) where it writes its length.
 #[inline(always)]
-fn stash(ctx: &ProbeContext, length_at: u64) {
+fn stash(ctx: &ProbeContext, length_at: u64, direction: u8) {
+    let object = arg(ctx, 0);
+    // SAFETY: the value is only tested for presence.
+    let untied = u8::from(unsafe { NT_TLS_CONNS.get(key(object)) }.is_none());
+    let id = bpf_get_current_pid_tgid();
+    // A stash this thread's previous call left (its return never came) is replaced, and its
+    // part of the count of untied calls with it.
+    // SAFETY: copied out at once.
+    let replaced = unsafe { NT_TLS_ARGS.get(id) }.map_or(0, |a| a.untied);
     let args = TlsArgs {
-        object: arg(ctx, 0),
+        object,
         buf: arg(ctx, 1),
         length_at,
+        sk: 0,
+        direction,
+        untied,
+        _pad: [0; 6],
     };
-    let id = bpf_get_current_pid_tgid();
     if NT_TLS_ARGS.insert(id, args, 0).is_err() {
         bump(Counter::TlsReadFailed);
+        return;
+    }
+    if untied != replaced {
+        count_untied_call(untied != 0);
     }
 }
 
-/// The stashed read call of this thread, removed.
+/// The stashed call of this thread, removed.
 #[inline(always)]
 fn unstash() -> Option<TlsArgs> {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the removal.
     let args = unsafe { NT_TLS_ARGS.get(id) }.copied()?;
-    let _ = NT_TLS_ARGS.remove(id);
+    if NT_TLS_ARGS.remove(id).is_ok() && args.untied != 0 {
+        count_untied_call(false);
+    }
     Some(args)
 }
 
@@ -337,26 +413,31 @@ pub fn nt_gnutls_set_int(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `SSL_write(ssl, buf, num)`, `SSL_write_ex(ssl, buf, num, written)` and
-/// `gnutls_record_send(session, data, size)`: the plaintext is in the buffer at the entry.
+/// Entry of `SSL_write(ssl, buf, num)` and `gnutls_record_send(session, data, size)`. The
+/// buffer is parsed at the return: by then an object that names no descriptor is tied by the
+/// socket the call wrote to, and a call that failed (would block, retried later with the same
+/// bytes) is not counted twice.
 #[uprobe]
 pub fn nt_tls_write(ctx: ProbeContext) -> u32 {
-    // `num` is an int for SSL_write, a size_t for the others: the low 31 bits are enough for
-    // the prefix and path, and a negative int is refused by `data`.
-    let len = arg(&ctx, 2);
-    let len = if len > i32::MAX as u64 {
-        i64::from(len as i32)
-    } else {
-        len as i64
-    };
-    data(arg(&ctx, 0), arg(&ctx, 1), len, PACKET_EGRESS);
+    stash(&ctx, 0, PACKET_EGRESS);
+    0
+}
+
+/// Entry of `SSL_write_ex(ssl, buf, num, size_t *written)`.
+#[uprobe]
+pub fn nt_tls_write_ex(ctx: ProbeContext) -> u32 {
+    let at = arg(&ctx, 3);
+    // 0 marks a plain call: an `_ex` call without its out-parameter cannot report anything.
+    if at != 0 {
+        stash(&ctx, at, PACKET_EGRESS);
+    }
     0
 }
 
 /// Entry of `SSL_read(ssl, buf, num)` and `gnutls_record_recv(session, data, size)`.
 #[uprobe]
 pub fn nt_tls_read(ctx: ProbeContext) -> u32 {
-    stash(&ctx, 0);
+    stash(&ctx, 0, PACKET_INGRESS);
     0
 }
 
@@ -364,23 +445,23 @@ pub fn nt_tls_read(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn nt_tls_read_ex(ctx: ProbeContext) -> u32 {
     let at = arg(&ctx, 3);
-    // 0 marks a plain read: an `_ex` call without its out-parameter cannot report anything.
+    // As for `SSL_write_ex`.
     if at != 0 {
-        stash(&ctx, at);
+        stash(&ctx, at, PACKET_INGRESS);
     }
     0
 }
 
-/// Return of `SSL_read` / `gnutls_record_recv` (the bytes read, or <= 0) and of `SSL_read_ex`
-/// (1 on success, the count in `*readbytes`).
+/// Return of every read and write call: `SSL_read` / `SSL_write` (an int: the bytes moved, or
+/// <= 0), `gnutls_record_recv` / `_send` (an ssize_t, likewise) and `SSL_read_ex` /
+/// `SSL_write_ex` (1 on success, the count in `*length_at`).
 #[uretprobe]
-pub fn nt_tls_read_ret(ctx: RetProbeContext) -> u32 {
+pub fn nt_tls_ret(ctx: RetProbeContext) -> u32 {
     let Some(args) = unstash() else {
         return 0;
     };
     let ret: i64 = ctx.ret::<i64>();
     let len = if args.length_at == 0 {
-        // SSL_read returns an int; gnutls_record_recv an ssize_t.
         ret
     } else if ret as i32 == 1 {
         // SAFETY: user memory read through the helper.
@@ -400,7 +481,16 @@ pub fn nt_tls_read_ret(ctx: RetProbeContext) -> u32 {
     } else {
         len
     };
-    data(args.object, args.buf, len, PACKET_INGRESS);
+    // An object not tied yet whose call reached a socket: tied to it now.
+    // SAFETY: the value is only tested for presence.
+    if args.sk != 0
+        && args.object != 0
+        && unsafe { NT_TLS_CONNS.get(key(args.object)) }.is_none()
+        && tie_sock(args.object, args.sk)
+    {
+        bump(Counter::TlsTiedBySocket);
+    }
+    data(args.object, args.buf, len, args.direction);
     0
 }
 

@@ -26,7 +26,8 @@ use tracer_common::{
     },
     names::{
         GLOBAL_CAPTURE_CONFIG, GLOBAL_LAYOUT, MAP_CLOSED, MAP_CONNS, MAP_COUNTERS, MAP_PACKETS,
-        MAP_TCP_STATES, MAP_TLS_ARGS, MAP_TLS_CONNS, MAP_UDP_PEERS, MAP_UDP_SOCKS,
+        MAP_TCP_STATES, MAP_TLS_ARGS, MAP_TLS_CONNS, MAP_TLS_EXEC, MAP_UDP_PEERS, MAP_UDP_SOCKS,
+        PROG_TLS_EXEC,
     },
     packet::CaptureConfig as CaptureConfigWire,
 };
@@ -169,6 +170,14 @@ pub struct ConnTracer {
     iter_stats: Mutex<IterStats>,
     /// The packet capture's ring, when the capture is planned.
     packets: Option<PacketRing>,
+    /// The TLS registry's exec watch (`NT_TLS_EXEC`), when the TLS programs run.
+    tls_exec: Option<ExecRing>,
+}
+
+/// The ring of processes that called `execve` (the TLS registry's exec watch).
+struct ExecRing {
+    ring: Mutex<RingBuf<MapData>>,
+    fd: RawFd,
 }
 
 impl ConnTracer {
@@ -216,6 +225,12 @@ impl ConnTracer {
             // Without the TLS uprobes, nothing writes these.
             .map_max_entries(MAP_TLS_CONNS, if tls { config.tls_max_objects } else { 1 })
             .map_max_entries(MAP_TLS_ARGS, if tls { config.tls_max_objects } else { 1 })
+            // The exec watch's ring: 16-byte records, a burst of execs between two wake-ups
+            // of the registry's thread (a full ring drops events; the periodic scan remains).
+            .map_max_entries(
+                MAP_TLS_EXEC,
+                if tls { 16 * page_size() } else { page_size() },
+            )
             // Without the capture, its ring is one page that nothing writes.
             .map_max_entries(
                 MAP_PACKETS,
@@ -306,6 +321,16 @@ impl ConnTracer {
         } else {
             None
         };
+        let tls_exec = if plan.probes.iter().any(|p| p.program == PROG_TLS_EXEC) {
+            let ring = take_map(&mut ebpf, MAP_TLS_EXEC)
+                .and_then(|map| RingBuf::try_from(map).map_err(|e| map_error(MAP_TLS_EXEC, e)))?;
+            Some(ExecRing {
+                fd: ring.as_raw_fd(),
+                ring: Mutex::new(ring),
+            })
+        } else {
+            None
+        };
         let counters = take_map(&mut ebpf, MAP_COUNTERS)
             .and_then(|map| PerCpuArray::try_from(map).map_err(|e| map_error(MAP_COUNTERS, e)))?;
         let tracer = Self {
@@ -323,6 +348,7 @@ impl ConnTracer {
             owner_iter: attached.owner_iter,
             iter_stats: Mutex::new(IterStats::default()),
             packets,
+            tls_exec,
         };
         if let Some(seeder) = attached.seeder.filter(|_| config.track_existing) {
             tracer.seed(&seeder);
@@ -405,6 +431,25 @@ impl ConnTracer {
     /// attaches one ([`Self::attach_uprobe`]), not at start.
     pub fn tls_planned(&self) -> bool {
         self.plan.probes.iter().any(|p| p.hook == Hook::Uprobe)
+    }
+
+    /// The descriptor of the exec watch's ring (readable when a process started), when the TLS
+    /// programs run.
+    pub fn tls_exec_fd(&self) -> Option<RawFd> {
+        self.tls_exec.as_ref().map(|r| r.fd)
+    }
+
+    /// Drains the exec watch's ring into `out` (the ids of processes that started).
+    pub fn drain_tls_exec(&self, out: &mut Vec<u32>) {
+        let Some(exec) = &self.tls_exec else {
+            return;
+        };
+        let mut ring = lock(&exec.ring);
+        while let Some(item) = ring.next() {
+            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..]) {
+                out.push(u32::from_ne_bytes(bytes));
+            }
+        }
     }
 
     /// The packet capture's ring, when the capture runs.

@@ -494,8 +494,19 @@ pub const TLS_PROBES: &[ProbeSpec] = &[
     tls_probe(names::PROG_TLS_WRITE, Hook::Uprobe),
     tls_probe(names::PROG_TLS_READ, Hook::Uprobe),
     tls_probe(names::PROG_TLS_READ_EX, Hook::Uprobe),
-    tls_probe(names::PROG_TLS_READ_RET, Hook::Uretprobe),
+    tls_probe(names::PROG_TLS_WRITE_EX, Hook::Uprobe),
+    tls_probe(names::PROG_TLS_RET, Hook::Uretprobe),
     tls_probe(names::PROG_TLS_SHUTDOWN, Hook::Uprobe),
+    // The registry's exec watch (tracer-ebpf/src/tls/exec.rs): a process that starts is
+    // scanned at once rather than at the next periodic scan. Last: not attached when a TLS
+    // program above was refused.
+    tls_probe(
+        names::PROG_TLS_EXEC,
+        Hook::Tracepoint {
+            category: "sched",
+            name: "sched_process_exec",
+        },
+    ),
 ];
 
 /// The TLS uprobes' floor.
@@ -570,29 +581,33 @@ impl TlsLibrary {
 
 /// The (symbol, program) pairs of OpenSSL's libssl. `SSL_set_bio` is not hooked: a BIO of
 /// the application's own (curl's) has no descriptor to tie the object to its socket, and a
-/// socket BIO's descriptor sits in OpenSSL's private structures; such objects are counted
-/// (`tls_untied`).
-pub const OPENSSL_HOOKS: [TlsHook; 8] = [
+/// socket BIO's descriptor sits in OpenSSL's private structures. Such an object is tied by the
+/// socket its thread sends or receives on inside its first read or write call instead
+/// (`tracer-ebpf/src/tls`, `tls_tied_by_socket`).
+pub const OPENSSL_HOOKS: [TlsHook; 10] = [
     tls_hook(names::PROG_TLS_SSL_SET_FD, "SSL_set_fd", true),
+    tls_hook(names::PROG_TLS_RET, "SSL_write", true),
     tls_hook(names::PROG_TLS_WRITE, "SSL_write", true),
-    tls_hook(names::PROG_TLS_READ_RET, "SSL_read", true),
+    tls_hook(names::PROG_TLS_RET, "SSL_read", true),
     tls_hook(names::PROG_TLS_READ, "SSL_read", true),
-    tls_hook(names::PROG_TLS_WRITE, "SSL_write_ex", false),
-    tls_hook(names::PROG_TLS_READ_RET, "SSL_read_ex", false),
+    tls_hook(names::PROG_TLS_RET, "SSL_write_ex", false),
+    tls_hook(names::PROG_TLS_WRITE_EX, "SSL_write_ex", false),
+    tls_hook(names::PROG_TLS_RET, "SSL_read_ex", false),
     tls_hook(names::PROG_TLS_READ_EX, "SSL_read_ex", false),
     tls_hook(names::PROG_TLS_SHUTDOWN, "SSL_shutdown", false),
 ];
 
 /// The (symbol, program) pairs of GnuTLS (`gnutls_transport_set_int` is a macro over
 /// `gnutls_transport_set_int2`).
-pub const GNUTLS_HOOKS: [TlsHook; 5] = [
+pub const GNUTLS_HOOKS: [TlsHook; 6] = [
     tls_hook(
         names::PROG_TLS_GNUTLS_SET_INT,
         "gnutls_transport_set_int2",
         true,
     ),
+    tls_hook(names::PROG_TLS_RET, "gnutls_record_send", true),
     tls_hook(names::PROG_TLS_WRITE, "gnutls_record_send", true),
-    tls_hook(names::PROG_TLS_READ_RET, "gnutls_record_recv", true),
+    tls_hook(names::PROG_TLS_RET, "gnutls_record_recv", true),
     tls_hook(names::PROG_TLS_READ, "gnutls_record_recv", true),
     tls_hook(names::PROG_TLS_SHUTDOWN, "gnutls_bye", false),
 ];

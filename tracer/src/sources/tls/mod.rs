@@ -6,7 +6,11 @@
 //! The file registry ([`registry`], the seed's): a periodic scan of `/proc/<pid>/maps`
 //! ([`scan`]) finds the processes that map a TLS library (by file-name prefix:
 //! `libssl.so`, `libgnutls.so`); each distinct file (device + inode) is hooked once and
-//! released when no process maps it any more. Counters: files hooked, processes, attach
+//! released when no process maps it any more. The exec watch (`sched:sched_process_exec`,
+//! `tracer-ebpf/src/tls/exec.rs`) names the processes that start: their maps are read
+//! [`EXEC_SETTLE`] later (the loader maps their libraries after the exec; the execs of that
+//! wait are taken with it, so a burst is one scan), so a process that starts is hooked before
+//! the next periodic scan, which stays the backstop (and the only one that releases). Counters: files hooked, processes, attach
 //! failures by reason, files blocked, released, over the cap; [`Tls::log`] is the seed's `Log`.
 //!
 //! Statically linked TLS (Go's crypto/tls, a binary with OpenSSL built in) is not hookable
@@ -33,6 +37,10 @@ use crate::{
     telemetry::{CounterSource, Sample},
 };
 use registry::{AttachFailure, Hooker, Registry};
+
+/// How long after a process's exec its maps are read: the dynamic loader maps its libraries
+/// after the exec returns (a few milliseconds).
+pub const EXEC_SETTLE: Duration = Duration::from_millis(50);
 
 /// Processes remembered as not hookable (distinct pids), at most.
 const MAX_NOT_HOOKABLE: usize = 4096;
@@ -121,6 +129,10 @@ counter_set! {
         tls_files_capped: Loss,
         /// Scans of /proc for TLS libraries.
         tls_scans: Activity,
+        /// Scans of started processes' maps, on the exec watch's word.
+        tls_exec_scans: Activity,
+        /// Processes scanned on the exec watch's word.
+        tls_exec_processes: Activity,
         /// Processes seen with TLS connections that map no hooked TLS library (statically linked TLS, Go's crypto/tls): their HTTPS is not seen.
         tls_processes_not_hookable: Gauge,
     }
@@ -181,6 +193,8 @@ pub struct Tls {
     prefixes: Vec<(Library, String)>,
     registry: Mutex<Registry<UProbeLinkId>>,
     not_hookable: Mutex<BTreeSet<u32>>,
+    /// When the last scan of every process ran.
+    last_full: Mutex<std::time::Instant>,
     counters: TlsCounters,
 }
 
@@ -195,6 +209,7 @@ impl Tls {
                 .collect(),
             registry: Mutex::new(Registry::new(config.max_files)),
             not_hookable: Mutex::new(BTreeSet::new()),
+            last_full: Mutex::new(std::time::Instant::now()),
             counters: TlsCounters::default(),
             config: config.clone(),
         }
@@ -209,9 +224,34 @@ impl Tls {
     pub fn refresh(&self, kernel: &ConnTracer) {
         let scan = scan::scan(&self.config.proc_root, &self.prefixes);
         crate::telemetry::bump(&self.counters.tls_scans, 1);
+        *self.last_full.lock() = std::time::Instant::now();
         self.registry
             .lock()
             .update(&scan, &Kernel(kernel), &self.counters);
+    }
+
+    /// The registry thread's wake-up: the exec watch's ring became readable, or `refresh`
+    /// passed. Scans the processes that started, then every process when `refresh` passed
+    /// since the last full scan.
+    pub fn wake(&self, kernel: &ConnTracer) {
+        let mut pids = Vec::new();
+        kernel.drain_tls_exec(&mut pids);
+        if !pids.is_empty() {
+            std::thread::sleep(EXEC_SETTLE);
+            kernel.drain_tls_exec(&mut pids);
+            let pids: BTreeSet<u32> = pids.into_iter().collect();
+            let scan = scan::scan_pids(&self.config.proc_root, &pids, &self.prefixes);
+            crate::telemetry::bump(&self.counters.tls_exec_scans, 1);
+            crate::telemetry::bump(&self.counters.tls_exec_processes, pids.len() as u64);
+            self.registry
+                .lock()
+                .add(&scan, &Kernel(kernel), &self.counters);
+        }
+        // A poll that timed out a little early still counts as a period.
+        let due = self.config.refresh.mul_f32(0.9);
+        if self.last_full.lock().elapsed() >= due {
+            self.refresh(kernel);
+        }
     }
 
     /// Notes the owners of connections classified TLS: those that map no hooked library are
@@ -230,6 +270,11 @@ impl Tls {
         self.counters
             .tls_processes_not_hookable
             .store(seen.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether process `pid` is counted as not hookable (`tls_processes_not_hookable`).
+    pub fn not_hookable(&self, pid: u32) -> bool {
+        self.not_hookable.lock().contains(&pid)
     }
 
     /// Detaches every hook.

@@ -83,7 +83,8 @@ impl<L> Registry<L> {
         }
     }
 
-    /// Brings the hooks in line with `scan`.
+    /// Brings the hooks in line with `scan` (of every process): files no process maps are
+    /// released.
     pub fn update(&mut self, scan: &Scan, hooker: &impl Hooker<Link = L>, counters: &TlsCounters) {
         // Released: hooked files no process maps any more.
         let gone: Vec<FileId> = self
@@ -101,9 +102,31 @@ impl<L> Registry<L> {
                 bump(&counters.tls_files_released, 1);
             }
         }
+        self.hook_new(scan, true, hooker, counters);
+    }
+
+    /// Hooks the files of `scan` (of some processes only: the exec watch's), releasing
+    /// nothing: the processes it names are added to those of files already hooked.
+    pub fn add(&mut self, scan: &Scan, hooker: &impl Hooker<Link = L>, counters: &TlsCounters) {
+        self.hook_new(scan, false, hooker, counters);
+    }
+
+    /// Hooks the files of `scan` not hooked yet; `whole`: `scan` lists every process, whose
+    /// sets replace those of hooked files.
+    fn hook_new(
+        &mut self,
+        scan: &Scan,
+        whole: bool,
+        hooker: &impl Hooker<Link = L>,
+        counters: &TlsCounters,
+    ) {
         for (id, (seen, pids)) in &scan.files {
             if let Some(file) = self.hooked.get_mut(id) {
-                file.pids.clone_from(pids);
+                if whole {
+                    file.pids.clone_from(pids);
+                } else {
+                    file.pids.extend(pids.iter().copied());
+                }
                 continue;
             }
             if self.blocked.contains_key(id) {
@@ -293,7 +316,7 @@ mod tests {
             .iter()
             .filter(|h| h.required)
             .count();
-        assert_eq!(fake.live.borrow().len(), Library::OpenSsl.hooks().len() - 3);
+        assert_eq!(fake.live.borrow().len(), Library::OpenSsl.hooks().len() - 4);
         assert!(fake.live.borrow().len() >= required);
         assert_eq!(value(&counters.tls_files_hooked), 1);
         assert_eq!(value(&counters.tls_processes), 2);
@@ -334,6 +357,33 @@ mod tests {
         assert_eq!(value(&counters.tls_attach_failed_bad_file), 1);
         assert_eq!(value(&counters.tls_files_blocked), 2);
         assert_eq!(value(&counters.tls_files_hooked), 0);
+    }
+
+    #[test]
+    fn a_partial_scan_hooks_and_adds_processes_but_releases_nothing() {
+        let fake = Fake::default();
+        let counters = TlsCounters::default();
+        let mut reg = Registry::new(8);
+        let ssl = (1, "/p/1/root/libssl.so.3", Library::OpenSsl, &[10u32][..]);
+        reg.update(&scan(&[ssl]), &fake, &counters);
+        // The exec watch's scan of one new process that maps another file.
+        let gnutls = (
+            2,
+            "/p/20/root/libgnutls.so.30",
+            Library::GnuTls,
+            &[20u32][..],
+        );
+        let again = (1, "/p/21/root/libssl.so.3", Library::OpenSsl, &[21u32][..]);
+        reg.add(&scan(&[gnutls, again]), &fake, &counters);
+        assert_eq!(value(&counters.tls_files_hooked), 2);
+        assert_eq!(value(&counters.tls_files_released), 0);
+        assert_eq!(value(&counters.tls_processes), 3);
+        assert!(reg.hooks_pid(10) && reg.hooks_pid(20) && reg.hooks_pid(21));
+        // The next full scan is the truth again.
+        reg.update(&scan(&[gnutls]), &fake, &counters);
+        assert_eq!(value(&counters.tls_files_released), 1);
+        assert!(!reg.hooks_pid(10));
+        reg.clear(&fake);
     }
 
     #[test]

@@ -100,25 +100,39 @@ pub fn scan(proc_root: &Path, libraries: &[(Library, String)]) -> Scan {
         else {
             continue;
         };
-        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
-            out.unreadable += 1;
-            continue;
-        };
-        for (id, library, path) in parse_maps(&maps, libraries) {
-            let (_, pids) = out.files.entry(id).or_insert_with(|| {
-                let relative = path.trim_start_matches('/');
-                (
-                    SeenFile {
-                        library,
-                        path: entry.path().join("root").join(relative),
-                    },
-                    BTreeSet::new(),
-                )
-            });
-            pids.insert(pid);
-        }
+        scan_one(&mut out, &entry.path(), pid, libraries);
     }
     out
+}
+
+/// Scans the processes `pids` of `proc_root` only (those the exec watch named).
+pub fn scan_pids(proc_root: &Path, pids: &BTreeSet<u32>, libraries: &[(Library, String)]) -> Scan {
+    let mut out = Scan::default();
+    for &pid in pids {
+        scan_one(&mut out, &proc_root.join(pid.to_string()), pid, libraries);
+    }
+    out
+}
+
+/// Adds the TLS library files process `pid` (at `dir`) maps to `out`.
+fn scan_one(out: &mut Scan, dir: &Path, pid: u32, libraries: &[(Library, String)]) {
+    let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
+        out.unreadable += 1;
+        return;
+    };
+    for (id, library, path) in parse_maps(&maps, libraries) {
+        let (_, pids) = out.files.entry(id).or_insert_with(|| {
+            let relative = path.trim_start_matches('/');
+            (
+                SeenFile {
+                    library,
+                    path: dir.join("root").join(relative),
+                },
+                BTreeSet::new(),
+            )
+        });
+        pids.insert(pid);
+    }
 }
 
 #[cfg(test)]
