@@ -94,7 +94,12 @@ impl Identities {
         for (t, (_, _, ends, _)) in &self.seen {
             if *ends != 1 {
                 let open = self.shown_open.contains(t);
-                problems.push(format!("{t:?} ended {ends} times (shown open: {open})"));
+                // Its records (call, cookie, closed, sent, received) tell a second end from
+                // an aggregated one.
+                problems.push(format!(
+                    "{t:?} ended {ends} times (shown open: {open}); records {:?}",
+                    self.history.get(t)
+                ));
             }
         }
         assert!(
