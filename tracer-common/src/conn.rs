@@ -99,8 +99,11 @@ pub struct ConnStats {
     /// errno of a failed connection (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH,
     /// ENETUNREACH), else 0.
     pub failure: u16,
-    /// TCP: `bpf_ktime_get_ns` when the copied `tcp_sock` counters were last refreshed.
-    pub tcp_refreshed_ns: u64,
+    /// The scheduler tick (`bpf_jiffies64`) of the send/receive fast path's last clock read: it
+    /// stamps `updated_ns` with `bpf_ktime_get_ns` and refreshes the copied `tcp_sock` counters
+    /// at most once per tick per connection (a clock read costs more than the rest of a call's
+    /// accounting on a virtualised host). 0 until the first fast-path call.
+    pub clock_jiffies: u64,
     /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id`, the inode of its cgroup
     /// directory), taken in process context together with `tuple.pid`; 0 until the owner is
     /// known.

@@ -36,8 +36,9 @@ fn new_tracer(expiry: ExpiryConfig) -> Option<Tracer> {
     }))
 }
 
-/// One record of an identity: (call number, cookie, closed, last sent, last received).
-type Record = (u32, u64, bool, u64, u64);
+/// One record of an identity: (call number, cookie, closed, closes counted in it, last sent,
+/// last received).
+type Record = (u32, u64, bool, u32, u64, u64);
 
 /// Everything one client was told about the connections of one namespace, by identity.
 #[derive(Default)]
@@ -70,6 +71,7 @@ impl Identities {
                 self.calls,
                 conn.cookie,
                 conn.is_closed,
+                conn.last.tcp_closed,
                 conn.last.sent_bytes,
                 conn.last.recv_bytes,
             ));
@@ -94,7 +96,7 @@ impl Identities {
         for (t, (_, _, ends, _)) in &self.seen {
             if *ends != 1 {
                 let open = self.shown_open.contains(t);
-                // Its records (call, cookie, closed, sent, received) tell a second end from
+                // Its records (call, cookie, closed, closes, sent, received) tell a second end from
                 // an aggregated one.
                 problems.push(format!(
                     "{t:?} ended {ends} times (shown open: {open}); records {:?}",

@@ -1,13 +1,13 @@
 //! Read-time refresh of the copied TCP counters, for the BPF iterators (`crate::iter`): the only
 //! way into `NT_CONNS` from outside the data path.
 //!
-//! Only the copies of the kernel's own counters change (packets, retransmits, RTT, and
-//! `tcp_refreshed_ns`, the time of the latest copy). `updated_ns` does not: it is the connection's
-//! last activity, which drives idle expiry, and a read is no activity.
+//! Only the copies of the kernel's own counters change (packets, retransmits, RTT). `updated_ns`
+//! does not: it is the connection's last activity, which drives idle expiry, and a read is no
+//! activity.
 
 use tracer_common::{conn::IPPROTO_TCP, counters::Counter};
 
-use super::{layout, now_ns, sock};
+use super::{layout, sock};
 use crate::counters::bump;
 
 /// If TCP socket `sk` is tracked (under its own address), copies its `tcp_sock` counters into
@@ -25,6 +25,5 @@ pub fn refresh_tracked_tcp(sk: u64) -> bool {
         bump(Counter::KernelReadFailed);
         return false;
     }
-    stats.tcp_refreshed_ns = now_ns();
     true
 }
