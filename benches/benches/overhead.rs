@@ -48,7 +48,9 @@
 //!   `cgroup_skb` directions (the default configuration captures packets). Fields
 //!   `<workload>_ns_added`, ... and `<workload>_traced_to_floor` (the tracer's `ns_added` over
 //!   the floor's; target at most 2); each workload's row gets `floor_ns_added` and
-//!   `ratio_to_floor`.
+//!   `ratio_to_floor`, and from the BPF run-time statistics `bpf_ns_above_floor` (the
+//!   tracer's programs' run time per call minus the empty programs', i.e. its own work beyond
+//!   attaching) and `bpf_to_floor` (their ratio).
 //! - `overhead/tracepoint/peer_bpftrace`: Debian's bpftrace running a one-line script that sums
 //!   bytes per socket on the same two tracepoints ([`PEER_SCRIPT`]), on `tcp_rr_64`: its
 //!   `ns_added` beside ours (`tracer_ns_added`, `tracer_to_peer`). When bpftrace is missing or
@@ -635,6 +637,21 @@ fn summary(
             );
             fields.push(("floor_ns_added", number(floor.ns_added)));
             fields.push(("ratio_to_floor", number(to_floor)));
+            if let (Some(ours), Some(empty)) = (cost(0, index), cost(1, index)) {
+                // The programs' own time against the empty programs' on the same hooks: both
+                // include the statistics' two clock reads per run, so the difference is what
+                // the tracer's work costs beyond attaching at all. Steadier than the phase
+                // comparisons above, whose noise on this machine exceeds 100 ns per call.
+                let above = ours.ns_per_call - empty.ns_per_call;
+                let ratio = ours.ns_per_call / empty.ns_per_call;
+                println!(
+                    "{row}: BPF run time against the floor's: {:.1} vs {:.1} ns per call, \
+                     {above:+.1} ns ({ratio:.2}x)",
+                    ours.ns_per_call, empty.ns_per_call
+                );
+                fields.push(("bpf_ns_above_floor", number(above)));
+                fields.push(("bpf_to_floor", number(ratio)));
+            }
             for (key, value) in floor_report {
                 floor_fields.push((format!("{name}_{key}"), value));
             }

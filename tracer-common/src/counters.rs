@@ -79,10 +79,11 @@ counters! {
     /// A new peer flow of an unconnected UDP socket could not be listed because `NT_UDP_PEERS`
     /// was full: the socket's close does not close it, userspace expiry does.
     UdpPeersMapFull = 14 => "udp_peers_map_full" : Loss,
-    /// tracepoint backend: a cgroup `sendmsg`/`recvmsg` program could not hand its peer over to
-    /// the length event (`NT_UDP_HANDOFF` refused the insert): that datagram counts as
+    /// tracepoint backend: a cgroup `sendmsg`/`recvmsg` program found its thread's hand-off slot
+    /// (`NT_UDP_HANDOFF`, indexed by thread id modulo its size) holding the peer of another
+    /// thread's datagram still in flight, and took the slot: that other datagram counts as
     /// `udp_missing_peer`.
-    UdpCallsFull = 15 => "udp_calls_full" : Loss,
+    UdpHandoffCollision = 15 => "udp_handoff_collision" : Loss,
     /// A peer flow was created on an unconnected UDP socket bound to the wildcard address: its
     /// local address is reported as 0.0.0.0 / :: (the source address is chosen per datagram).
     UdpWildcardLocal = 16 => "udp_wildcard_local" : Activity,

@@ -16,10 +16,17 @@
 //!   when the call returns. IPv4 datagrams of an IPv6 socket come with a mapped address through
 //!   `recvmsg6`, folded to IPv4 here.
 //!
-//! Each program hands the peer over to the length event of the same thread (`NT_UDP_HANDOFF`,
-//! keyed by pid_tgid: a blocked sendmsg/recvmsg can sleep and move between CPUs), which takes it
+//! Each program hands the peer over to the length event of the same thread, which takes it
 //! ([`take`]) and counts the datagram with it, through the same path as every other UDP
-//! datagram (`super::udp::on_length`). `sendmmsg`/`recvmmsg` go through `udp_sendmsg` /
+//! datagram (`crate::conn::io`). The hand-off is a slot of a plain array indexed by thread id
+//! (`NT_UDP_HANDOFF`), tagged with the thread's pid_tgid: not a per-CPU slot (a blocked
+//! sendmsg can sleep and move between CPUs), and not a hash map keyed by thread, which it was:
+//! an LRU insert, lookup and delete cost ~600 ns per datagram on this project's host (their
+//! locks and atomics), plain stores and loads ~20. Two threads whose ids are equal modulo the
+//! array's size, in calls at the same time, share a slot: the second takes it and the first's
+//! datagram loses its peer (`udp_handoff_collision`, then `udp_missing_peer`). The tags are
+//! checked before and after the peer is copied, so a peer is never attributed to a datagram
+//! whose slot was being rewritten. `sendmmsg`/`recvmmsg` go through `udp_sendmsg` /
 //! `udp_recvmsg` and `sock_sendmsg` / `sock_recvmsg` once per message, so each message's hand-off
 //! is taken by its own length event.
 //!
@@ -34,7 +41,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{cgroup_sock_addr, map},
-    maps::LruHashMap,
+    maps::Array,
     programs::SockAddrContext,
 };
 use tracer_common::{conn::IPPROTO_UDP, counters::Counter};
@@ -52,6 +59,8 @@ use crate::{
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Handoff {
+    /// pid_tgid of the thread whose datagram this is; 0 for a free slot.
+    tag: u64,
     /// The socket the program ran for: the length event takes the peer only for the same one.
     sk: u64,
     addr: [u8; 16],
@@ -63,12 +72,27 @@ struct Handoff {
     _pad: [u8; 3],
 }
 
-/// Thread (pid_tgid) -> the peer of the datagram it is sending or receiving. Every UDP length
-/// event of the thread removes its entry, so an entry outlives its call only when no UDP length
-/// event follows (a peek, which [`forget`] handles, or a UDP-Lite socket, which the programs
-/// skip): an LRU map, so that even those age out instead of filling it.
+/// Slots of [`NT_UDP_HANDOFF`]: a power of two, so that a thread's slot is its id's low bits.
+const HANDOFF_SLOTS: u32 = 16_384;
+
+/// Thread -> the peer of the datagram it is sending or receiving, in slot `tid % HANDOFF_SLOTS`.
+/// Every UDP length event of the thread frees its slot; one whose call has no length event
+/// (a peek: [`forget`]) is freed too, and a slot left behind anyway is overwritten by the next
+/// call of a thread with the same slot.
 #[map(name = "NT_UDP_HANDOFF")]
-static NT_UDP_HANDOFF: LruHashMap<u64, Handoff> = LruHashMap::with_max_entries(16_384, 0);
+static NT_UDP_HANDOFF: Array<Handoff> = Array::with_max_entries(HANDOFF_SLOTS, 0);
+
+/// This thread's slot and its tag (pid_tgid).
+#[inline(always)]
+fn slot() -> Option<(&'static mut Handoff, u64)> {
+    let tag = bpf_get_current_pid_tgid();
+    // The thread id is the low half; its low bits spread threads over the slots.
+    let index = (tag as u32) & (HANDOFF_SLOTS - 1);
+    let slot = NT_UDP_HANDOFF.get_ptr_mut(index)?;
+    // SAFETY: an array value, valid for the program's run; plain integers. Another thread that
+    // shares the slot may write it at the same time: the tags say whose it is.
+    Some((unsafe { &mut *slot }, tag))
+}
 
 /// `sendto`/`sendmsg` to an IPv4 destination (also from an IPv6 socket, IPv4-mapped).
 #[cgroup_sock_addr(sendmsg4)]
@@ -145,19 +169,23 @@ fn hand_over(ctx: &SockAddrContext, v6: bool, sending: bool) {
         let word = unsafe { core::ptr::read_volatile(&raw const (*sa).user_ip4) };
         Peer::v4(word.to_ne_bytes(), port)
     };
-    let handoff = Handoff {
-        sk,
-        addr: peer.addr,
-        port: peer.port,
-        family: peer.family,
-        sending: u8::from(sending),
-        _pad: [0; 3],
+    let Some((slot, tag)) = slot() else {
+        return;
     };
-    if NT_UDP_HANDOFF
-        .insert(bpf_get_current_pid_tgid(), handoff, 0)
-        .is_err()
-    {
-        bump(Counter::UdpCallsFull);
+    // SAFETY: a valid slot (above); volatile so that the tag is written before the peer and
+    // after it, in program order (see `take`).
+    unsafe {
+        let previous = core::ptr::read_volatile(&raw const slot.tag);
+        if previous != 0 && previous != tag {
+            bump(Counter::UdpHandoffCollision);
+        }
+        core::ptr::write_volatile(&raw mut slot.tag, 0);
+        slot.sk = sk;
+        slot.addr = peer.addr;
+        slot.port = peer.port;
+        slot.family = peer.family;
+        slot.sending = u8::from(sending);
+        core::ptr::write_volatile(&raw mut slot.tag, tag);
     }
 }
 
@@ -166,20 +194,38 @@ fn hand_over(ctx: &SockAddrContext, v6: bool, sending: bool) {
 /// thread (whatever its outcome), so that no later call uses a stale peer.
 #[inline(always)]
 pub fn take(sk: u64, sending: bool) -> Option<Peer> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a map value of this thread only, copied out before the delete.
-    let handoff = unsafe { NT_UDP_HANDOFF.get(pid_tgid) }.copied()?;
-    let _ = NT_UDP_HANDOFF.remove(pid_tgid);
-    (handoff.sk == sk && handoff.sending == u8::from(sending)).then_some(Peer {
-        family: handoff.family,
-        addr: handoff.addr,
-        port: handoff.port,
-    })
+    let (slot, tag) = slot()?;
+    // SAFETY: a valid slot; the tag is read before and after the peer (volatile, in program
+    // order), so a peer that another thread rewrote meanwhile is not taken.
+    unsafe {
+        if core::ptr::read_volatile(&raw const slot.tag) != tag {
+            return None;
+        }
+        let ours = slot.sk == sk && slot.sending == u8::from(sending);
+        let peer = Peer {
+            family: slot.family,
+            addr: slot.addr,
+            port: slot.port,
+        };
+        if core::ptr::read_volatile(&raw const slot.tag) != tag {
+            return None;
+        }
+        core::ptr::write_volatile(&raw mut slot.tag, 0);
+        ours.then_some(peer)
+    }
 }
 
 /// A peek took no datagram: its address (left by `recvmsg4/6`) must not name the datagram of a
 /// later receive of this thread that asks for none.
 #[inline(always)]
 pub fn forget() {
-    let _ = NT_UDP_HANDOFF.remove(bpf_get_current_pid_tgid());
+    let Some((slot, tag)) = slot() else {
+        return;
+    };
+    // SAFETY: a valid slot; only this thread's own tag is cleared.
+    unsafe {
+        if core::ptr::read_volatile(&raw const slot.tag) == tag {
+            core::ptr::write_volatile(&raw mut slot.tag, 0);
+        }
+    }
 }
