@@ -54,6 +54,9 @@ const TOOLS: &[&str] = &[
     "dig",
     "nginx",
     "curl",
+    // The HTTPS tests: a self-signed certificate, and the GnuTLS client.
+    "openssl",
+    "gnutls-cli",
 ];
 
 /// busybox-static's binary: static, so it needs no libraries.
@@ -107,7 +110,7 @@ pub fn build(
         let path = cmd::find_program(tool).with_context(|| {
             format!(
                 "`{tool}` not found on the host (Debian packages iproute2, nftables, util-linux, conntrack, \
-                 dnsmasq-base, bind9-dnsutils, nginx-light, curl: `cargo xtask setup` installs them)"
+                 dnsmasq-base, bind9-dnsutils, nginx-light, curl, openssl, gnutls-bin: `cargo xtask setup` installs them)"
             )
         })?;
         archive.file(&format!("usr/sbin/{tool}"), Data::File(path.clone()), 0o755);

@@ -134,10 +134,17 @@ impl Nginx {
         for (name, size) in [("alpha", 100), ("beta", 20_000), ("gamma", 5)] {
             std::fs::write(dir.0.join("www").join(name), vec![b'x'; size]).expect("file");
         }
+        // A configuration of its own: the VM images have no /usr/lib/ssl/openssl.cnf, without
+        // which `openssl req` refuses to run.
+        std::fs::write(
+            dir.0.join("openssl.cnf"),
+            "[req]\ndistinguished_name = dn\n[dn]\n",
+        )
+        .expect("openssl.cnf");
         let cert = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
+            .args(["req", "-config"])
+            .arg(dir.0.join("openssl.cnf"))
+            .args(["-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
             .args(["-subj", "/CN=tracer-test"])
             .arg("-keyout")
             .arg(dir.0.join("key.pem"))
@@ -408,11 +415,7 @@ fn gnutls_cli_against_nginx_is_counted_from_both_sides_once() {
         // Another process of the host may map it already (qemu links libgnutls): then it is
         // attached once for all, and the holder adds no attach.
         let mapped_elsewhere = mapped_by_any_process(&gnutls);
-        let mut holder = Command::new("sleep")
-            .arg("60")
-            .env("LD_PRELOAD", &gnutls)
-            .spawn()
-            .expect("sleep");
+        let mut holder = holding(&gnutls);
         if mapped_elsewhere {
             std::thread::sleep(REFRESH * 2);
         } else {
@@ -475,22 +478,39 @@ fn private_libssl(dir: &Path) -> Option<PathBuf> {
     Some(copy)
 }
 
-/// The system's copy of library `name` (from the loader's cache).
+/// The system's copy of library `name`: from the loader's cache, or where Debian puts it (the
+/// VM images have no `ldconfig`).
 fn system_library(name: &str) -> Option<PathBuf> {
-    let out = Command::new("ldconfig").arg("-p").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let from_cache = text
-        .lines()
-        .filter(|line| line.trim_start().starts_with(&format!("{name} ")))
-        .filter_map(|line| line.split("=> ").nth(1))
-        .map(|path| PathBuf::from(path.trim()))
-        .find(|path| path.exists());
+    let from_cache = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|line| line.trim_start().starts_with(&format!("{name} ")))
+                .filter_map(|line| line.split("=> ").nth(1))
+                .map(|path| PathBuf::from(path.trim()))
+                .find(|path| path.exists())
+        });
     from_cache.or_else(|| {
         ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"]
             .iter()
             .map(|dir| Path::new(dir).join(name))
             .find(|path| path.exists())
     })
+}
+
+/// A long-running, dynamically linked process with `library` preloaded, so that it maps it
+/// until killed: `ip monitor` (iproute2, on the host and in the VM images, where `sleep` is
+/// static busybox and ignores `LD_PRELOAD`).
+fn holding(library: &Path) -> Child {
+    Command::new("ip")
+        .args(["monitor", "link"])
+        .env("LD_PRELOAD", library)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ip monitor")
 }
 
 /// Whether any process of the host maps `library` now (maps name the file its links resolve to).
@@ -523,8 +543,8 @@ fn wait_counter(tracer: &Tracer, name: &str, value: u64) {
     }
 }
 
-/// [`private_libssl`], or `None` after a SKIP line where there is no libssl (the VM images);
-/// the host has one (curl and nginx link it).
+/// [`private_libssl`], or `None` after a SKIP line where there is no libssl; the host and the VM
+/// images have one (curl and nginx link it).
 fn private_libssl_or_skip(dir: &Path) -> Option<PathBuf> {
     let lib = private_libssl(dir);
     if lib.is_none() {
@@ -551,12 +571,8 @@ fn a_process_started_later_is_hooked_at_the_next_refresh_and_released_when_it_ex
     };
     let attached = counter(&tracer, "tls_files_attached");
     let released = counter(&tracer, "tls_files_released");
-    // `sleep` with the copy preloaded maps it (its libcrypto comes from the system).
-    let mut child = Command::new("sleep")
-        .arg("30")
-        .env("LD_PRELOAD", &lib)
-        .spawn()
-        .expect("sleep");
+    // A process with the copy preloaded maps it (its libcrypto comes from the system).
+    let mut child = holding(&lib);
     wait_counter(&tracer, "tls_files_attached", attached + 1);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).expect("maps");
     assert!(
@@ -724,11 +740,7 @@ fn a_process_started_later_is_hooked_by_the_exec_watch_without_a_periodic_scan()
         tls_counters(&tracer)
     );
     let attached = counter(&tracer, "tls_files_attached");
-    let mut child = Command::new("sleep")
-        .arg("30")
-        .env("LD_PRELOAD", &lib)
-        .spawn()
-        .expect("sleep");
+    let mut child = holding(&lib);
     wait_counter(&tracer, "tls_files_attached", attached + 1);
     assert!(counter(&tracer, "tls_exec_scans") >= 1);
     assert!(counter(&tracer, "tls_exec_processes") >= 1);
