@@ -8,10 +8,11 @@
 //!   file registry hooks the copy: an uprobe at each call's entry and a uretprobe at its
 //!   return, the programs stashing the arguments and finding the object untied), untraced
 //!   again; each phase keeps its cheapest block of calls. `ns_per_call` = traced - the mean
-//!   of the untraced phases, per call. No floor of empty uprobe programs: the object has none,
-//!   so this is the whole cost of the uprobe and uretprobe round trips into the kernel (which
-//!   dominate) and of the programs; a tied object whose call starts an HTTP message adds the
-//!   parsing of its prefix (a few hundred instructions).
+//!   of the untraced phases, per call. Then the floor: the benchmark-only object's empty
+//!   uprobe and uretprobe on the same two calls (`floor_ns_per_call`: the traps and the
+//!   uretprobe trampoline alone) against a last untraced phase, and the tracer's cost over it
+//!   (`ratio_to_floor`). A tied object whose call starts an HTTP message adds the parsing of
+//!   its prefix (a few hundred instructions).
 //! - `tls/https`: wrk over HTTPS against nginx on 127.0.0.1 (`-t1 -c4`, keep-alive,
 //!   `return 200`), untraced, traced, untraced: requests/s and the ratio traced / mean of the
 //!   untraced phases (target >= 0.95). Both nginx and wrk link the system's libssl: each
@@ -34,12 +35,13 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tracer::Config;
+use tracer::{Config, kernel::object};
 use tracer_benches::{
     privileged::{Loaded, bench_mode, euid, foreign_programs},
     summary::{number, upsert_fields_from_env},
     wrk::{Wrk, run_wrk},
 };
+use tracer_common::names;
 
 const BENCH: &str = "tls";
 const TARGET_RATIO: f64 = 0.95;
@@ -179,14 +181,25 @@ fn call_cost(dir: &Path) -> Result<(), String> {
         println!("{BENCH}: warning: {left} programs still loaded 10 s after dropping the tracer");
     }
     let after = ssl.phase();
+    // The floor: empty programs at the entry and the return of the same two calls (the traps
+    // and the uretprobe trampoline alone), then untraced once more.
+    let floor = {
+        let _floor = FloorUprobes::attach(&copy)?;
+        ssl.phase()
+    };
+    let last = ssl.phase();
     let untraced = (before + after) / 2.0;
     let added = traced - untraced;
+    let floor_added = floor - (after + last) / 2.0;
     println!(
         "{BENCH}/call: SSL_write + SSL_read on a private libssl copy ({hooked} processes map \
          hooked TLS files; {untied} untied calls counted): untraced {before:.1} ns/call, traced \
          {traced:.1} ns/call, untraced {after:.1} ns/call: {added:.1} ns added per hooked call \
-         (uprobe + uretprobe, no floor); ratio traced/untraced {:.2}",
-        traced / untraced
+         (uprobe + uretprobe); ratio traced/untraced {:.2}; floor (empty uprobe + uretprobe on \
+         the same calls) {floor:.1} ns/call, untraced {last:.1}: {floor_added:.1} ns added, the \
+         tracer {:.2}x the floor",
+        traced / untraced,
+        added / floor_added
     );
     let fields = vec![
         ("untraced_before_ns_per_call", number(before)),
@@ -194,11 +207,42 @@ fn call_cost(dir: &Path) -> Result<(), String> {
         ("untraced_after_ns_per_call", number(after)),
         ("ns_per_call", number(added)),
         ("ratio", number(traced / untraced)),
+        ("floor_ns_per_call", number(floor_added)),
+        ("ratio_to_floor", number(added / floor_added)),
     ];
     if let Err(err) = upsert_fields_from_env(&format!("{BENCH}/call"), fields) {
         eprintln!("{BENCH}/call: cannot write the bench summary: {err}");
     }
     Ok(())
+}
+
+/// The benchmark-only object's empty uprobe and uretprobe
+/// (`tracer-ebpf/src/bench_floor.rs`), attached to `SSL_write` and `SSL_read` of `library`;
+/// detached on drop.
+struct FloorUprobes {
+    _ebpf: aya::Ebpf,
+}
+
+impl FloorUprobes {
+    fn attach(library: &Path) -> Result<Self, String> {
+        use aya::programs::{UProbe, uprobe::UProbeScope};
+        let bytes = object::floor_bytes().map_err(|e| e.to_string())?;
+        let mut ebpf = aya::Ebpf::load(bytes).map_err(|e| format!("loading the floor: {e}"))?;
+        for name in [names::PROG_FLOOR_UPROBE, names::PROG_FLOOR_URETPROBE] {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("no program {name} in the floor object"))?
+                .try_into()
+                .map_err(|e| format!("{name}: {e}"))?;
+            program.load().map_err(|e| format!("loading {name}: {e}"))?;
+            for symbol in ["SSL_write", "SSL_read"] {
+                program
+                    .attach(symbol, library, UProbeScope::AllProcesses)
+                    .map_err(|e| format!("attaching {name} to {symbol}: {e}"))?;
+            }
+        }
+        Ok(Self { _ebpf: ebpf })
+    }
 }
 
 /// nginx with TLS on 127.0.0.1 (a self-signed certificate made here), stopped on drop.

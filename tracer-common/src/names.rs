@@ -180,6 +180,11 @@ pub const PROG_FLOOR_SOCK_ADDR: [&str; 4] = [
     "nt_fl_recvmsg4",
     "nt_fl_recvmsg6",
 ];
+/// The TLS benchmark's floor (`bench-floor`): an empty uprobe, attached at the entry of each
+/// hooked OpenSSL call.
+pub const PROG_FLOOR_UPROBE: &str = "nt_fl_uprobe";
+/// The TLS floor: an empty uretprobe, attached at the return of each hooked call.
+pub const PROG_FLOOR_URETPROBE: &str = "nt_fl_uretprobe";
 
 /// TLS: `SSL_set_fd` uprobe (ties an OpenSSL object to its socket).
 pub const PROG_TLS_SSL_SET_FD: &str = "nt_ssl_set_fd";

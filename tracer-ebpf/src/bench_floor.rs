@@ -2,7 +2,7 @@
 //! nothing, for the floors of the privileged benchmarks. Attached to the same hooks as the
 //! tracer's per-call or per-packet programs, they measure what the kernel charges for running any
 //! program there (the hook's dispatch, the program's entry and exit), so that the tracer's own
-//! work is what it adds on top. Loaded by `benches/benches/{overhead,capture}.rs` through
+//! work is what it adds on top. Loaded by `benches/benches/{overhead,capture,tls}.rs` through
 //! `tracer::kernel::object::floor_bytes`; the tracer never loads them (they are in no probe
 //! table, and the production object does not carry them).
 //!
@@ -12,8 +12,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, raw_tracepoint},
-    programs::{RawTracePointContext, SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, raw_tracepoint, uprobe, uretprobe},
+    programs::{
+        ProbeContext, RawTracePointContext, RetProbeContext, SkBuffContext, SockAddrContext,
+    },
 };
 
 // The packet capture's floor (`capture.rs`): both `cgroup_skb` directions, every packet let
@@ -74,3 +76,16 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// The TLS uprobes' floor (`tls.rs`): an empty program at the entry and one at the return of
+// each hooked call, i.e. the traps and the uretprobe trampoline alone.
+
+#[uprobe]
+pub fn nt_fl_uprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn nt_fl_uretprobe(_ctx: RetProbeContext) -> u32 {
+    0
+}
