@@ -21,8 +21,9 @@
 //! with nothing moving in between (every entry is still read and decoded, and the pipeline
 //! compares it with the client's previous snapshot). The row `get_active_connections/<size>`
 //! gives the steady state's mean ms per call (wall time of the call) split with
-//! `Tracer::last_call_timings` into the kernel map read (`map_read_ms`) and decoding, filters
-//! and the state pipeline (`pipeline_ms`), plus draining closed connections (`flush_ms`), the
+//! `Tracer::last_call_timings` into the kernel map read (`map_read_ms`), expiry, decoding,
+//! filters and the enrichments (`enrich_ms`), the state pipeline (`pipeline_ms`), the sources
+//! (`sources_ms`: packet capture, DNS) and draining closed connections (`flush_ms`), the
 //! entries read (the smallest count seen, every call is checked to read at least the size) and
 //! whether the map was read with batched lookups. `cpu_ms_per_call` is the calling thread's
 //! CPU time per call (the whole call runs in it): on this shared 2-core machine, wall times
@@ -240,6 +241,8 @@ impl<'a> Rig<'a> {
                 self.split.flush += t.flush;
                 self.split.map_read += t.map_read;
                 self.split.pipeline += t.pipeline;
+                self.split.enrich += t.enrich;
+                self.split.sources += t.sources;
                 self.min_entries = self.min_entries.min(t.entries);
                 self.all_batched &= t.batched;
             }
@@ -393,12 +396,14 @@ fn report(name: &str, rig: &Rig<'_>, size: usize, first_call_ms: f64) {
     let (total, map_read) = (per_call(rig.wall), per_call(rig.split.map_read));
     let cpu = per_call(rig.cpu);
     let (pipeline, flush) = (per_call(rig.split.pipeline), per_call(rig.split.flush));
+    let (enrich, sources) = (per_call(rig.split.enrich), per_call(rig.split.sources));
     println!(
-        "{name}: steady state: {total:.3} ms per call = map read {map_read:.3} ms + pipeline \
-         {pipeline:.3} ms + flush {flush:.3} ms (+ {:.3} ms outside the split), {} entries, \
+        "{name}: steady state: {total:.3} ms per call = map read {map_read:.3} ms + expiry, \
+         decoding and enrichments {enrich:.3} ms + pipeline {pipeline:.3} ms + sources \
+         {sources:.3} ms + flush {flush:.3} ms (+ {:.3} ms outside the split), {} entries, \
          {}batched, {} calls; CPU time of the calling thread {cpu:.3} ms per call; first call \
          {first_call_ms:.3} ms",
-        total - map_read - pipeline - flush,
+        total - map_read - enrich - pipeline - sources - flush,
         rig.min_entries,
         if rig.all_batched { "" } else { "not " },
         rig.calls
@@ -407,6 +412,8 @@ fn report(name: &str, rig: &Rig<'_>, size: usize, first_call_ms: f64) {
         ("ms_per_call", number(total)),
         ("map_read_ms", number(map_read)),
         ("pipeline_ms", number(pipeline)),
+        ("enrich_ms", number(enrich)),
+        ("sources_ms", number(sources)),
         ("flush_ms", number(flush)),
         ("cpu_ms_per_call", number(cpu)),
         ("entries", Value::from(rig.min_entries)),

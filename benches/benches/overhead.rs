@@ -258,7 +258,18 @@ impl Floor {
                 .attach(cgroup, direction, CgroupAttachMode::Single)
                 .map_err(|e| format!("attaching {name}: {e}"))?;
         }
-        for (name, program) in ebpf.programs() {
+        // The programs attached above (the object has others, for other benchmarks' floors).
+        let attached = [names::PROG_FLOOR_TP_SEND, names::PROG_FLOOR_TP_RECV]
+            .into_iter()
+            .chain(names::PROG_FLOOR_SOCK_ADDR)
+            .chain([
+                names::PROG_PACKET_FLOOR_INGRESS,
+                names::PROG_PACKET_FLOOR_EGRESS,
+            ]);
+        for name in attached {
+            let program = ebpf
+                .program(name)
+                .ok_or_else(|| format!("no program {name} in the floor object"))?;
             id(program, name)?;
         }
         Ok(Self { _ebpf: ebpf, ids })
@@ -637,7 +648,9 @@ fn summary(
             );
             fields.push(("floor_ns_added", number(floor.ns_added)));
             fields.push(("ratio_to_floor", number(to_floor)));
-            if let (Some(ours), Some(empty)) = (cost(0, index), cost(1, index)) {
+            if let (Some(ours), Some(empty)) = (cost(0, index), cost(1, index))
+                && empty.ns_per_call > 0.0
+            {
                 // The programs' own time against the empty programs' on the same hooks: both
                 // include the statistics' two clock reads per run, so the difference is what
                 // the tracer's work costs beyond attaching at all. Steadier than the phase
