@@ -41,3 +41,14 @@ pub fn run(program: &str, args: &[&str]) -> String {
 pub fn ip(args: &[&str]) -> String {
     run("ip", args)
 }
+
+/// `openssl req` with `args` (a self-signed certificate, say), with a minimal configuration
+/// written into `dir`: the VM images have no `/usr/lib/ssl/openssl.cnf`, without which
+/// `openssl req` refuses to run.
+pub fn openssl_req(dir: &std::path::Path) -> std::process::Command {
+    let config = dir.join("openssl.cnf");
+    std::fs::write(&config, "[req]\ndistinguished_name = dn\n[dn]\n").expect("openssl.cnf");
+    let mut command = std::process::Command::new("openssl");
+    command.args(["req", "-config"]).arg(config);
+    command
+}

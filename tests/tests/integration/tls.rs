@@ -134,16 +134,7 @@ impl Nginx {
         for (name, size) in [("alpha", 100), ("beta", 20_000), ("gamma", 5)] {
             std::fs::write(dir.0.join("www").join(name), vec![b'x'; size]).expect("file");
         }
-        // A configuration of its own: the VM images have no /usr/lib/ssl/openssl.cnf, without
-        // which `openssl req` refuses to run.
-        std::fs::write(
-            dir.0.join("openssl.cnf"),
-            "[req]\ndistinguished_name = dn\n[dn]\n",
-        )
-        .expect("openssl.cnf");
-        let cert = Command::new("openssl")
-            .args(["req", "-config"])
-            .arg(dir.0.join("openssl.cnf"))
+        let cert = tracer_integration::cmd::openssl_req(&dir.0)
             .args(["-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
             .args(["-subj", "/CN=tracer-test"])
             .arg("-keyout")
