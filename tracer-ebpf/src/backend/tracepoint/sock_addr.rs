@@ -38,6 +38,8 @@
 //!
 //! The programs must allow the call: they return 1 whatever happens.
 
+use core::sync::atomic::{Ordering, compiler_fence};
+
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{cgroup_sock_addr, map},
@@ -180,11 +182,15 @@ fn hand_over(ctx: &SockAddrContext, v6: bool, sending: bool) {
             bump(Counter::UdpHandoffCollision);
         }
         core::ptr::write_volatile(&raw mut slot.tag, 0);
+        // The peer's plain stores stay between the two tag stores: volatile accesses alone do
+        // not order the non-volatile ones around them.
+        compiler_fence(Ordering::SeqCst);
         slot.sk = sk;
         slot.addr = peer.addr;
         slot.port = peer.port;
         slot.family = peer.family;
         slot.sending = u8::from(sending);
+        compiler_fence(Ordering::SeqCst);
         core::ptr::write_volatile(&raw mut slot.tag, tag);
     }
 }
@@ -201,12 +207,14 @@ pub fn take(sk: u64, sending: bool) -> Option<Peer> {
         if core::ptr::read_volatile(&raw const slot.tag) != tag {
             return None;
         }
+        compiler_fence(Ordering::SeqCst);
         let ours = slot.sk == sk && slot.sending == u8::from(sending);
         let peer = Peer {
             family: slot.family,
             addr: slot.addr,
             port: slot.port,
         };
+        compiler_fence(Ordering::SeqCst);
         if core::ptr::read_volatile(&raw const slot.tag) != tag {
             return None;
         }
