@@ -42,9 +42,9 @@ pub fn ip(args: &[&str]) -> String {
     run("ip", args)
 }
 
-/// `openssl req` with `args` (a self-signed certificate, say), with a minimal configuration
-/// written into `dir`: the VM images have no `/usr/lib/ssl/openssl.cnf`, without which
-/// `openssl req` refuses to run.
+/// An `openssl req` command (the caller adds the arguments: a self-signed certificate, say)
+/// with a minimal configuration written into `dir`: the VM images have no
+/// `/usr/lib/ssl/openssl.cnf`, without which `openssl req` refuses to run.
 pub fn openssl_req(dir: &std::path::Path) -> std::process::Command {
     let config = dir.join("openssl.cnf");
     std::fs::write(&config, "[req]\ndistinguished_name = dn\n[dn]\n").expect("openssl.cnf");
