@@ -25,8 +25,8 @@
 //! Where the programs are: `cargo xtask setup` installs all of them on the host (nginx-light,
 //! curl, openssl, redis-server, redis-tools, postgresql). The VM images ship nginx, curl and
 //! openssl (no redis, no postgres): there a case whose programs are missing prints a SKIP
-//! line with the reason; in the host run (`TRACER_TEST_HOST=1`, which `cargo xtask test` sets with `TRACER_TEST_STRICT=1`) a missing
-//! program fails the case. The echo case needs nothing and runs everywhere. Each case runs with
+//! line with the reason; in the host run (`TRACER_TEST_HOST=1`, which `cargo xtask test` sets
+//! with `TRACER_TEST_STRICT=1`) a missing program fails the case. The echo case needs nothing and runs everywhere. Each case runs with
 //! the kernel's first backend only: what the real servers check is the classifier on their
 //! bytes, which no backend changes; how the stack reaches each backend's entries (open, and
 //! closed before any call) is `protocols::`, which runs with every backend.
